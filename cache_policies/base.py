@@ -1,0 +1,90 @@
+"""The contract every KV-cache policy implements.
+
+A policy decides *which* cached tokens survive; it never touches key/value tensors. The engine's cache
+(``longread.cache.BoundedCache``) owns the preallocated buffers, appends each chunk, and after every chunk
+asks ``policy.select(n)`` for the slots to keep. The answer is an index tensor into the current cache
+(ascending slot order, so relative order is preserved), in one of three shapes:
+
+* ``(T,)``       the same slots for every layer and head (full, StreamingLLM);
+* ``(L, T)``     per layer, shared by the layer's KV heads (LaCache's ladder);
+* ``(L, H, T)``  per layer and KV head (Cascading).
+
+Every layer and head keeps the same count ``T`` so the cache stays one tensor per layer, and ``T`` never
+exceeds ``budget``. ``None`` means "keep everything" (nothing to evict yet).
+
+Policies whose choice depends on attention (``needs_scores``) receive per-chunk column sums of the
+attention probabilities through ``observe`` before ``select`` is called.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar
+
+import torch
+
+
+class PolicyConfigError(ValueError):
+    """A policy was given parameters it cannot honour; the message names the parameter and the fix."""
+
+
+class CachePolicy(ABC):
+    name: ClassVar[str]
+    #: True when ``select`` uses attention scores passed through ``observe``.
+    needs_scores: ClassVar[bool] = False
+
+    def __init__(self, budget: int | None, sink: int = 4) -> None:
+        if budget is not None and budget < 1:
+            raise PolicyConfigError(f"{self.name}: budget={budget} must be a positive number of tokens.")
+        if sink < 0:
+            raise PolicyConfigError(f"{self.name}: sink={sink} must be >= 0.")
+        if budget is not None and sink >= budget:
+            raise PolicyConfigError(
+                f"{self.name}: sink={sink} leaves no room for recent tokens in budget={budget}; "
+                f"use sink < budget (typically 4)."
+            )
+        self.budget = budget
+        self.sink = sink
+        self.num_layers = 0
+        self.num_kv_heads = 0
+        self.compactions = 0
+
+    def bind(self, num_layers: int, num_kv_heads: int) -> None:
+        """Attach to a model's geometry; policies that depend on it validate here. Resets state."""
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget everything about the current stream (a new stream starts at position 0)."""
+        self.compactions = 0
+
+    @property
+    def bounded(self) -> bool:
+        return self.budget is not None
+
+    @abstractmethod
+    def select(self, n: int, positions: torch.Tensor) -> torch.Tensor | None:
+        """Slots to keep when the cache holds ``n`` tokens.
+
+        ``positions`` is ``(L, H, n)``: the original stream position of every cached slot. Returns ``None``
+        to keep all, or an ascending index tensor of shape ``(T,)``, ``(L, T)`` or ``(L, H, T)``.
+        """
+
+    def observe(self, layer: int, scores: torch.Tensor, n_new: int) -> None:  # noqa: B027 - optional hook
+        """Per-layer attention column sums for the chunk just processed; only for ``needs_scores``."""
+
+    def params(self) -> dict[str, Any]:
+        """The policy's parameters, for result rows and tables."""
+        return {"budget": self.budget, "sink": self.sink}
+
+    def stats(self) -> dict[str, Any]:
+        """Policy-level counters a caller can log (the cache adds per-layer contents)."""
+        return {"compactions": self.compactions}
+
+    def describe(self) -> str:
+        extra = ",".join(f"{k}={v}" for k, v in self.params().items() if k not in ("budget",))
+        return f"{self.name}(budget={self.budget}{',' if extra else ''}{extra})"
+
+    def __repr__(self) -> str:
+        return self.describe()

