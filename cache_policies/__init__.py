@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from cache_policies.base import CachePolicy, PolicyConfigError
+from cache_policies.cascading import Cascading
 from cache_policies.full import FullCache
 from cache_policies.lacache import LaCache
 from cache_policies.streaming_llm import StreamingLLM
@@ -13,6 +14,7 @@ POLICIES: dict[str, type[CachePolicy]] = {
     FullCache.name: FullCache,
     StreamingLLM.name: StreamingLLM,
     LaCache.name: LaCache,
+    Cascading.name: Cascading,
 }
 
 

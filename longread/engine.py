@@ -105,7 +105,17 @@ class StreamingEngine:
         self.device = next(model.parameters()).device
         self.last_logits: torch.Tensor | None = None  # (V,) logits after the last token fed
         self.stats = StreamStats()
-        self._hooks: list[Callable[[BoundedCache, CachePolicy], None]] = []
+        # Score-based policies (Cascading) need exact attention probabilities: route attention through
+        # longread.attention, whose column sums reach policy.observe while forward_chunk runs the model.
+        from contextlib import AbstractContextManager, nullcontext
+
+        from longread.attention import ScoreRecorder, record_scores, use_score_attention
+
+        self._score_context: Callable[[CachePolicy], AbstractContextManager[ScoreRecorder | None]]
+        self._score_context = lambda _: nullcontext()
+        if policy.needs_scores:
+            use_score_attention(model)
+            self._score_context = record_scores
 
     # ----------------------------------------------------------------- state
     def reset(self) -> None:
@@ -139,21 +149,23 @@ class StreamingEngine:
         t0 = time.perf_counter()
         n, size = self.cache.length, ids.numel()
         position_ids = torch.arange(n, n + size, device=self.device)[None]
-        out = self.model(
-            input_ids=ids.to(self.device)[None],
-            position_ids=position_ids,
-            cache=self.cache,
-            use_cache=True,
-            # Only the last row is needed when logits are not asked for: saves the (S, V) projection.
-            logits_to_keep=0 if logits else 1,
-        )
+        with self._score_context(self.policy) as recorder:
+            out = self.model(
+                input_ids=ids.to(self.device)[None],
+                position_ids=position_ids,
+                cache=self.cache,
+                use_cache=True,
+                # Only the last row is needed when logits are not asked for: saves the (S, V) projection.
+                logits_to_keep=0 if logits else 1,
+            )
+        if recorder is not None:
+            # Score work runs inside the model call: count it apart so cache maintenance is not understated.
+            self.stats.extra["score_seconds"] = self.stats.extra.get("score_seconds", 0.0) + recorder.seconds
         all_logits = out.logits[0]
         self.last_logits = all_logits[-1].float()
         _sync(self.device)
         t1 = time.perf_counter()
         self.cache.compact(self.policy)
-        for hook in self._hooks:
-            hook(self.cache, self.policy)
         _sync(self.device)
         t2 = time.perf_counter()
         self.stats.tokens += size
@@ -192,8 +204,8 @@ class StreamingEngine:
             assert logits is not None
             targets = ids[start + 1 : start + 1 + chunk.numel()].to(logits.device)
             logits = logits[: targets.numel()].float()
-            if targets.numel():
-                yield torch.nn.functional.cross_entropy(logits, targets, reduction="none").cpu()
+            # The last chunk may have nothing left to predict; it still yields (empty) so callers see it end.
+            yield torch.nn.functional.cross_entropy(logits, targets, reduction="none").cpu()
             if progress is not None:
                 progress(chunk.numel())
 

@@ -1,0 +1,19 @@
+"""Answer questions about long documents: stream each once, answer each question from a copy of the cache.
+
+    python -m jobs.answer_questions --config jobs/configs/answer_questions.yaml [flags]
+    python -m jobs.answer_questions --input book.txt --question "Who is the narrator?"
+    ray job submit --working-dir . -- python -m jobs.answer_questions --config FILE.yaml
+
+Questions come from the records (``qa.question_column`` of JSONL/Parquet inputs), from ``qa.questions`` /
+``--question`` (asked of every document), or from ``qa.questions_file``. docs/pipeline.md documents every
+setting and output column.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from jobs.config import main
+
+if __name__ == "__main__":
+    sys.exit(main("qa"))

@@ -1,0 +1,245 @@
+"""Exact log statistics computed without the model: timestamps, levels, message templates, alert counts.
+
+Contract:
+
+* ``LogParser.parse(line)`` finds the line's timestamp (a configured ``regex`` + ``strptime`` format, or
+  the earliest match among common formats in the first 96 characters: ISO 8601, syslog, Apache, BGL, HDFS,
+  Spark, Android, HealthApp, Proxifier, epoch seconds), its level (normalized: ``WARNING`` -> ``WARN``,
+  ``ERR`` -> ``ERROR``; ``NONE`` when absent) and its message template (the line without its timestamp,
+  with hex ids, IP addresses and digit runs masked as ``<*>``).
+* Year-less formats (syslog, Android, Proxifier) are placed in year 2000: good for ordering and windows,
+  and the original text is kept for display (``first_timestamp``/``last_timestamp`` are the log's own text).
+* ``WindowStats`` accumulates exact counts over a window: lines, levels, templates, alert lines, first and
+  last timestamps, and lines that go back in time.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+_MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+_MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, start=1)}
+_MON = f"(?P<b>{'|'.join(_MONTH_NAMES)})"
+_HMS = r"(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
+
+# Order breaks ties between matches that start at the same place: the more specific format first.
+TIMESTAMP_FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
+    (name, re.compile(pattern))
+    for name, pattern in (
+        ("iso", r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})[T ]" + _HMS + r"(?:[.,](?P<f>\d{1,9}))?"),
+        (
+            "bgl",
+            r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})-(?P<H>\d{2})\.(?P<M>\d{2})\.(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?",
+        ),
+        (
+            "apache",
+            r"\[(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun) " + _MON + r" (?P<d>\d{1,2}) " + _HMS + r" (?P<Y>\d{4})\]",
+        ),
+        (
+            "healthapp",
+            r"\b(?P<Y>\d{4})(?P<m>\d{2})(?P<d>\d{2})-"
+            + _HMS.replace(r"\d{2}", r"\d{1,2}")
+            + r"(?::(?P<f>\d{1,3}))?",
+        ),
+        ("spark", r"\b(?P<y>\d{2})/(?P<m>\d{2})/(?P<d>\d{2}) " + _HMS + r"\b"),
+        ("hdfs", r"^(?P<y>\d{2})(?P<m>\d{2})(?P<d>\d{2}) (?P<H>\d{2})(?P<M>\d{2})(?P<S>\d{2})\b"),
+        ("syslog", r"\b" + _MON + r"\s+(?P<d>\d{1,2}) " + _HMS + r"\b"),
+        ("android", r"\b(?P<m>\d{2})-(?P<d>\d{2}) " + _HMS + r"(?:\.(?P<f>\d{1,6}))?"),
+        ("proxifier", r"\[(?P<m>\d{2})\.(?P<d>\d{2}) " + _HMS + r"\]"),
+        ("epoch", r"\b(?P<e>1\d{9})(?:\.(?P<f>\d{1,6}))?\b"),
+    )
+)
+SEARCH_CHARS = 96
+
+DEFAULT_LEVEL_PATTERN = (
+    r"\b(?P<level>TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERROR|ERR|SEVERE|CRIT(?:ICAL)?|FATAL|ALERT|"
+    r"EMERG(?:ENCY)?|PANIC)\b"
+)
+# Android logcat: "03-17 16:13:38.811  1702  2395 D WindowManager: ..." (single-letter level after pid/tid)
+_ANDROID_LEVEL = re.compile(r"^\S+ \S+\s+\d+\s+\d+ (?P<level>[VDIWEFA]) ")
+_LEVEL_NAMES = {
+    "WARNING": "WARN",
+    "ERR": "ERROR",
+    "CRIT": "CRITICAL",
+    "EMERGENCY": "EMERG",
+    "V": "VERBOSE",
+    "D": "DEBUG",
+    "I": "INFO",
+    "W": "WARN",
+    "E": "ERROR",
+    "F": "FATAL",
+    "A": "ASSERT",
+}
+LEVEL_CHARS = 160
+
+_HEXID = re.compile(
+    r"\b(?:[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"  # UUIDs (first: they contain the others)
+    r"|0x[0-9a-fA-F]+"  # 0x1f
+    r"|(?=[0-9a-fA-F]*\d)[0-9a-fA-F]{6,})\b"  # 9f4ef63 (hex ids with at least one digit)
+)
+_IP = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(?::\d+)?\b")
+_DIGITS = re.compile(r"\d+")
+_STARS = re.compile(r"<\*>(?:[\s.:,_/-]*<\*>)+")
+_SPACES = re.compile(r"\s+")
+TEMPLATE_CHARS = 200
+
+
+def _epoch(m: re.Match[str]) -> float | None:
+    g = m.groupdict()
+    if g.get("e"):
+        return float(g["e"]) + (float("0." + g["f"]) if g.get("f") else 0.0)
+    try:
+        year = int(g["Y"]) if g.get("Y") else 2000 + int(g["y"]) if g.get("y") else 2000
+        month = int(g["m"]) if g.get("m") else _MONTHS[g["b"]]
+        frac = float("0." + g["f"]) if g.get("f") else 0.0
+        dt = datetime(year, month, int(g["d"]), int(g["H"]), int(g["M"]), int(g["S"]), tzinfo=UTC)
+    except (KeyError, ValueError, TypeError):
+        return None
+    return dt.timestamp() + frac
+
+
+def mask_template(message: str) -> str:
+    """A message's template: variable parts (hex ids, IPs, numbers) replaced by ``<*>``."""
+    text = _IP.sub("<*>", message)
+    text = _HEXID.sub("<*>", text)
+    text = _DIGITS.sub("<*>", text)
+    text = _STARS.sub("<*>", text)
+    return _SPACES.sub(" ", text).strip()[:TEMPLATE_CHARS]
+
+
+@dataclass
+class LogLine:
+    text: str
+    ts: float | None
+    ts_text: str | None
+    level: str
+    template: str
+    alert: bool = False
+
+
+class LogParser:
+    """Parses lines of one stream. Remembers the timestamp format that matched, to try it first."""
+
+    def __init__(
+        self,
+        *,
+        timestamp_pattern: str | None = None,
+        timestamp_format: str | None = None,
+        level_pattern: str | None = None,
+        alert_pattern: str | None = None,
+    ) -> None:
+        self._custom: re.Pattern[str] | None = None
+        if timestamp_pattern:
+            self._custom = re.compile(timestamp_pattern)
+            if "ts" not in self._custom.groupindex:
+                raise ValueError(f"timestamp_pattern {timestamp_pattern!r} needs a named group (?P<ts>...)")
+        self._custom_format = timestamp_format
+        self._level = re.compile(
+            level_pattern or DEFAULT_LEVEL_PATTERN, 0 if level_pattern else re.IGNORECASE
+        )
+        if "level" not in self._level.groupindex:
+            raise ValueError(f"level_pattern {level_pattern!r} needs a named group (?P<level>...)")
+        self._alert = re.compile(alert_pattern) if alert_pattern else None
+        self._last: re.Pattern[str] | None = None
+
+    def timestamp(self, line: str) -> tuple[float | None, str | None, tuple[int, int] | None]:
+        """(epoch seconds, the timestamp's text, its span) or Nones when the line has none."""
+        if self._custom is not None:
+            m = self._custom.search(line)
+            if not m:
+                return None, None, None
+            text = m.group("ts")
+            try:
+                value = (
+                    datetime.strptime(text, self._custom_format).replace(tzinfo=UTC).timestamp()
+                    if self._custom_format
+                    else float(text)
+                )
+            except ValueError:
+                return None, text, m.span("ts")
+            return value, text, m.span("ts")
+        head = line[:SEARCH_CHARS]
+        best: re.Match[str] | None = None
+        if self._last is not None:
+            best = self._last.search(head)
+        if best is None or best.start() > 0:
+            for _, pattern in TIMESTAMP_FORMATS:
+                m = pattern.search(head)
+                if m and (best is None or m.start() < best.start()):
+                    best = m
+        if best is None:
+            return None, None, None
+        self._last = best.re
+        return _epoch(best), best.group(0).strip("[]"), best.span()
+
+    def level(self, line: str) -> str:
+        m = _ANDROID_LEVEL.match(line) or self._level.search(line[:LEVEL_CHARS])
+        if not m:
+            return "NONE"
+        name = m.group("level").upper()
+        return _LEVEL_NAMES.get(name, name)
+
+    def parse(self, line: str) -> LogLine:
+        ts, ts_text, span = self.timestamp(line)
+        message = line if span is None else line[: span[0]] + " " + line[span[1] :]
+        return LogLine(
+            text=line,
+            ts=ts,
+            ts_text=ts_text,
+            level=self.level(line),
+            template=mask_template(message),
+            alert=bool(self._alert.search(line)) if self._alert else False,
+        )
+
+
+@dataclass
+class WindowStats:
+    """Exact statistics of one window of log lines."""
+
+    lines: int = 0
+    alerts: int = 0
+    out_of_order: int = 0
+    levels: Counter[str] = field(default_factory=Counter)
+    templates: Counter[str] = field(default_factory=Counter)
+    first_ts: float | None = None
+    last_ts: float | None = None
+    first_ts_text: str | None = None
+    last_ts_text: str | None = None
+
+    def add(self, line: LogLine) -> None:
+        self.lines += 1
+        self.levels[line.level] += 1
+        self.templates[line.template] += 1
+        self.alerts += line.alert
+        if line.ts is not None:
+            if self.last_ts is not None and line.ts < self.last_ts:
+                self.out_of_order += 1
+            if self.first_ts is None:
+                self.first_ts, self.first_ts_text = line.ts, line.ts_text
+            self.last_ts, self.last_ts_text = line.ts, line.ts_text
+
+    def top_templates(self, k: int) -> list[tuple[str, int]]:
+        return sorted(self.templates.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
+
+    def level_counts(self) -> list[tuple[str, int]]:
+        return sorted(self.levels.items(), key=lambda kv: (-kv[1], kv[0]))
+
+
+def compile_key_pattern(pattern: str) -> re.Pattern[str]:
+    """A grouping key regex: the named group ``key`` if present, else group 1, else the whole match."""
+    try:
+        return re.compile(pattern)
+    except re.error as exc:
+        raise ValueError(f"key_pattern {pattern!r} is not a valid regular expression: {exc}") from None
+
+
+def extract_key(pattern: re.Pattern[str], text: str) -> str | None:
+    m = pattern.search(text)
+    if not m:
+        return None
+    if "key" in pattern.groupindex:
+        return m.group("key")
+    return m.group(1) if pattern.groups else m.group(0)

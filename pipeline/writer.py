@@ -1,0 +1,198 @@
+"""Atomic per-stream Parquet parts and the resume check.
+
+Contract:
+
+* Every stream's rows go to one file named after a hash of its stream id: ``part-<hash>.parquet`` when the
+  stream succeeded, ``err-<hash>.parquet`` when it ended in an error row. A stream therefore has at most one
+  file, whichever run wrote it, and a rewrite replaces it instead of adding a second.
+* Writes are atomic. Locally the file is written under a hidden temporary name in the same folder, fsynced,
+  then renamed over the final name. On S3 the object is uploaded in one request (PUT, or a multipart upload
+  that only becomes visible when it completes). A crash leaves at most a hidden ``.tmp-*`` file, which
+  readers ignore (pyarrow, pandas and DuckDB's ``*.parquet`` glob skip it) and the next run deletes.
+* Resume: ``done()`` lists the folder once; a stream whose hash is there is skipped. Error streams count as
+  done unless ``retry_errors``; when a retried stream then succeeds its ``err-`` file is removed after the
+  ``part-`` file is in place.
+* ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
+  folder that holds another task's results.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import posixpath
+import uuid
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
+from pipeline.schema import SCHEMA, rows_to_table
+
+log = logging.getLogger(__name__)
+
+PART, ERR, TMP = "part-", "err-", ".tmp-"
+JOBS_DIR = "_jobs"
+
+
+def stream_key(stream_id: str) -> str:
+    return hashlib.sha1(stream_id.encode("utf-8")).hexdigest()[:24]
+
+
+class PartWriter:
+    def __init__(self, output: str, storage: Storage | None = None) -> None:
+        self.output = normalize_uri(output)
+        self.storage = storage
+        self.fs, self.root = get_fs(self.output, storage)
+        self.local = protocol_of(self.output) == "file"
+        self.root = self.root.rstrip("/")
+
+    # ------------------------------------------------------------------ layout
+    def prepare(self) -> None:
+        """Create the folder (locally), or check that the bucket exists (S3), with a clear error."""
+        if self.local:
+            os.makedirs(self.root, exist_ok=True)
+            return
+        bucket = self.root.split("/", 1)[0]
+        try:
+            exists = self.fs.exists(bucket)
+        except PermissionError:
+            exists = True  # listing may be denied while writing is allowed: let the first write decide
+        if not exists:
+            raise FileNotFoundError(
+                f"output bucket {bucket!r} does not exist; create it or set output.path to another location."
+            )
+
+    def path_for(self, stream_id: str, error: bool = False) -> str:
+        return f"{self.root}/{ERR if error else PART}{stream_key(stream_id)}.parquet"
+
+    def uri_for(self, path: str) -> str:
+        return path if self.local else f"{protocol_of(self.output)}://{path}"
+
+    def _names(self) -> list[str]:
+        self.fs.invalidate_cache(self.root)
+        try:
+            entries = self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+        return [posixpath.basename(str(e).rstrip("/")) for e in entries]
+
+    def listing(self) -> dict[str, set[str]]:
+        """Hashes of streams with a ``part`` (succeeded) or ``err`` (error row) file."""
+        out: dict[str, set[str]] = {"part": set(), "err": set()}
+        for name in self._names():
+            if name.endswith(".parquet"):
+                for prefix, kind in ((PART, "part"), (ERR, "err")):
+                    if name.startswith(prefix):
+                        out[kind].add(name[len(prefix) : -len(".parquet")])
+        return out
+
+    def done(self, retry_errors: bool = False) -> set[str]:
+        listing = self.listing()
+        for key in listing["part"] & listing["err"]:  # a retry succeeded but its err- file outlived a crash
+            self._remove(f"{self.root}/{ERR}{key}.parquet")
+        return listing["part"] if retry_errors else listing["part"] | listing["err"]
+
+    def cleanup_tmp(self) -> int:
+        """Delete temporary files a crashed run left behind; returns how many."""
+        if not self.local:
+            return 0
+        removed = 0
+        for name in self._names():
+            if name.startswith(TMP):
+                self._remove(f"{self.root}/{name}")
+                removed += 1
+        if removed:
+            log.info("removed %d temporary files left by an interrupted run in %s", removed, self.output)
+        return removed
+
+    # ------------------------------------------------------------------ writing
+    def _put(self, path: str, data: bytes) -> None:
+        if self.local:
+            tmp = f"{self.root}/{TMP}{uuid.uuid4().hex}-{posixpath.basename(path)}"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)  # atomic on POSIX: readers see the old name or the complete new file
+        else:
+            self.fs.pipe_file(path, data)  # one object, visible only once fully uploaded
+
+    def _remove(self, path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.fs.rm_file(path)
+
+    def write(self, stream_id: str, rows: list[dict[str, Any]]) -> str:
+        """Write all rows of one stream atomically; returns the file's URI."""
+        if not rows:
+            raise ValueError(f"no rows to write for stream {stream_id!r}")
+        table = rows_to_table(rows)
+        error = all(r.get("row_kind") == "error" for r in rows)
+        path = self.path_for(stream_id, error)
+        sink = pa.BufferOutputStream()
+        pq.write_table(table, sink, compression="zstd")
+        self._put(path, sink.getvalue().to_pybytes())
+        if not error:
+            self._remove(self.path_for(stream_id, error=True))
+        return self.uri_for(path)
+
+    def write_job_record(self, job_id: str, record: dict[str, Any]) -> None:
+        path = f"{self.root}/{JOBS_DIR}/{job_id}.json"
+        data = json.dumps(record, indent=2, default=str).encode()
+        if self.local:
+            os.makedirs(f"{self.root}/{JOBS_DIR}", exist_ok=True)
+            tmp = f"{self.root}/{JOBS_DIR}/{TMP}{uuid.uuid4().hex}.json"
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            os.replace(tmp, path)
+        else:
+            self.fs.pipe_file(path, data)
+
+    def job_records(self) -> list[dict[str, Any]]:
+        folder = f"{self.root}/{JOBS_DIR}"
+        self.fs.invalidate_cache(folder)
+        try:
+            names = sorted(self.fs.ls(folder, detail=False))
+        except FileNotFoundError:
+            return []
+        records = []
+        for name in names:
+            if str(name).endswith(".json") and not posixpath.basename(str(name)).startswith(TMP):
+                try:
+                    records.append(json.loads(self.fs.cat_file(name)))
+                except (OSError, ValueError):
+                    log.warning("ignoring unreadable job record %s", name)
+        return records
+
+    def check_task(self, task: str) -> None:
+        for record in self.job_records():
+            if record.get("task") not in (None, task):
+                raise ValueError(
+                    f"output {display_uri(self.output)} holds results of task {record.get('task')!r}, not "
+                    f"{task!r}; point output.path at another folder."
+                )
+
+    # ------------------------------------------------------------------ reading
+    def files(self) -> list[str]:
+        return sorted(
+            f"{self.root}/{n}" for n in self._names() if n.endswith(".parquet") and n.startswith((PART, ERR))
+        )
+
+    def read(self, limit_files: int | None = None) -> pa.Table:
+        """All rows written so far (or those of the first ``limit_files`` files), in schema order."""
+        tables = []
+        for path in self.files()[:limit_files]:
+            with self.fs.open(path, "rb") as fh:
+                tables.append(pq.read_table(io.BytesIO(fh.read())))
+        if not tables:
+            return SCHEMA.empty_table()
+        return pa.concat_tables(tables).select(list(SCHEMA.names))
+
+
+def read_results(output: str, storage: Storage | None = None) -> pa.Table:
+    return PartWriter(output, storage).read()

@@ -1,0 +1,192 @@
+"""Test helpers for the pipeline: a tiny random model on disk, small corpora (good and bad), configs.
+
+The tiny model is a 4-layer Llama with random weights and a byte-level BPE tokenizer trained here on a few
+sentences, saved with a ChatML chat template like SmolLM2's, so ``load_model(folder)`` works in Ray
+actors exactly as with a real model, in well under a second and without any download.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+SENTENCES = [
+    "It was the best of times, it was the worst of times, it was the age of wisdom.",
+    "Call me Ishmael. Some years ago, never mind how long precisely, I went to sea.",
+    "CHAPTER I. The Beginning. ACT II. SCENE III. A heath near the castle.",
+    "2024-01-05 10:00:01,123 INFO web-1 request served in 12 ms status=200",
+    "2024-01-05 10:00:02,456 ERROR db-2 connection refused: timeout after 30 s",
+    "Summarize the passage above in 2 sentences. Answer the question about the text above.",
+    "Who is the narrator? What happens at the end? The whale, the ship, the captain.",
+]
+
+BOOK_CHAPTERS = [
+    ("CHAPTER I.", "The ship left the harbour at dawn. The captain watched the grey sea and said nothing. "),
+    ("CHAPTER II.", "A storm rose in the night. The sailors worked the ropes until their hands bled. "),
+    ("CHAPTER III.", "At last the coast appeared, green and quiet, and the crew sang as they rowed ashore. "),
+]
+
+
+def build_tiny_model(path: Path) -> Path:
+    """Save a tiny random Llama and its tokenizer in ``path`` (once; reused if present)."""
+    if (path / "config.json").exists():
+        return path
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
+    tok.train_from_iterator(SENTENCES * 4, trainer)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<|im_start|>", eos_token="<|im_end|>", pad_token="<|endoftext|>"
+    )
+    fast.chat_template = CHAT_TEMPLATE
+    config = LlamaConfig(
+        vocab_size=len(fast),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=2048,
+        bos_token_id=fast.bos_token_id,
+        eos_token_id=fast.eos_token_id,
+        pad_token_id=fast.pad_token_id,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(config)
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    fast.save_pretrained(tmp)
+    tmp.rename(path)
+    return path
+
+
+def book_text(repeat: int = 6) -> str:
+    """A small book with three chapters (each long enough to be a segment of its own at 64 tokens)."""
+    parts = ["THE VOYAGE\n\nby Nobody\n\n"]
+    for heading, body in BOOK_CHAPTERS:
+        parts.append(f"{heading}\n\n" + (body + "\n") * repeat + "\n")
+    return "".join(parts)
+
+
+def log_lines(n: int = 120, host: str = "web-1", start_s: int = 0) -> list[str]:
+    out = []
+    for i in range(n):
+        t = start_s + i * 7
+        level = "ERROR" if i % 17 == 0 else "WARN" if i % 5 == 0 else "INFO"
+        message = (
+            f"connection refused to db-{i % 3}" if level == "ERROR" else f"request {i} served in {i % 40} ms"
+        )
+        out.append(
+            f"2024-01-05 {10 + t // 3600:02d}:{t // 60 % 60:02d}:{t % 60:02d},{i % 1000:03d} "
+            f"{level} {host} {message}"
+        )
+    return out
+
+
+def write_good_corpus(folder: Path) -> dict[str, Path]:
+    """Two plain books, one gzip book, and a JSONL file of two records with questions."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "book_a": folder / "voyage.txt",
+        "book_b": folder / "voyage_again.txt",
+        "book_gz": folder / "voyage_gz.txt.gz",
+        "records": folder / "stories.jsonl",
+    }
+    files["book_a"].write_text(book_text(), encoding="utf-8")
+    files["book_b"].write_text(book_text(repeat=3), encoding="utf-8")
+    files["book_gz"].write_bytes(gzip.compress(book_text(repeat=2).encode()))
+    records = [
+        {"id": "s1", "text": book_text(repeat=2), "questions": [{"question_text": "Who watched the sea?"}]},
+        {
+            "id": "s2",
+            "text": "A short tale.\nThe end.\n",
+            "questions": ["How long is it?", "How does it end?"],
+        },
+    ]
+    files["records"].write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    return files
+
+
+def write_bad_corpus(folder: Path) -> dict[str, Path]:
+    """One input of every bad kind (a missing one is returned but not created)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {
+        "encoding": folder / "latin1.txt",
+        "empty": folder / "empty.txt",
+        "binary": folder / "image.txt",
+        "corrupt_gzip": folder / "broken.txt.gz",
+        "missing": folder / "not_there.txt",
+        "unreadable": folder / "locked.txt",
+    }
+    files["encoding"].write_bytes("Caf\u00e9 au lait\n".encode("latin-1") * 3)
+    files["empty"].write_text("   \n\n", encoding="utf-8")
+    files["binary"].write_bytes(bytes(range(256)) * 8)
+    files["corrupt_gzip"].write_bytes(gzip.compress(book_text().encode())[:60])
+    if os.geteuid() != 0:
+        files["unreadable"].write_text("secret\n", encoding="utf-8")
+        files["unreadable"].chmod(0)
+    else:  # root reads any file: a socket is what even root cannot open as a file
+        sock = socket.socket(socket.AF_UNIX)
+        sock.bind(str(files["unreadable"]))
+        sock.close()
+    return files
+
+
+def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sections: dict[str, Any]) -> Any:
+    """A small, fast JobConfig for the tiny model (sections override the defaults, merged per section)."""
+    from jobs.config import JobConfig
+
+    data: dict[str, Any] = {
+        "task": task,
+        "model": {"source": str(model_dir), "device": "cpu"},
+        "policy": {"name": "lacache", "budget": 48, "stride": 16, "params": {"span": 2}},
+        "input": {"paths": inputs},
+        "output": {"path": output},
+        "resources": {"actors": 2, "threads_per_actor": 1},
+        "progress": False,
+        "summarize": {
+            "segment_tokens": 96,
+            "min_segment_tokens": 16,
+            "segment_max_new_tokens": 6,
+            "final_max_new_tokens": 6,
+        },
+        "qa": {"max_new_tokens": 6},
+        "logs": {"window_tokens": 256, "max_new_tokens": 6},
+    }
+    if "window_seconds" in sections.get("logs", {}):
+        del data["logs"]["window_tokens"]
+    for name, values in sections.items():
+        if isinstance(data.get(name), dict):
+            data[name] = {**data[name], **values}
+        else:
+            data[name] = values
+    return JobConfig.model_validate(data)
+
+
+def read_output(path: str | Path, storage: Any = None) -> Any:
+    """All rows of an output folder as a pandas DataFrame (through the writer's own reader)."""
+    from pipeline.writer import read_results
+
+    return read_results(str(path), storage).to_pandas()

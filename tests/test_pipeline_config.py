@@ -1,0 +1,135 @@
+"""Job configuration: example files, validation messages, flag overrides, secrets (no Ray)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel
+
+from jobs.config import CONFIG_DIR, ConfigError, JobConfig, config_from_dict, load_config, main, read_yaml
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
+EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_example_configs_validate(path):
+    data = read_yaml(path)
+    cfg = config_from_dict(data["task"], data, str(path))
+    assert cfg.output.path and cfg.policy.build().name == cfg.policy.name
+
+
+def test_there_is_an_example_per_job_and_the_main_job_default():
+    names = {p.name for p in EXAMPLES}
+    assert {"summarize_books.yaml", "answer_questions.yaml", "analyze_logs.yaml"} <= names
+    cfg, _ = load_config("summarize", [])  # no --config: the main job's file
+    assert cfg.input.paths == [] and cfg.input.max_tokens_per_stream == 4000
+    assert cfg.model.source == "default" and cfg.output.path == "output/summarize_books"
+
+
+def test_every_setting_is_documented():
+    text = DOCS.read_text(encoding="utf-8")
+    for name, field in JobConfig.model_fields.items():
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            for key in sub.model_fields:
+                assert f"`{name}.{key}`" in text, f"{name}.{key} is missing from docs/pipeline.md"
+        else:
+            assert f"`{name}`" in text, name
+
+
+def test_flags_override_the_file(tmp_path):
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "policy: {name: streaming_llm, budget: 256}\ninput: {paths: [a.txt]}\nlogs: {window_tokens: 64}\n"
+    )
+    cfg, _ = load_config(
+        "logs",
+        ["--config", str(path), "--input", "b.log", "--input", "c.log", "--budget", "128",
+         "--policy", "lacache:span=15,overlap=0", "--set", "logs.top_templates=9", "--no-progress"],
+    )  # fmt: skip
+    assert cfg.input.paths == ["b.log", "c.log"]
+    assert (cfg.policy.name, cfg.policy.budget, cfg.policy.params) == (
+        "lacache",
+        128,
+        {"span": 15, "overlap": 0},
+    )
+    assert cfg.logs.top_templates == 9 and cfg.logs.window_tokens == 64 and cfg.progress is False
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"policy": {"name": "lru"}}, r"policy: unknown cache policy 'lru'; choose one of \['cascading'"),
+        (
+            {"policy": {"name": "cascading", "budget": 50}},
+            r"divisible by cascades=4; use budget=48 or budget=52",
+        ),
+        ({"policy": {"params": {"spam": 1}}}, r"policy: lacache: .*spam"),
+        (
+            {"input": {"paths": ["x"], "encoding": "utf-16"}},
+            r"input.encoding: encoding 'utf-16' is not ASCII",
+        ),
+        (
+            {"input": {"paths": ["x"], "max_tokens_per_stream": 0}},
+            r"input.max_tokens_per_stream: Input should be",
+        ),
+        (
+            {"logs": {"window_tokens": 100, "window_seconds": 60}},
+            r"logs: set either window_tokens or window_seconds",
+        ),
+        ({"logs": {"group_by": "line"}}, r"logs: group_by='line' needs key_pattern"),
+        ({"logs": {"report_prompt": "{nope}"}}, r"unknown placeholders \['nope'\]"),
+        ({"qa": {"prompt": "no question here"}}, r"qa.prompt: .*must contain \{question\}"),
+        ({"outputs": {}}, r"outputs: Extra inputs are not permitted"),
+    ],
+)
+def test_invalid_settings_name_the_field_and_the_problem(data, message):
+    data = {"input": {"paths": ["x"]}, **data}
+    with pytest.raises(ConfigError) as info:
+        config_from_dict("logs", data, "test.yaml")
+    assert re.search(message, str(info.value)), str(info.value)
+    assert str(info.value).startswith("invalid configuration (test.yaml):")
+
+
+def test_cli_reports_config_errors_with_status_2(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("policy: [not, a, mapping\n")
+    assert main("summarize", ["--config", str(bad)]) == 2
+    assert "is not valid YAML" in capsys.readouterr().err
+    assert main("qa", ["--budget", "-1", "--input", "x"]) == 2
+    assert "policy.budget: Input should be greater than or equal to 1" in capsys.readouterr().err
+    assert main("logs", []) == 2
+    assert "input.paths is empty" in capsys.readouterr().err
+    assert main("logs", ["--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read config file" in capsys.readouterr().err
+
+
+def test_secrets_are_masked_everywhere_but_the_storage_options():
+    cfg = config_from_dict(
+        "summarize",
+        {
+            "storage": {
+                "key": "AKIAFAKEKEY",
+                "secret": "fake/secret+value",
+                "endpoint_url": "http://127.0.0.1:9",
+            }
+        },
+    )
+    dumped = str(cfg.public_dict()) + repr(cfg) + str(cfg) + cfg.model_dump_json()
+    assert "AKIAFAKEKEY" not in dumped and "fake/secret+value" not in dumped
+    storage = cfg.storage.to_storage()
+    assert "fake/secret+value" not in repr(storage) and "AKIAFAKEKEY" not in str(storage)
+    opts = storage.options("s3")
+    assert opts["key"] == "AKIAFAKEKEY" and opts["secret"] == "fake/secret+value"
+    assert opts["client_kwargs"]["endpoint_url"] == "http://127.0.0.1:9"
+
+
+def test_endpoint_and_region_come_from_the_environment(monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1234")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-north-1")
+    opts = config_from_dict("summarize", {}).storage.to_storage().options("s3")
+    assert opts["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:1234", "region_name": "eu-north-1"}
+    assert "key" not in opts  # credentials: botocore's own chain

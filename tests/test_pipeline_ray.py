@@ -1,0 +1,210 @@
+"""End to end on a local Ray (2 CPUs) with the tiny random model: books, QA, logs, bad inputs, resume."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import psutil
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from helpers_pipeline import (
+    SHARED_DATA,
+    book_text,
+    build_tiny_model,
+    job_config,
+    log_lines,
+    read_output,
+    write_bad_corpus,
+    write_good_corpus,
+)
+
+from pipeline.driver import format_report, run_job
+from pipeline.schema import SCHEMA
+from pipeline.writer import stream_key
+
+pytestmark = pytest.mark.ray
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+
+
+def test_books_job_writes_the_documented_schema(ray_local, model_dir, tmp_path):
+    files = write_good_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    cfg = job_config(
+        "summarize", [str(tmp_path / "in")], str(out), model_dir, generation={"temperature": 1.0}
+    )
+    report = run_job(cfg)
+    assert (report.streams_ok, report.streams_error, report.actors) == (5, 0, 2)
+    assert report.tokens > 1000 and len(report.preview) == 3
+    for path in out.glob("*.parquet"):
+        assert pq.read_schema(path).equals(SCHEMA, check_metadata=False)
+    frame = pd.read_parquet(out)
+    assert list(frame.columns) == list(SCHEMA.names)
+    per_stream = frame.groupby("stream_id").row_kind.apply(lambda kinds: (kinds == "final").sum())
+    assert len(per_stream) == 5 and (per_stream == 1).all()
+    assert frame[frame.row_kind == "segment"].output_text.str.len().gt(0).all()
+    assert (frame.job_id == report.job_id).all() and frame.worker.nunique() == 2  # both actors worked
+    finals = duckdb.sql(
+        f"SELECT stream_id, token_end FROM '{out}/*.parquet' WHERE row_kind = 'final'"
+    ).fetchall()
+    assert {s for s, _ in finals} == set(per_stream.index)
+    assert str(files["book_gz"]) in per_stream.index
+    record = json.loads(next((out / "_jobs").glob("*.json")).read_text())
+    assert record["state"] == "finished" and record["streams_ok"] == 5
+    text = format_report(report)
+    assert str(out) in text and "Preview:" in text and "duckdb" in text
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "squality").is_dir(), reason="../shared/data/squality is absent")
+def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path):
+    source = SHARED_DATA / "squality" / "dev.jsonl"
+    cfg = job_config("qa", [str(source)], str(tmp_path / "out"), model_dir,
+                     input={"text_column": "document", "max_records_per_file": 3,
+                            "max_tokens_per_stream": 400},
+                     qa={"question_column": "questions", "questions": ["Who is the narrator?"]})  # fmt: skip
+    report = run_job(cfg)
+    assert report.streams_ok == 3 and report.streams_error == 0
+    rows = read_output(tmp_path / "out")
+    with source.open() as fh:
+        records = [json.loads(next(fh)) for _ in range(3)]
+    for index, record in enumerate(records):
+        asked = rows[rows.stream_id == f"{source}#record={index}"].sort_values("segment_index")
+        expected = [q["question_text"] for q in record["questions"]] + ["Who is the narrator?"]
+        assert list(asked.question) == expected
+        assert (asked.token_end == 400).all() and asked.truncated.all()
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
+def test_logs_job_on_loghub_files(ray_local, model_dir, tmp_path):
+    # The first 300 lines of two labelled logs (the tiny model's tokenizer makes ~100 tokens of a line).
+    sources = {}
+    for name in ("BGL_2k.log", "Thunderbird_2k.log"):
+        lines = (SHARED_DATA / "loghub" / name).read_text(encoding="utf-8").splitlines()[:300]
+        sources[name] = tmp_path / name
+        sources[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
+    cfg = job_config("logs", [str(p) for p in sources.values()], str(tmp_path / "out"),
+                     model_dir, logs={"window_tokens": 4096, "alert_pattern": "^(?!- )"})  # fmt: skip
+    report = run_job(cfg)
+    assert report.streams_ok == 2
+    rows = read_output(tmp_path / "out")
+    assert (rows.row_kind == "window").all()
+    for path in sources.values():
+        windows = rows[rows.stream_id == str(path)].sort_values("segment_index")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        assert windows.log_lines.sum() == len(lines) == 300
+        assert windows.log_alert_lines.sum() == sum(not line.startswith("- ") for line in lines)
+        assert windows.log_first_timestamp.iloc[0] == lines[0].split()[1]  # the epoch seconds field
+    assert rows[rows.stream_id == str(sources["BGL_2k.log"])].log_alert_lines.sum() > 0
+
+
+def test_logs_grouped_by_a_key_in_each_line_are_in_time_order(ray_local, model_dir, tmp_path):
+    # Two files, each holding three hosts' lines; one file is in reverse time order.
+    for name, start, reverse in (("a.log", 0, False), ("b.log", 3, True)):
+        lines = [line for host in ("web-1", "web-2", "db-1") for line in log_lines(20, host, start)]
+        lines.sort(key=lambda line: line[:23], reverse=reverse)
+        (tmp_path / name).write_text("\n".join(lines) + "\n")
+    cfg = job_config("logs", [str(tmp_path / "a.log"), str(tmp_path / "b.log"), str(tmp_path / "gone.log")],
+                     str(tmp_path / "out"), model_dir,
+                     logs={"group_by": "line",
+                           "key_pattern": r"(?:INFO|WARN|ERROR) (?P<key>\S+)"})  # fmt: skip
+    report = run_job(cfg)
+    assert (report.streams_ok, report.streams_error) == (3, 1)
+    rows = read_output(tmp_path / "out")
+    windows = rows[rows.row_kind == "window"]
+    assert set(windows.stream_id) == {"logs:key=web-1", "logs:key=web-2", "logs:key=db-1"}
+    for _, group in windows.groupby("stream_id"):
+        assert group.log_lines.sum() == 40 and group.log_out_of_order_lines.sum() == 0
+    error = rows[rows.row_kind == "error"]
+    assert error.error_kind.tolist() == ["missing"] and "gone.log" in error.error.iloc[0]
+
+
+def test_every_bad_input_yields_its_error_row_while_good_streams_complete(ray_local, model_dir, tmp_path):
+    write_good_corpus(tmp_path / "good")
+    bad = write_bad_corpus(tmp_path / "bad")
+    cfg = job_config("summarize", [str(tmp_path / "good"), str(tmp_path / "bad"), str(bad["missing"])],
+                     str(tmp_path / "out"), model_dir)  # fmt: skip
+    report = run_job(cfg)
+    assert (report.streams_ok, report.streams_error) == (5, 6)
+    rows = read_output(tmp_path / "out")
+    errors = rows[rows.row_kind == "error"].set_index("stream_id")
+    for kind in ("encoding", "empty", "binary", "corrupt_gzip", "missing", "unreadable"):
+        assert errors.loc[str(bad[kind]), "error_kind"] == kind
+    assert len(rows[rows.row_kind == "final"]) == 5
+    assert len(list((tmp_path / "out").glob("err-*.parquet"))) == 6
+
+
+def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, model_dir, tmp_path):
+    books = tmp_path / "books"
+    books.mkdir()
+    for i in range(10):
+        (books / f"book{i:02d}.txt").write_text(book_text(repeat=6 + i), encoding="utf-8")
+    out = tmp_path / "out"
+    cfg = job_config("summarize", [str(books)], str(out), model_dir,
+                     resources={"actors": 1, "threads_per_actor": 1, "ray_address": "local"},
+                     summarize={"segment_tokens": 64, "segment_max_new_tokens": 16})  # fmt: skip
+    config_file = tmp_path / "job.yaml"
+    config_file.write_text(yaml.safe_dump(cfg.public_dict()))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jobs.summarize_books", "--config", str(config_file)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while not list(out.glob("part-*.parquet")):
+            assert proc.poll() is None, "the job ended before it could be interrupted"
+            assert time.monotonic() < deadline, "no stream finished in time"
+            time.sleep(0.05)
+    finally:
+        # A hard crash of the whole job: the driver and every process of its in-process Ray (GCS, raylet,
+        # the actor), found before the kill because orphans lose their parent.
+        tree = psutil.Process(proc.pid).children(recursive=True)
+        os.killpg(proc.pid, signal.SIGKILL)
+        for child in tree:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        proc.wait()
+        psutil.wait_procs(tree, timeout=30)
+    first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
+    assert 1 <= len(first) < 10, first
+    for name in first:  # whatever the crash left is complete, readable Parquet
+        assert pq.read_table(out / name).num_rows > 0
+
+    report = run_job(cfg)
+    assert report.streams_skipped == len(first) and report.streams_ok == 10 - len(first)
+    parts = sorted(p.name for p in out.glob("*.parquet"))
+    assert parts == sorted(f"part-{stream_key(str(books / f'book{i:02d}.txt'))}.parquet" for i in range(10))
+    assert {name: (out / name).stat().st_mtime_ns for name in first} == first  # untouched
+    assert not list(out.glob(".tmp-*"))
+    rows = read_output(out)
+    finals = rows[rows.row_kind == "final"]
+    assert len(finals) == 10 and finals.stream_id.is_unique
+    assert not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()
+    again = run_job(cfg)
+    assert (again.streams_ok, again.streams_skipped, again.actors) == (0, 10, 0)  # nothing left: no Ray work

@@ -1,0 +1,247 @@
+"""Inputs, sharding and log statistics: incremental readers, byte ranges, bad inputs, chapters, windows."""
+
+from __future__ import annotations
+
+import gzip
+import itertools
+import json
+import random
+import tracemalloc
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from helpers_pipeline import SHARED_DATA, book_text, write_bad_corpus
+
+from pipeline.logstats import LogParser, WindowStats, mask_template
+from pipeline.sharding import ChapterSplitter, StreamTask, plan_tasks, split_ranges
+from pipeline.sources import (
+    InputError,
+    ReadOptions,
+    SourceFile,
+    expand_inputs,
+    iter_documents,
+    iter_lines,
+    iter_log_lines,
+)
+
+OPTS = ReadOptions()
+
+
+def _src(path: Path) -> SourceFile:
+    return expand_inputs([str(path)], None, OPTS)[0]
+
+
+# ------------------------------------------------------------------------------------------ expansion
+def test_expand_folders_globs_formats_and_hidden_files(tmp_path):
+    (tmp_path / "a.txt").write_text("a\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "b.jsonl.gz").write_bytes(gzip.compress(b'{"text": "b"}\n'))
+    (tmp_path / "sub" / "c.parquet").write_bytes(b"")
+    (tmp_path / ".tmp-x.parquet").write_text("partial")
+    (tmp_path / "_jobs").mkdir()
+    (tmp_path / "_jobs" / "j.json").write_text("{}")
+    found = {Path(s.uri).name: (s.format, s.compression) for s in expand_inputs([str(tmp_path)], None, OPTS)}
+    assert found == {"a.txt": ("text", None), "b.jsonl.gz": ("jsonl", "gzip"), "c.parquet": ("parquet", None)}
+    globbed = expand_inputs([str(tmp_path / "**" / "*.gz")], None, OPTS)
+    assert [Path(s.uri).name for s in globbed] == ["b.jsonl.gz"]
+    none = expand_inputs([str(tmp_path / "*.nothing")], None, OPTS)
+    assert len(none) == 1 and none[0].error and none[0].error[0] == "missing"
+    assert "no input matches" in none[0].error[1]
+
+
+# ------------------------------------------------------------------------------------------ reading
+def test_lines_crlf_bom_and_gzip_sniffed_without_suffix(tmp_path):
+    (tmp_path / "crlf.txt").write_bytes(b"\xef\xbb\xbfone\r\ntwo\r\n\r\nthree")
+    assert list(iter_lines(_src(tmp_path / "crlf.txt"))) == ["one", "two", "", "three"]
+    (tmp_path / "packed.log").write_bytes(gzip.compress(b"x\ny\n"))  # gzip data, no .gz suffix
+    assert list(iter_lines(_src(tmp_path / "packed.log"))) == ["x", "y"]
+
+
+def test_byte_ranges_partition_the_lines_exactly(tmp_path):
+    rng = random.Random(0)
+    lines = ["".join(rng.choice("abcdé \t") for _ in range(rng.randint(0, 40))) for _ in range(500)]
+    path = tmp_path / "big.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    src = _src(path)
+    size = path.stat().st_size
+    for parts in (1, 2, 3, 7, 64):
+        got: list[str] = []
+        for byte_range in split_ranges(size, parts):
+            got += list(iter_lines(src, byte_range=byte_range))
+        assert got == lines, parts
+    # Cut points that land exactly on a newline or inside a multi-byte character.
+    cuts = sorted({0, size, *rng.sample(range(1, size), 40)})
+    got = []
+    for a, b in itertools.pairwise(cuts):
+        got += list(iter_lines(src, byte_range=(a, b)))
+    assert got == lines
+
+
+def test_reading_is_incremental(tmp_path):
+    """A 24 MB file streams with a few MB of Python allocations: it is never held whole."""
+    path = tmp_path / "large.log"
+    line = "2024-01-05 10:00:01,123 INFO web-1 " + "x" * 90 + "\n"
+    with path.open("w") as fh:
+        for _ in range(200):
+            fh.write(line * 1000)
+    tracemalloc.start()
+    count = sum(1 for _ in iter_log_lines(_src(path)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 200_000
+    assert peak < 8 * 2**20, (
+        f"peak {peak / 2**20:.1f} MiB while reading {path.stat().st_size / 2**20:.0f} MiB"
+    )
+
+
+@pytest.mark.parametrize("kind", ["encoding", "empty", "binary", "corrupt_gzip", "missing", "unreadable"])
+def test_every_bad_input_raises_its_kind_with_the_file_and_a_fix(tmp_path, kind):
+    files = write_bad_corpus(tmp_path)
+    src = _src(files[kind])
+    if kind == "empty":  # the reader yields blank lines; the task decides the document is empty
+        assert not "".join(iter_lines(src)).strip()
+        return
+    with pytest.raises(InputError) as info:
+        list(iter_lines(src))
+    assert info.value.kind == kind
+    assert str(files[kind]) in info.value.message
+    fixes = ("re-encode", "remove", "re-create", "check", "convert", "grant")
+    assert any(word in info.value.message.lower() for word in fixes), info.value.message
+
+
+def test_encoding_option_reads_latin1(tmp_path):
+    files = write_bad_corpus(tmp_path)
+    opts = ReadOptions(encoding="latin-1")
+    assert next(iter_lines(_src(files["encoding"]), opts=opts)) == "Café au lait"
+    replaced = list(iter_lines(_src(files["encoding"]), opts=ReadOptions(encoding_errors="replace")))
+    assert replaced[0] == "Caf\ufffd au lait"
+
+
+def test_jsonl_records_are_documents_and_bad_records_are_errors(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    rows = [
+        json.dumps({"id": "x", "text": "first", "questions": [{"question_text": "Q1?"}, "Q2?"]}),
+        "{not json",
+        json.dumps({"id": "y", "body": "no text field"}),
+        "",
+        json.dumps({"id": "z", "text": "third"}),
+    ]
+    path.write_text("\n".join(rows) + "\n")
+    opts = ReadOptions(id_column="id", question_column="questions")
+    docs = list(iter_documents(_src(path), opts=opts))
+    assert [d.stream_id.split("#")[1] for d in docs] == ["id=x", "record=1", "id=y", "id=z"]
+    assert docs[0].text == "first" and docs[0].questions == ["Q1?", "Q2?"] and docs[0].error is None
+    assert (
+        docs[1].error is not None and docs[1].error.kind == "bad_record" and "line 2" in docs[1].error.message
+    )
+    assert docs[2].error is not None and "'text'" in docs[2].error.message and "body" in docs[2].error.message
+    assert docs[3].text == "third"
+
+
+def test_parquet_text_column_and_corrupt_parquet(tmp_path):
+    table = pa.table({"doc": ["a\nb", "c"], "key": ["k1", "k2"]})
+    pq.write_table(table, tmp_path / "docs.parquet")
+    docs = list(
+        iter_documents(_src(tmp_path / "docs.parquet"), opts=ReadOptions(text_column="doc", id_column="key"))
+    )
+    assert [(d.record, list(d.iter_lines())) for d in docs] == [("k1", ["a", "b"]), ("k2", ["c"])]
+    with pytest.raises(InputError, match="no column 'text'"):
+        list(iter_documents(_src(tmp_path / "docs.parquet")))
+    (tmp_path / "bad.parquet").write_bytes(b"PAR1 this is not parquet")
+    with pytest.raises(InputError) as info:
+        list(iter_documents(_src(tmp_path / "bad.parquet")))
+    assert info.value.kind == "corrupt_parquet"
+
+
+# ------------------------------------------------------------------------------------------ sharding
+def test_chapters_are_detected_and_pieces_keep_the_text():
+    text = book_text()
+    pieces = list(ChapterSplitter(piece_chars=200).pieces(text.split("\n")))
+    assert "".join(p.text for p in pieces) == text + "\n"  # every line, plus the final newline
+    assert [p.heading for p in pieces if p.heading] == ["CHAPTER I.", "CHAPTER II.", "CHAPTER III."]
+    splitter = ChapterSplitter()
+    for heading in ("ACT I.", "SCENE II. A Camp near Forres.", "Chapter 12", "STAVE ONE", "XIV.", "EPILOGUE"):
+        assert splitter.is_heading(heading), heading
+    for prose in ("Act of God, he said.", "I saw the book.", "Part of me wanted to stay", "ACTION!"):
+        assert not splitter.is_heading(prose), prose
+
+
+def test_plan_tasks_splits_large_text_and_groups_log_paths(tmp_path):
+    big = tmp_path / "big.txt"
+    big.write_text("line\n" * 1000)
+    small = tmp_path / "small.txt"
+    small.write_text("x\n")
+    sources = expand_inputs([str(tmp_path)], None, OPTS)
+    tasks = plan_tasks("summarize", sources, split_parts=3, min_split_bytes=1000)
+    parts = [t for t in tasks if t.sources[0].uri == str(big)]
+    assert [(t.part, t.parts) for t in parts] == [(0, 3), (1, 3), (2, 3)]
+    assert parts[0].byte_range == (0, 1667) and parts[-1].byte_range == (3334, 5000)
+    assert all(t.stream_id and "#bytes=" in t.stream_id for t in parts)
+    assert StreamTask.from_json(parts[1].to_json()) == parts[1]
+    whole = [t for t in tasks if t.sources[0].uri == str(small)]
+    assert len(whole) == 1 and whole[0].byte_range is None
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for name in ("web-1.0.log", "web-1.1.log", "db-1.0.log"):
+        (logs / name).write_text("2024-01-05 10:00:00 INFO x\n")
+    groups = plan_tasks(
+        "logs", expand_inputs([str(logs)], None, OPTS), group_by="path", key_pattern=r"(?P<key>\w+-\d)\.\d"
+    )
+    assert {t.stream_id: len(t.sources) for t in groups} == {"logs:key=db-1": 1, "logs:key=web-1": 2}
+
+
+# ------------------------------------------------------------------------------------------ log stats
+@pytest.mark.parametrize(
+    ("line", "text", "epoch"),
+    [
+        ("2015-10-18 18:01:47,978 INFO [main] x", "2015-10-18 18:01:47,978", 1445191307.978),
+        ("081109 203615 148 INFO dfs.DataNode x", "081109 203615", 1226262975.0),
+        ("- 1117838570 2005.06.03 R02 2005-06-03-15.42.50.675872 R02 RAS", "1117838570", 1117838570.0),
+        ("[Sun Dec 04 04:47:44 2005] [notice] workerEnv.init() ok", "Sun Dec 04 04:47:44 2005", 1133671664.0),
+        ("17/06/09 20:10:40 INFO executor.Backend", "17/06/09 20:10:40", 1497039040.0),
+        ("20171223-22:15:29:606|Step_LSC|30002312|x", "20171223-22:15:29:606", 1514067329.606),
+        ("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: x", "Jun 14 15:16:01", 960995761.0),
+        ("03-17 16:13:38.811  1702  2395 D WindowManager: x", "03-17 16:13:38.811", 953309618.811),
+        ("[10.30 16:49:06] chrome.exe - proxy", "10.30 16:49:06", 972924546.0),
+        ("no timestamp here", None, None),
+    ],
+)
+def test_timestamp_formats(line, text, epoch):
+    ts, ts_text, _ = LogParser().timestamp(line)
+    assert ts_text == text
+    assert ts == pytest.approx(epoch) if epoch else ts is None
+
+
+def test_levels_templates_and_window_stats():
+    parser = LogParser(alert_pattern=r"^(?!- )")
+    lines = [
+        "- 1117838570 2005.06.03 R02-M1 RAS KERNEL INFO instruction cache parity error corrected",
+        "- 1117838575 2005.06.03 R02-M2 RAS KERNEL INFO instruction cache parity error corrected",
+        "APPREAD 1117838580 2005.06.03 R02-M3 RAS APP FATAL ciod: failed to read message prefix",
+        "- 1117838500 2005.06.03 R02-M4 RAS KERNEL WARNING going back in time",
+        "03-17 16:13:38.811  1702  2395 W WindowManager: x",
+    ]
+    stats = WindowStats()
+    for line in lines:
+        stats.add(parser.parse(line))
+    assert stats.lines == 5 and stats.alerts == 2
+    assert dict(stats.levels) == {"INFO": 2, "FATAL": 1, "WARN": 2}
+    assert stats.top_templates(1) == [
+        ("- <*> R<*>-M<*> RAS KERNEL INFO instruction cache parity error corrected", 2)
+    ]
+    assert stats.first_ts_text == "1117838570" and stats.last_ts_text == "03-17 16:13:38.811"
+    assert stats.out_of_order == 2  # 1117838500 after 1117838580, and the year-less Android line
+    assert mask_template("user 42 from 10.0.0.1:22 id 9f4ef63 uuid 123e4567-e89b-12d3-a456-426614174000") == (
+        "user <*> from <*> id <*> uuid <*>"
+    )
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
+def test_every_loghub_line_gets_a_timestamp():
+    for path in sorted((SHARED_DATA / "loghub").glob("*.log")):
+        parser = LogParser()
+        missing = [line for line in iter_log_lines(_src(path)) if parser.timestamp(line)[0] is None]
+        assert not missing, (path.name, missing[:3])

@@ -1,0 +1,270 @@
+"""The stream worker without Ray: tasks, policies, isolation of generations, bad inputs, resume."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from helpers_pipeline import (
+    build_tiny_model,
+    job_config,
+    log_lines,
+    read_output,
+    write_bad_corpus,
+    write_good_corpus,
+)
+
+from actors.common import drop_repeated_sentences
+from actors.stream_worker import StreamWorker
+from cache_policies import POLICIES
+from longread.engine import StreamingEngine
+from pipeline.logstats import LogParser
+from pipeline.sharding import ChapterSplitter, plan_tasks
+from pipeline.sources import expand_inputs, iter_lines
+
+POLICY_SETTINGS = {
+    "full": {"name": "full", "budget": None, "params": {}},
+    "streaming_llm": {"name": "streaming_llm", "budget": 48, "params": {}},
+    "lacache": {"name": "lacache", "budget": 48, "params": {"span": 2}},
+    "cascading": {"name": "cascading", "budget": 52, "params": {"cascades": 4}},
+}
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+
+
+def run(worker: StreamWorker) -> list[dict]:
+    cfg = worker.cfg
+    sources = expand_inputs(cfg.input.paths, None, cfg.read_options())
+    tasks = plan_tasks(
+        cfg.task,
+        sources,
+        split_parts=cfg.input.split_parts,
+        min_split_bytes=cfg.input.min_split_bytes,
+        group_by=cfg.logs.group_by,
+        key_pattern=cfg.logs.key_pattern,
+    )
+    return [status for task in tasks for status in worker.process(task)]
+
+
+def test_every_registered_policy_has_settings_here():
+    assert set(POLICY_SETTINGS) == set(POLICIES)
+
+
+@pytest.mark.parametrize("policy", sorted(POLICY_SETTINGS))
+def test_summarize_segments_chapters_and_final_under_every_policy(tmp_path, model_dir, policy):
+    files = write_good_corpus(tmp_path / "in")
+    cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "out"), model_dir,
+                     policy={**POLICY_SETTINGS[policy], "stride": 16})  # fmt: skip
+    statuses = run(StreamWorker(cfg, "t"))
+    assert [s["status"] for s in statuses] == ["ok"]
+    rows = read_output(tmp_path / "out").sort_values("segment_index")
+    segments, final = rows[rows.row_kind == "segment"], rows[rows.row_kind == "final"]
+    assert len(final) == 1 and final.segment_index.iloc[0] == len(segments)
+    # Contiguous token ranges covering the stream; no segment longer than segment_tokens.
+    assert segments.token_start.iloc[0] == 0
+    assert (segments.token_start.values[1:] == segments.token_end.values[:-1]).all()
+    assert segments.token_end.iloc[-1] == final.token_end.iloc[0] == statuses[0]["tokens"]
+    assert ((segments.token_end - segments.token_start) <= 96).all()
+    # Each chapter starts a segment of its own, titled with its heading.
+    titled = segments.dropna(subset=["segment_title"])
+    assert list(titled.segment_title) == ["CHAPTER I.", "CHAPTER II.", "CHAPTER III."]
+    budget = POLICY_SETTINGS[policy]["budget"]
+    if budget is not None:
+        assert (rows.cache_tokens <= budget).all()
+    assert (rows.policy == policy).all() and (
+        rows.budget.isna() if budget is None else rows.budget == budget
+    ).all()
+    assert (
+        rows.policy_params.map(json.loads).map(lambda p: p.get("budget")).eq(budget).all() or budget is None
+    )
+
+
+def test_summaries_never_enter_the_stream(tmp_path, model_dir):
+    """After summarizing (and restoring), the cache is exactly that of streaming the document alone."""
+    files = write_good_corpus(tmp_path / "in")
+    cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "out"), model_dir,
+                     generation={"temperature": 1.0})  # fmt: skip
+    worker = StreamWorker(cfg, "t")
+    run(worker)
+    summarized = worker.engine.cache
+    ctx = worker.ctx
+    plain = StreamingEngine(worker.engine.model, cfg.policy.build(), stride=16, tokenizer=ctx.tokenizer)
+    plain.feed(ctx.prefix_ids)
+    [src] = expand_inputs([str(files["book_a"])], None, cfg.read_options())
+    for piece in ChapterSplitter().pieces(iter_lines(src)):
+        plain.feed(ctx.encode(piece.text))
+    assert plain.cache.seen == summarized.seen == len(ctx.prefix_ids) + ctx.tokens
+    assert torch.equal(plain.cache.positions(), summarized.positions())
+    for a, b in zip(plain.cache.slots, summarized.slots):
+        assert torch.equal(a.keys[..., : a.length, :], b.keys[..., : b.length, :])
+
+
+def test_answers_come_from_copies_of_the_state(tmp_path, model_dir):
+    files = write_good_corpus(tmp_path / "in")
+    sampled = {"temperature": 1.0, "seed": 7}
+
+    def answers(questions, out):
+        cfg = job_config("qa", [str(files["book_a"])], str(tmp_path / out), model_dir,
+                         qa={"questions": questions, "max_new_tokens": 12}, generation=sampled)  # fmt: skip
+        run(StreamWorker(cfg, "t"))
+        rows = read_output(tmp_path / out).sort_values("segment_index")
+        return dict(zip(rows.question, rows.output_text))
+
+    both = answers(["Who watched the sea?", "What rose in the night?"], "both")
+    alone = answers(["What rose in the night?"], "alone")
+    assert both["What rose in the night?"] == alone["What rose in the night?"]
+    assert all(text for text in both.values())
+
+
+def test_qa_questions_from_records_config_and_file(tmp_path, model_dir):
+    files = write_good_corpus(tmp_path / "in")
+    qfile = tmp_path / "questions.yaml"
+    qfile.write_text('voyage.txt: ["Where does the ship go?"]\n"stories.jsonl#s2": ["Is it short?"]\n')
+    cfg = job_config("qa", [str(files["records"]), str(files["book_a"]), str(files["book_b"])],
+                     str(tmp_path / "out"), model_dir, input={"id_column": "id"},
+                     qa={"questions_file": str(qfile), "questions": ["Any title?"]})  # fmt: skip
+    statuses = run(StreamWorker(cfg, "t"))
+    rows = read_output(tmp_path / "out")
+    asked = rows[rows.row_kind == "answer"].groupby("stream_id").question.apply(list).to_dict()
+    base = str(files["records"])
+    assert asked[f"{base}#id=s1"] == ["Who watched the sea?", "Any title?"]
+    assert asked[f"{base}#id=s2"] == ["How long is it?", "How does it end?", "Any title?", "Is it short?"]
+    assert asked[str(files["book_a"])] == ["Any title?", "Where does the ship go?"]
+    assert asked[str(files["book_b"])] == ["Any title?"]
+    assert {s["status"] for s in statuses} == {"ok"}
+
+
+def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
+    lines = log_lines(150)
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(lines) + "\n")
+    cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir,
+                     logs={"window_tokens": 300, "alert_pattern": "ERROR"})  # fmt: skip
+    run(StreamWorker(cfg, "t"))
+    rows = read_output(tmp_path / "out").sort_values("segment_index")
+    assert len(rows) > 3 and (rows.row_kind == "window").all()
+    assert rows.log_lines.sum() == 150
+    levels: dict[str, int] = {}
+    for pairs in rows.log_levels:
+        for level, n in pairs:
+            levels[level] = levels.get(level, 0) + n
+    parser = LogParser()
+    expected: dict[str, int] = {}
+    for line in lines:
+        level = parser.level(line)
+        expected[level] = expected.get(level, 0) + 1
+    assert levels == expected
+    assert rows.log_alert_lines.sum() == expected["ERROR"]
+    assert (
+        rows.log_first_timestamp.iloc[0] == lines[0][:23]
+        and rows.log_last_timestamp.iloc[-1] == lines[-1][:23]
+    )
+    assert (rows.token_start.values[1:] == rows.token_end.values[:-1]).all()
+    top = rows.log_top_templates.iloc[0]
+    assert top[0]["count"] >= top[-1]["count"] and "<*>" in top[0]["template"]
+
+
+def test_log_windows_by_time(tmp_path, model_dir):
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(log_lines(150)) + "\n")  # one line every 7 s: 1043 s in all
+    cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir, logs={"window_seconds": 300})
+    run(StreamWorker(cfg, "t"))
+    rows = read_output(tmp_path / "out").sort_values("segment_index")
+    # Lines at i * 7 s; 300 s buckets start with lines 0, 43 (301 s), 86 (602 s) and 129 (903 s).
+    assert list(rows.log_first_timestamp.str[11:19]) == ["10:00:00", "10:05:01", "10:10:02", "10:15:03"]
+    assert rows.log_lines.sum() == 150
+
+
+def test_bad_inputs_become_error_rows_and_good_streams_complete(tmp_path, model_dir):
+    good = write_good_corpus(tmp_path / "good")
+    bad = write_bad_corpus(tmp_path / "bad")
+    cfg = job_config("summarize", [str(tmp_path / "good"), str(tmp_path / "bad"), str(bad["missing"])],
+                     str(tmp_path / "out"), model_dir)  # fmt: skip
+    statuses = run(StreamWorker(cfg, "t"))
+    by_stream = {s["stream_id"]: s for s in statuses}
+    for kind in ("encoding", "empty", "binary", "corrupt_gzip", "missing", "unreadable"):
+        status = by_stream[str(bad[kind])]
+        assert status["status"] == "error" and status["error_kind"] == kind, status
+        assert str(bad[kind]) in status["error"]
+    ok = [s for s in statuses if s["status"] == "ok"]
+    assert len(ok) == 5  # 3 books + 2 records
+    rows = read_output(tmp_path / "out")
+    errors = rows[rows.row_kind == "error"]
+    assert len(errors) == 6 and errors.error.notna().all() and errors.output_text.isna().all()
+    assert set(rows[rows.row_kind == "final"].stream_id) == {s["stream_id"] for s in ok}
+    assert str(good["book_gz"]) in set(rows.stream_id)
+
+
+def test_token_limit_truncates_and_parts_cover_the_file(tmp_path, model_dir):
+    files = write_good_corpus(tmp_path / "in")
+    cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "cut"), model_dir,
+                     input={"max_tokens_per_stream": 100})  # fmt: skip
+    [status] = run(StreamWorker(cfg, "t"))
+    rows = read_output(tmp_path / "cut")
+    assert status["tokens"] == 100 and rows.truncated.all() and rows.token_end.max() == 100
+
+    cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "parts"), model_dir,
+                     input={"split_parts": 3, "min_split_bytes": 100})  # fmt: skip
+    statuses = run(StreamWorker(cfg, "t"))
+    assert len(statuses) == 3 and all("#bytes=" in s["stream_id"] for s in statuses)
+    rows = read_output(tmp_path / "parts")
+    finals = rows[rows.row_kind == "final"].sort_values("part_index")
+    assert list(finals.part_index) == [0, 1, 2] and (finals.part_count == 3).all()
+    whole = len(StreamWorker(cfg, "t").ctx.encode(files["book_a"].read_text()))
+    assert abs(int(finals.tokens_streamed.sum()) - whole) <= 6  # same text, cut at 3 line boundaries
+
+
+def test_worker_skips_streams_already_written(tmp_path, model_dir):
+    files = write_good_corpus(tmp_path / "in")
+    cfg = job_config(
+        "summarize", [str(files["records"]), str(files["book_a"])], str(tmp_path / "out"), model_dir
+    )
+    first = run(StreamWorker(cfg, "t1"))
+    mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")}
+    second = run(StreamWorker(cfg, "t2"))
+    assert [s["status"] for s in first] == ["ok"] * 3 and [s["status"] for s in second] == ["skipped"] * 3
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")} == mtimes
+
+
+def test_drop_repeated_sentences():
+    text = "The ship sails. The ship sails. A storm! the ship  sails. Land at last"
+    assert drop_repeated_sentences(text) == "The ship sails. A storm! Land at last"
+
+
+def test_a_policy_that_does_not_fit_the_model_fails_before_ray_starts(tmp_path, model_dir):
+    from pipeline.driver import run_job
+
+    cfg = job_config("summarize", [str(tmp_path)], str(tmp_path / "out"), model_dir,
+                     policy={"name": "lacache", "budget": 48, "params": {"span": 6}})  # fmt: skip
+    with pytest.raises(ValueError, match=r"does not fit model tiny-model \(4 layers\): lacache: span=6"):
+        run_job(cfg)
+    assert not (tmp_path / "out").exists()  # nothing started, nothing written
+
+
+def test_record_files_split_between_records(tmp_path, model_dir):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    texts = [f"Story {i}.\nThe ship {'sailed ' * (i + 1)}home.\n" for i in range(12)]
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "s.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    pq.write_table(pa.table({"text": texts}), tmp_path / "in" / "s.parquet", row_group_size=3)
+    cfg = job_config("summarize", [str(tmp_path / "in")], str(tmp_path / "out"), model_dir,
+                     input={"split_parts": 3, "min_split_bytes": 1})  # fmt: skip
+    tasks = plan_tasks("summarize", expand_inputs(cfg.input.paths, None, cfg.read_options()), split_parts=3,
+                       min_split_bytes=1)  # fmt: skip
+    assert [(t.part, t.parts) for t in tasks] == [(0, 3), (1, 3), (2, 3)] * 2
+    statuses = [s for task in tasks for s in StreamWorker(cfg, "t").process(task)]
+    assert len(statuses) == 24 and {s["status"] for s in statuses} == {"ok"}
+    finals = read_output(tmp_path / "out").query("row_kind == 'final'")
+    parquet = finals[finals.stream_id.str.contains("s.parquet")]
+    jsonl = finals[finals.stream_id.str.contains("s.jsonl")]
+    # Parquet records keep their index in the whole file; JSONL records in a byte range are named by offset.
+    assert sorted(parquet.stream_id.str.split("#record=").str[1].astype(int)) == list(range(12))
+    offsets = sorted(jsonl.stream_id.str.split("#offset=").str[1].astype(int))
+    lines = (tmp_path / "in" / "s.jsonl").read_bytes().split(b"\n")
+    assert offsets == [sum(len(line) + 1 for line in lines[:i]) for i in range(12)]

@@ -1,0 +1,119 @@
+"""Output schema and atomic, resumable Parquet parts (no Ray)."""
+
+from __future__ import annotations
+
+import os
+import re
+from datetime import UTC, datetime
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.schema import COLUMNS, SCHEMA, rows_to_table
+from pipeline.sources import ERROR_KINDS
+from pipeline.writer import PartWriter, stream_key
+
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
+
+
+def row(stream_id: str, kind: str = "final", **extra):
+    base = {
+        "job_id": "j1",
+        "stream_id": stream_id,
+        "source_uri": stream_id,
+        "task": "summarize",
+        "row_kind": kind,
+        "part_index": 0,
+        "part_count": 1,
+        "model": "tiny",
+        "policy": "lacache",
+        "policy_params": "{}",
+        "stride": 16,
+        "created_at": datetime.now(UTC),
+        "log_levels": [("INFO", 3)],
+        "log_top_templates": [{"template": "a <*>", "count": 3}],
+    }
+    return {**base, **extra}
+
+
+def test_schema_table_in_docs_matches_the_schema():
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("## Output schema", 1)[1].split("\n## ", 1)[0]
+    documented = re.findall(r"^\| `(\w+)` \| `([^`]+)` \| (yes|no) \|", section, flags=re.M)
+    assert [name for name, _, _ in documented] == list(COLUMNS)
+    for name, type_, nullable in documented:
+        field = SCHEMA.field(name)
+        assert type_ == str(field.type), name
+        assert (nullable == "yes") == field.nullable, name
+
+
+def test_error_kinds_in_docs_match_the_code():
+    section = DOCS.read_text(encoding="utf-8").split("**Bad input**", 1)[1].split("## Output schema", 1)[0]
+    assert tuple(re.findall(r"^  \| `(\w+)` \|", section, flags=re.M))[1:] == ERROR_KINDS  # [0]: header
+
+
+def test_rows_must_fit_the_schema():
+    with pytest.raises(KeyError, match="not in the output schema"):
+        rows_to_table([row("a", summary="typo")])
+    with pytest.raises(ValueError, match="row_kind"):
+        rows_to_table([row("a", kind="chapter")])
+    incomplete = row("a")
+    del incomplete["model"]
+    with pytest.raises(Exception, match="model"):  # non-nullable column left empty
+        rows_to_table([incomplete])
+    table = rows_to_table([row("a", output_text="hi", segment_index=2)])
+    assert table.schema.equals(SCHEMA, check_metadata=False) and table.num_rows == 1
+
+
+def test_parts_are_atomic_readable_and_resumable(tmp_path):
+    writer = PartWriter(str(tmp_path / "out"))
+    writer.prepare()
+    path = writer.write("s1", [row("s1", "segment", segment_index=0), row("s1", "final", segment_index=1)])
+    assert Path(path).name == f"part-{stream_key('s1')}.parquet"
+    writer.write("s2", [row("s2", "error", error_kind="missing", error="gone")])
+    assert writer.done() == {stream_key("s1"), stream_key("s2")}
+    assert writer.done(retry_errors=True) == {stream_key("s1")}
+    # A retried error stream that now succeeds replaces its err- file.
+    writer.write("s2", [row("s2", "final")])
+    assert sorted(Path(p).name[:4] for p in writer.files()) == ["part", "part"]
+    # The same stream written again replaces its file: never two files for one stream.
+    writer.write("s1", [row("s1", "final", output_text="again")])
+    table = writer.read()
+    assert table.num_rows == 2 and sorted(table.column("stream_id").to_pylist()) == ["s1", "s2"]
+    # pandas and DuckDB read the folder as is.
+    assert len(pd.read_parquet(tmp_path / "out")) == 2
+    count = duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'out'}/*.parquet'").fetchall()
+    assert count == [(2,)]
+
+
+def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path, monkeypatch):
+    writer = PartWriter(str(tmp_path / "out"))
+    writer.prepare()
+    writer.write("ok", [row("ok")])
+
+    def crash(src, dst):
+        raise KeyboardInterrupt("killed between write and rename")
+
+    monkeypatch.setattr(os, "replace", crash)
+    with pytest.raises(KeyboardInterrupt):
+        writer.write("half", [row("half")])
+    monkeypatch.undo()
+    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
+    assert len(leftovers) == 1  # the temporary file exists ...
+    assert writer.done() == {stream_key("ok")}  # ... but is neither a result nor counted as done,
+    assert len(pd.read_parquet(tmp_path / "out")) == 1  # readers skip it,
+    assert writer.cleanup_tmp() == 1  # and the next run deletes it.
+    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
+    assert pq.read_table(writer.files()[0]).num_rows == 1
+
+
+def test_an_output_folder_belongs_to_one_task(tmp_path):
+    writer = PartWriter(str(tmp_path / "out"))
+    writer.prepare()
+    writer.write_job_record("job-1", {"task": "logs", "config": {}})
+    writer.check_task("logs")
+    with pytest.raises(ValueError, match="holds results of task 'logs'"):
+        writer.check_task("summarize")
