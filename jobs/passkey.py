@@ -4,8 +4,9 @@ A 5-digit key ("The pass key is 12345. Remember it. 12345 is the pass key.") is 
 filler text cut from a public-domain book, the stream ends with "What is the pass key? The pass key is", and
 the model continues greedily. Streams are ``multiple x budget`` tokens long; the depth is drawn inside each of
 ``depths`` equal bins; every (length, bin) gets ``samples`` streams with fresh keys and filler offsets. All
-policies see the same streams. Scored by exact match and per-digit accuracy; the table also reports exact
-match on keys that lie outside StreamingLLM's window (more than ``budget - sink`` tokens before the end).
+policies see the same streams. Scored by exact match and per-digit accuracy (digits right in place); the
+table also scores, apart, the keys that lie outside StreamingLLM's window (``out``: more than
+``budget - sink`` tokens before the end of the stream).
 
     python -m jobs.passkey --budget 256 --stride 128 --multiple 2 --multiple 4 --multiple 8 \
         --multiple 16 --policy full --policy streaming_llm --policy lacache:span=15,overlap=0 \
@@ -178,6 +179,7 @@ def summarize(rows: list[dict], depths: int) -> list[dict]:
                 "digit_acc": _mean([r["digit_acc"] for r in group]),
                 "n_outside": len(outside),
                 "exact_outside": _mean([r["exact"] for r in outside]),
+                "digit_outside": _mean([r["digit_acc"] for r in outside]),
             }
         )
     return out
@@ -189,14 +191,17 @@ def _mean(values: list[Any]) -> float:
 
 def format_table(summary: list[dict], depths: int) -> str:
     bins = " ".join(f"{f'd{b + 1}':>5}" for b in range(depths))
-    head = f"{'policy':<64} {'x':>3} {'tokens':>6} {bins} {'EM':>5} {'digit':>5} {'EM out (n)':>11}"
+    head = (
+        f"{'policy':<64} {'x':>3} {'tokens':>6} {bins} {'EM':>5} {'digit':>5} "
+        f"{'out: n':>6} {'EM':>5} {'digit':>5}"
+    )
     lines = [head, "-" * len(head)]
     for s in summary:
         cells = " ".join(f"{v:>5.2f}" for v in s["exact_by_depth"])
-        out = f"{s['exact_outside']:.2f} ({s['n_outside']})"
         lines.append(
             f"{s['spec']:<64} {s['multiple']:>3} {s['length']:>6} {cells} {s['exact']:>5.2f} "
-            f"{s['digit_acc']:>5.2f} {out:>11}"
+            f"{s['digit_acc']:>5.2f} {s['n_outside']:>6} {s['exact_outside']:>5.2f} "
+            f"{s['digit_outside']:>5.2f}"
         )
     return "\n".join(lines)
 
