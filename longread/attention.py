@@ -136,7 +136,14 @@ def _record(
     recorder = _RECORDER.get()
     if recorder is None:
         return
-    for unsupported in ("softcap", "sliding_window", "s_aux", "position_bias"):
+    window = kwargs.get("sliding_window")
+    if window is not None and window < key.shape[2]:
+        raise NotImplementedError(
+            f"attention scores with a sliding window of {window} < {key.shape[2]} cached keys are not "
+            "supported; use a budget + stride within the window, or a policy that does not need scores."
+        )
+    # A window at least as long as the cache never masks anything (e.g. Mistral's 4096 with budget 512).
+    for unsupported in ("softcap", "s_aux", "position_bias"):
         if kwargs.get(unsupported) is not None:
             raise NotImplementedError(
                 f"attention scores with `{unsupported}` are not supported; use a model without it "
@@ -182,11 +189,6 @@ def _flash_with_scores(original: str) -> Callable[..., tuple[torch.Tensor, None]
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
-        if query.device.type != "cuda":
-            raise RuntimeError(
-                f"{original} with attention scores needs a CUDA device, got {query.device}; load the model "
-                "with attn_implementation='sdpa' on CPU."
-            )
         if attention_mask is not None:
             raise NotImplementedError("flash attention with scores supports one unpadded stream (batch 1).")
         from transformers.integrations.flash_attention import get_target_dtype

@@ -298,17 +298,21 @@ def test_scores_off_outside_a_recording():
     assert collect.sums == {}
 
 
-def test_flash_variant_refuses_cpu():
-    from longread.attention import FLASH_NAMES, _flash_with_scores
+def test_flash_attention_is_refused_where_the_kernel_cannot_run():
+    # The score twin itself runs anywhere (tests/test_flash_emulated.py drives it on CPU); the kernel
+    # needs CUDA and half precision, so loading a model for it elsewhere fails early with the fix.
+    from longread.models import load_model
 
+    with pytest.raises(ValueError, match="needs a CUDA device; use attn_implementation='sdpa'"):
+        load_model("unused", device="cpu", attn_implementation="flash_attention_2")
+    with pytest.raises(ValueError, match="needs dtype='bfloat16' or 'float16'"):
+        load_model("unused", device="cuda", dtype="float32", attn_implementation="flash_attention_2")
     model = tiny_model(seed=3)
     layer = model.model.layers[0].self_attn
-    q = torch.zeros(1, 4, 2, 16)
-    k = torch.zeros(1, 2, 2, 16)
-    with pytest.raises(RuntimeError, match="needs a CUDA device"):
-        _flash_with_scores(FLASH_NAMES["longread_fa2"])(layer, q, k, k, None)
+    q = torch.zeros(1, 4, 2, 16)  # (B, Hq, T, D)
+    k = torch.zeros(1, 2, 2, 16)  # (B, Hkv, T, D)
     out, _ = sdpa_with_scores(layer, q, k, k, None, scaling=0.25)
-    assert out.shape == (1, 2, 4, 16)
+    assert out.shape == (1, 2, 4, 16)  # (B, T, Hq, D), as transformers' attention functions return
 
 
 def test_unsupported_attention_implementation_is_refused():

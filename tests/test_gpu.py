@@ -17,7 +17,12 @@ def _stream(model, name, ids, **params):
 
 
 @pytest.mark.parametrize(
-    "name,params", [("streaming_llm", {"budget": 64}), ("lacache", {"budget": 64, "span": 2})]
+    "name,params",
+    [
+        ("streaming_llm", {"budget": 64}),
+        ("lacache", {"budget": 64, "span": 2}),
+        ("cascading", {"budget": 64, "cascades": 2}),
+    ],
 )
 def test_flash_attention_matches_sdpa(name, params):
     pytest.importorskip("flash_attn")

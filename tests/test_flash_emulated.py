@@ -1,0 +1,158 @@
+"""The FlashAttention code path on CPU, with a pure-torch stand-in for the flash-attn kernel.
+
+The real kernel needs CUDA (``tests/test_gpu.py`` runs it when a GPU is present). Everything around the
+kernel is ours or transformers' and runs anywhere: the (B, S, H, D) layout, the mask that
+``flash_attention_mask`` leaves out, bottom-right causal alignment of a chunk against a longer cache,
+the kwargs transformers derives from the kernel's signature, and for score policies our
+``longread_fa2`` wrapper. These tests swap in :func:`reference_flash_attn_func`, written from the
+flash-attn 2 API contract, and check that streaming every policy through the flash path gives the
+logits of the SDPA path.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import tiny_model
+from transformers import modeling_flash_attention_utils as fa_utils
+
+from cache_policies import POLICIES, make_policy
+from longread.engine import StreamingEngine
+
+CALLS = {"dense": 0, "varlen": 0}
+
+
+def reference_flash_attn_func(
+    q: torch.Tensor,  # (B, Sq, Hq, D)
+    k: torch.Tensor,  # (B, Sk, Hk, D)
+    v: torch.Tensor,  # (B, Sk, Hk, D)
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> torch.Tensor:
+    """flash-attn 2's contract: GQA by head groups; causal aligned to the bottom-right (query i of Sq
+    sees keys j <= i + Sk - Sq), as flash-attn >= 2.1 does."""
+    CALLS["dense"] += 1
+    assert dropout_p == 0.0 and window_size == (-1, -1) and not softcap and alibi_slopes is None
+    sq, hq, d = q.shape[1], q.shape[2], q.shape[3]
+    sk, hk = k.shape[1], k.shape[2]
+    assert hq % hk == 0, "flash-attn needs query heads to be a multiple of KV heads"
+    scale = d**-0.5 if softmax_scale is None else softmax_scale
+    k = k.repeat_interleave(hq // hk, dim=2)
+    v = v.repeat_interleave(hq // hk, dim=2)
+    logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale  # (B, Hq, Sq, Sk)
+    if causal:
+        visible = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + (sk - sq)  # (Sq, Sk)
+        logits = logits.masked_fill(~visible, float("-inf"))
+    out = torch.einsum("bhqk,bkhd->bqhd", torch.softmax(logits, dim=-1), v.float())
+    return out.to(q.dtype)
+
+
+def reference_flash_attn_varlen_func(
+    q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
+    causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
+    return_attn_probs=False, block_table=None,
+):  # fmt: skip
+    """Packed sequences, one dense call per sequence (the unpad path must agree with the dense one)."""
+    CALLS["varlen"] += 1
+    outs = []
+    for i in range(len(cu_seqlens_q) - 1):
+        qs = slice(int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]))
+        ks = slice(int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1]))
+        outs.append(
+            reference_flash_attn_func(
+                q[None, qs], k[None, ks], v[None, ks], 0.0, softmax_scale, causal, window_size
+            )[0]
+        )
+    CALLS["dense"] -= len(outs)
+    return torch.cat(outs)
+
+
+@pytest.fixture
+def emulated_flash(monkeypatch):
+    """Make transformers' lazy flash import resolve to the reference kernel (restored afterwards)."""
+    monkeypatch.setattr(fa_utils, "_loaded_implementation", "flash_attention_2")
+    monkeypatch.setattr(fa_utils, "_flash_fn", reference_flash_attn_func)
+    monkeypatch.setattr(fa_utils, "_flash_varlen_fn", reference_flash_attn_varlen_func)
+    monkeypatch.setattr(fa_utils, "_flash_with_kvcache_fn", None)
+    monkeypatch.setattr(fa_utils, "_pad_fn", fa_utils._pad_input)
+    monkeypatch.setattr(fa_utils, "_unpad_fn", fa_utils._unpad_input)
+    monkeypatch.setattr(
+        fa_utils,
+        "_process_flash_kwargs_fn",
+        fa_utils._lazy_define_process_function(reference_flash_attn_varlen_func),
+    )
+    monkeypatch.setattr(fa_utils, "_process_with_kvcache_kwargs_fn", dict)
+    CALLS.update(dense=0, varlen=0)
+    return CALLS
+
+
+def _flash_model(model_type: str = "llama"):
+    model = tiny_model(model_type)
+    # Bypasses transformers' "is flash-attn installed and is this CUDA" check, which is the point here.
+    model.config._attn_implementation = "flash_attention_2"
+    return model
+
+
+def _stream(model, name: str, ids: torch.Tensor, stride: int, **params) -> torch.Tensor:
+    engine = StreamingEngine(model, make_policy(name, **params), stride=stride)
+    return torch.cat([engine.forward_chunk(c) for c in engine.chunks(ids)])
+
+
+POLICY_PARAMS = {
+    "full": {},
+    "streaming_llm": {"budget": 40},
+    "lacache": {"budget": 40, "span": 2},
+    "cascading": {"budget": 40, "cascades": 2},
+}
+
+
+def test_every_policy_is_covered():
+    assert set(POLICY_PARAMS) == set(POLICIES)
+
+
+@pytest.mark.parametrize("stride", [1, 16])
+@pytest.mark.parametrize("name", sorted(POLICY_PARAMS))
+def test_flash_path_matches_sdpa(emulated_flash, name, stride):
+    ids = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(3))
+    sdpa = _stream(tiny_model("llama"), name, ids, stride, **POLICY_PARAMS[name])
+    flash = _stream(_flash_model("llama"), name, ids, stride, **POLICY_PARAMS[name])
+    torch.testing.assert_close(flash, sdpa, atol=2e-5, rtol=2e-5)
+    # 4 layers per chunk, all through the dense kernel: one stream never takes the unpad (varlen) path.
+    assert emulated_flash["dense"] == 4 * len(range(0, 150, stride))
+    assert emulated_flash["varlen"] == 0
+
+
+@pytest.mark.parametrize("model_type", ["mistral", "qwen2", "qwen3"])
+def test_flash_path_other_architectures(emulated_flash, model_type):
+    ids = torch.randint(0, 97, (120,), generator=torch.Generator().manual_seed(4))
+    sdpa = _stream(tiny_model(model_type), "cascading", ids, 16, budget=40, cascades=2)
+    flash = _stream(_flash_model(model_type), "cascading", ids, 16, budget=40, cascades=2)
+    torch.testing.assert_close(flash, sdpa, atol=2e-5, rtol=2e-5)
+
+
+def test_cascading_flash_scores_equal_sdpa_scores(emulated_flash):
+    """The score pass of the flash wrapper sees the same (unmasked-by-transformers) chunk: same cascade."""
+    ids = torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(5))
+    kept, scores = [], []
+    for model in (tiny_model("llama"), _flash_model("llama")):
+        engine = StreamingEngine(model, make_policy("cascading", budget=40, cascades=4), stride=8)
+        engine.feed(ids)
+        kept.append(engine.cache.positions())
+        scores.append(engine.policy.scores[..., : engine.policy.length].clone())
+    assert torch.equal(kept[0], kept[1])
+    assert scores[1].abs().sum() > 0
+    torch.testing.assert_close(scores[1], scores[0], atol=1e-6, rtol=1e-5)
+
+
+def test_scores_refuse_a_sliding_window_that_masks_the_cache():
+    """A window shorter than the cache would make the flash output and the column sums disagree."""
+    model = tiny_model("mistral", sliding_window=16)
+    engine = StreamingEngine(model, make_policy("cascading", budget=40, cascades=2), stride=16)
+    with pytest.raises(NotImplementedError, match="sliding window of 16 < 32 cached keys"):
+        engine.feed(torch.arange(64) % 97)
