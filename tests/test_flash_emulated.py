@@ -22,22 +22,11 @@ from longread.engine import StreamingEngine
 CALLS = {"dense": 0, "varlen": 0}
 
 
-def reference_flash_attn_func(
-    q: torch.Tensor,  # (B, Sq, Hq, D)
-    k: torch.Tensor,  # (B, Sk, Hk, D)
-    v: torch.Tensor,  # (B, Sk, Hk, D)
-    dropout_p: float = 0.0,
-    softmax_scale: float | None = None,
-    causal: bool = False,
-    window_size: tuple[int, int] = (-1, -1),
-    softcap: float = 0.0,
-    alibi_slopes: torch.Tensor | None = None,
-    deterministic: bool = False,
-    return_attn_probs: bool = False,
-) -> torch.Tensor:
-    """flash-attn 2's contract: GQA by head groups; causal aligned to the bottom-right (query i of Sq
-    sees keys j <= i + Sk - Sq), as flash-attn >= 2.1 does."""
-    CALLS["dense"] += 1
+def _attend(
+    q, k, v, softmax_scale, causal, window_size=(-1, -1), dropout_p=0.0, softcap=0.0, alibi_slopes=None
+):  # fmt: skip
+    """flash-attn 2's contract on (B, S, H, D): GQA by head groups; causal aligned to the bottom-right
+    (query i of Sq sees keys j <= i + Sk - Sq), as flash-attn >= 2.1 does."""
     assert dropout_p == 0.0 and window_size == (-1, -1) and not softcap and alibi_slopes is None
     sq, hq, d = q.shape[1], q.shape[2], q.shape[3]
     sk, hk = k.shape[1], k.shape[2]
@@ -53,23 +42,37 @@ def reference_flash_attn_func(
     return out.to(q.dtype)
 
 
+def reference_flash_attn_func(
+    q: torch.Tensor,  # (B, Sq, Hq, D)
+    k: torch.Tensor,  # (B, Sk, Hk, D)
+    v: torch.Tensor,  # (B, Sk, Hk, D)
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: torch.Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> torch.Tensor:
+    """``flash_attn_func``'s signature (transformers derives its kwargs from it)."""
+    CALLS["dense"] += 1
+    return _attend(q, k, v, softmax_scale, causal, window_size, dropout_p, softcap, alibi_slopes)
+
+
 def reference_flash_attn_varlen_func(
     q, k, v, cu_seqlens_q, cu_seqlens_k, max_seqlen_q, max_seqlen_k, dropout_p=0.0, softmax_scale=None,
     causal=False, window_size=(-1, -1), softcap=0.0, alibi_slopes=None, deterministic=False,
     return_attn_probs=False, block_table=None,
 ):  # fmt: skip
-    """Packed sequences, one dense call per sequence (the unpad path must agree with the dense one)."""
+    """Packed sequences (T, H, D) split at ``cu_seqlens``, each attended like a dense batch of one."""
     CALLS["varlen"] += 1
     outs = []
     for i in range(len(cu_seqlens_q) - 1):
         qs = slice(int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]))
         ks = slice(int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1]))
-        outs.append(
-            reference_flash_attn_func(
-                q[None, qs], k[None, ks], v[None, ks], 0.0, softmax_scale, causal, window_size
-            )[0]
-        )
-    CALLS["dense"] -= len(outs)
+        args = (softmax_scale, causal, window_size, dropout_p, softcap, alibi_slopes)
+        outs.append(_attend(q[None, qs], k[None, ks], v[None, ks], *args)[0])
     return torch.cat(outs)
 
 
