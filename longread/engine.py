@@ -18,15 +18,16 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
 from cache_policies.base import CachePolicy
 from longread.cache import BoundedCache, RopeMode
+from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
 from longread.rope import Rope
 
 log = logging.getLogger(__name__)
@@ -40,14 +41,6 @@ class Snapshot:
     cache: BoundedCache
     policy: CachePolicy
     last_logits: torch.Tensor | None
-
-
-@dataclass
-class GenerationResult:
-    text: str
-    token_ids: list[int]
-    stop_reason: Literal["eos", "stop_string", "max_new_tokens"]
-    seconds: float = 0.0
 
 
 @dataclass
@@ -219,83 +212,36 @@ class StreamingEngine:
             raise ValueError("this engine has no tokenizer; pass tokenizer= to StreamingEngine")
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
-    def _eos_ids(self) -> set[int]:
-        ids: set[int] = set()
-        gen = getattr(self.model, "generation_config", None)
-        for source in (getattr(gen, "eos_token_id", None), getattr(self.tokenizer, "eos_token_id", None)):
-            if isinstance(source, int):
-                ids.add(source)
-            elif isinstance(source, Iterable):
-                ids.update(int(i) for i in source)
-        return ids
-
     @torch.inference_mode()
     def generate(
         self,
         prompt: str | Sequence[int] | None = None,
         *,
-        max_new_tokens: int = 256,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        stop: Sequence[str] = (),
-        seed: int | None = None,
+        settings: GenerationSettings | None = None,
+        **overrides: Any,
     ) -> GenerationResult:
         """Feed ``prompt`` (text or ids) after what was streamed, then generate with continuous compaction.
 
-        ``temperature=0`` is greedy. Generation stops at an EOS token, at the first stop string (which is
-        cut from the text), or after ``max_new_tokens``.
+        ``settings`` (or keyword overrides of its fields, e.g. ``max_new_tokens=64``) say how; see
+        ``longread.generation``. Generation stops at an EOS token, at the first stop string (cut from the
+        text), or after ``max_new_tokens`` (optionally finishing the sentence).
         """
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
-        if temperature < 0 or not 0 < top_p <= 1 or top_k < 0:
-            raise ValueError(f"bad sampling settings temperature={temperature}, top_p={top_p}, top_k={top_k}")
+        settings = (settings or GenerationSettings()).with_(**overrides) if overrides else settings
+        settings = settings or GenerationSettings()
         t0 = time.perf_counter()
         if prompt is not None:
             ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
             self.feed(ids)
         if self.last_logits is None:
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device="cpu").manual_seed(seed)
-        eos = self._eos_ids()
-        out: list[int] = []
-        text = ""
-        reason: Literal["eos", "stop_string", "max_new_tokens"] = "max_new_tokens"
-        for _ in range(max_new_tokens):
-            token = _sample(self.last_logits, temperature, top_p, top_k, generator)
-            if token in eos:
-                reason = "eos"
+        decoder = Decoder(settings, self.tokenizer, eos_ids(self.model, self.tokenizer))
+        while True:
+            logits = self.last_logits[None].clone()  # (1, V)
+            Decoder.process(logits, [decoder])
+            token = Decoder.choose(logits, [decoder])[0]
+            done = decoder.push(token)
+            if decoder.reason != "eos":  # the stream continues after every generated token
+                self.forward_chunk(torch.tensor([token]), logits=False)
+            if done:
                 break
-            out.append(token)
-            self.forward_chunk(torch.tensor([token]), logits=False)
-            if stop and self.tokenizer is not None:
-                text = self.tokenizer.decode(out, skip_special_tokens=True)
-                hit = min((i for i in (text.find(s) for s in stop) if i >= 0), default=-1)
-                if hit >= 0:
-                    text = text[:hit]
-                    reason = "stop_string"
-                    break
-        if reason != "stop_string" and self.tokenizer is not None:
-            text = self.tokenizer.decode(out, skip_special_tokens=True)
-        return GenerationResult(text, out, reason, time.perf_counter() - t0)
-
-
-def _sample(
-    logits: torch.Tensor, temperature: float, top_p: float, top_k: int, generator: torch.Generator | None
-) -> int:
-    if temperature == 0:
-        return int(logits.argmax())
-    logits = logits.float().cpu() / temperature
-    if top_k:
-        kth = torch.topk(logits, min(top_k, logits.numel())).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if top_p < 1:
-        sorted_p, order = probs.sort(descending=True)
-        # Drop tokens once the mass before them already reaches top_p (always keep the first).
-        drop = sorted_p.cumsum(0) - sorted_p >= top_p
-        sorted_p[drop] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, sorted_p)
-    return int(torch.multinomial(probs, 1, generator=generator))
+        return decoder.result(time.perf_counter() - t0)
