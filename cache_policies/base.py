@@ -13,7 +13,13 @@ Every layer and head keeps the same count ``T`` so the cache stays one tensor pe
 exceeds ``budget``. ``None`` means "keep everything" (nothing to evict yet).
 
 Policies whose choice depends on attention (``needs_scores``) receive per-chunk column sums of the
-attention probabilities through ``observe`` before ``select`` is called.
+attention probabilities of every layer through ``observe`` before ``select`` is called.
+
+One policy object holds one stream's state. The engine builds one per stream from a bound prototype
+(``copy.deepcopy`` then ``reset``), copies it for snapshots and forks, and persists it for checkpoints
+through ``state_dict`` / ``load_state_dict`` (plain tensors and Python values only, so a checkpoint loads
+with ``torch.load(weights_only=True)``). Attributes whose names start with ``_`` are derived (caches,
+geometry from ``bind``) and are not part of the state.
 """
 
 from __future__ import annotations
@@ -71,8 +77,18 @@ class CachePolicy(ABC):
         to keep all, or an ascending index tensor of shape ``(T,)``, ``(L, T)`` or ``(L, H, T)``.
         """
 
-    def observe(self, layer: int, scores: torch.Tensor, n_new: int) -> None:  # noqa: B027 - optional hook
-        """Per-layer attention column sums for the chunk just processed; only for ``needs_scores``."""
+    def observe(self, scores: torch.Tensor, n_new: int) -> None:  # noqa: B027 - optional hook
+        """Attention column sums ``(L, H_q, n)`` of the chunk just processed; only for ``needs_scores``."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The stream's state (see the module docstring)."""
+        return {k: v for k, v in vars(self).items() if not k.startswith("_")}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for key, value in state.items():
+            if key.startswith("_") or not hasattr(self, key):
+                raise KeyError(f"{self.name}: {key!r} is not part of this policy's state")
+            setattr(self, key, value)
 
     def params(self) -> dict[str, Any]:
         """The policy's parameters, for result rows and tables."""

@@ -10,7 +10,7 @@ stop; D closed, not empty: overwrite the newest if its score is >= the newest's,
 
 Scores are float32 EMAs per (layer, KV head, slot), ``s <- beta^S s + sum_q (1-beta) beta^(S-1-q) p(q, slot)``
 with the query-head probabilities reduced over each GQA group by max (or mean). They arrive through
-``observe`` from ``longread.attention``, which computes them exactly.
+``observe`` (all layers at once) from the engine, which has ``longread.attention`` compute them exactly.
 
 Why the insertion can be vectorized: which case applies at each (token, sub-cache) depends only on the
 position and the sub-cache counts, never on scores (D overwrites or drops, neither changes a count), so the
@@ -74,7 +74,7 @@ class Cascading(CachePolicy):
         self.length = 0  # slots kept after the last select: sinks + sum(counts)
         self.counts = [0] * self.cascades  # entries per sub-cache, identical for every layer and head
         self.scores = torch.zeros(0)  # (L, H, budget + largest chunk): EMA per cache slot, in slot order
-        self._observed: set[int] = set()
+        self._observed = False
 
     # ----------------------------------------------------------------- scores
     def query_weights(self, n_queries: int, device: torch.device) -> torch.Tensor:
@@ -85,25 +85,27 @@ class Cascading(CachePolicy):
             self._weights[key] = ((1 - self.beta) * self.beta**exponent).to(device, torch.float32)
         return self._weights[key]
 
-    def observe(self, layer: int, scores: torch.Tensor, n_new: int) -> None:
-        """``scores``: (H_q, n) weighted column sums of one layer over the cache plus the ``n_new`` chunk."""
-        n = scores.shape[-1]
-        if n - n_new != self.length:
+    def observe(self, scores: torch.Tensor, n_new: int) -> None:
+        """``scores``: (L, H_q, n) weighted column sums of every layer over the cache plus the ``n_new``
+        chunk tokens (``longread.attention`` computes them during the forward)."""
+        layers, _, n = scores.shape
+        if layers != self.num_layers or n - n_new != self.length:
             raise RuntimeError(
-                f"cascading: layer {layer} reports {n - n_new} cached tokens, the policy kept {self.length}; "
-                "scores and cache are out of step (was the cache modified outside the engine?)."
+                f"cascading: scores for {layers} layers over {n - n_new} cached tokens, but the policy has "
+                f"{self.num_layers} layers and kept {self.length}; scores and cache are out of step (was the "
+                "cache modified outside the engine?)."
             )
-        grouped = scores.view(self.num_kv_heads, -1, n).float()  # (H, G, n)
-        reduced = grouped.amax(1) if self.reduce == "max" else grouped.mean(1)  # (H, n)
+        grouped = scores.view(layers, self.num_kv_heads, -1, n).float()  # (L, H, G, n)
+        reduced = grouped.amax(2) if self.reduce == "max" else grouped.mean(2)  # (L, H, n)
         if self.scores.shape[-1] < n or self.scores.device != scores.device:
             grown = torch.zeros(self.num_layers, self.num_kv_heads, n, device=scores.device)
             grown[..., : self.length] = self.scores[..., : self.length].to(scores.device)
             self.scores = grown
-        ema = self.scores[layer, :, :n]  # (H, n)
-        ema[:, : self.length].mul_(self.beta**n_new)
-        ema[:, self.length :] = 0.0  # new tokens start with the attention they got within their chunk
+        ema = self.scores[..., :n]  # (L, H, n)
+        ema[..., : self.length].mul_(self.beta**n_new)
+        ema[..., self.length :] = 0.0  # new tokens start with the attention they got within their chunk
         ema.add_(reduced)
-        self._observed.add(layer)
+        self._observed = True
 
     # ----------------------------------------------------------------- cascade
     def _is_open(self, steps: torch.Tensor, level: int) -> torch.Tensor:
@@ -115,12 +117,12 @@ class Cascading(CachePolicy):
         n_new = n - self.length
         if n_new == 0:
             return None
-        if len(self._observed) != self.num_layers:
+        if not self._observed:
             raise RuntimeError(
-                f"cascading: attention scores reached {len(self._observed)} of {self.num_layers} layers; "
-                "run it through longread.engine.StreamingEngine, which routes them via longread.attention."
+                "cascading: no attention scores reached the policy for this chunk; run it through "
+                "longread.engine, which routes them from the attention (longread.attention)."
             )
-        self._observed.clear()
+        self._observed = False
         device = self.scores.device
         layers, heads = self.num_layers, self.num_kv_heads
         new_sinks = min(max(self.sink - self.seen, 0), n_new)
@@ -129,7 +131,9 @@ class Cascading(CachePolicy):
         # Arrivals to sub-cache 0: the chunk's non-sink tokens, at the cache slots right after the kept
         # ones (LH, K), and their stream positions (K,).
         arrivals = torch.arange(self.length + new_sinks, n, device=device).expand(layers * heads, -1)
-        steps = torch.arange(self.seen + new_sinks, self.seen + n_new, device=device)
+        # Stream positions stay on the CPU: the cascade's control flow depends on them alone, so deciding it
+        # there never waits for the device.
+        steps = torch.arange(self.seen + new_sinks, self.seen + n_new)
         kept: list[torch.Tensor] = []
         # Each sub-cache's existing entries are a slot range that ends where the newer sub-cache's begins.
         offset = self.length
@@ -173,14 +177,14 @@ class Cascading(CachePolicy):
             entries = torch.cat([entries, arrivals], dim=1)
         else:
             # Segmented argmax: entry e is won by its highest-scoring candidate, the latest on ties.
-            entry_of = torch.cat([torch.arange(m, device=steps.device), m - 1 + starts.cumsum(0)])  # (m+K,)
+            entry_of = torch.cat([torch.arange(m), m - 1 + starts.cumsum(0)])  # (m+K,)
+            count = m + int(starts.sum())
             cand = torch.cat([entries, arrivals], dim=1)  # (LH, m+K)
             cand_score = scores.gather(1, cand)
-            groups = entry_of.expand(rows, -1)
-            count = m + int(starts.sum())
+            groups = entry_of.to(cand.device).expand(rows, -1)
             best = cand_score.new_full((rows, count), float("-inf"))
             best = best.scatter_reduce(1, groups, cand_score, "amax")
-            order = torch.arange(cand.shape[1], device=steps.device).expand(rows, -1)
+            order = torch.arange(cand.shape[1], device=cand.device).expand(rows, -1)
             order = order.masked_fill(cand_score < best.gather(1, groups), -1)
             winner = torch.full_like(best, -1, dtype=torch.long).scatter_reduce(1, groups, order, "amax")
             entries = cand.gather(1, winner)

@@ -1,26 +1,26 @@
-"""Attention that also reports exact attention probabilities, for score-based cache policies.
+"""Attention for batched pos-shift streaming: per-row FlashAttention and exact attention column sums.
 
-Score-based policies (``CachePolicy.needs_scores``, e.g. Cascading) need, per layer, how much attention
-every cached token received from the chunk's queries. This module registers attention functions with
-transformers' ``AttentionInterface`` (and their mask functions with ``AttentionMaskInterface``) that
+The engine runs one forward over a block of rows whose streams differ in cached length and chunk size.
+Row ``b`` holds ``length[b]`` cached keys and feeds ``size[b]`` tokens padded to ``width``; query
+``q < size[b]`` sees keys ``<= length[b] + q`` (causal, aligned to the row's last real key).
+``forward_context`` publishes that layout for the duration of a forward; the attention functions here read
+it:
 
-* compute the layer's output with the model's normal kernel (transformers' SDPA path, or FlashAttention on
-  CUDA), so the output is exactly what the model would produce without scores; and
-* when a :func:`record_scores` context is active, compute the weighted column sums of the softmax
-  probabilities ``c[h, k] = sum_q w[q] * p[h, q, k]`` for every query head ``h`` and key ``k``, exactly
-  (float32 softmax with the true normalizer), one ``chunk x key-block`` tile at a time, and hand them to
-  the observer as ``observer.observe(layer_idx, c, n_new)`` with ``c`` of shape ``(H_q, K)``.
+* SDPA / eager need nothing more: the engine passes the matching boolean 4D mask (transformers uses a
+  4D mask as given), or none when every row has the same length and a full chunk.
+* FlashAttention (2, 3 or 4, through transformers' own kernel loading) takes no mask: the registered
+  wrappers ``longread_fa2`` / ``longread_fa3`` / ``longread_fa4`` call the dense kernel when the block is
+  uniform and otherwise pack each row's real queries and keys and call the kernel's varlen entry point
+  (causal aligned bottom-right per sequence, as flash-attn >= 2.1 does).
+* Score policies (``CachePolicy.needs_scores``, Cascading) need, per layer, how much attention each cached
+  token received: ``c[b, h, k] = sum_q w[b, q] * p[b, h, q, k]`` over real queries, with per-row query
+  weights ``w``. While a forward context carries a ``ScoreSink`` the attention functions (the SDPA twin
+  ``longread_sdpa`` or the flash wrappers) compute these column sums exactly, float32, after the layer's
+  output, which they leave untouched. On CUDA with Triton the sums come from two fused kernels
+  (``longread.colsum_triton``: log-sum-exp, then weighted probabilities, nothing of size S x K stored);
+  elsewhere from ``column_sums`` (torch, tiled by key blocks), which is also the kernel's test reference.
 
-The query weights ``w`` come from ``observer.query_weights(S, device)`` when the observer has it (Cascading:
-EMA weights), else all ones (plain column sums). When the keys fit in one block, probabilities take one pass
-(one ``Q K^T``); otherwise a first pass finds each query's log-normalizer over all blocks and a second pass
-forms the probabilities block by block, so memory stays ``O(H_q * S * block)`` for any cache size.
-
-The mask is the one transformers builds for the implementation (SDPA's boolean mask) or, when transformers
-skips it (no past, or a single query), the causal mask aligned to the last key, as SDPA/flash apply it.
-
-:func:`use_score_attention` switches a model to the matching implementation; the engine does that for
-policies with ``needs_scores`` and wraps each forward in :func:`record_scores`.
+Timing: score work is timed with CUDA events (no host synchronization) or the CPU clock.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import cache
 from typing import Any, Protocol
 
 import torch
@@ -38,49 +39,122 @@ from transformers import AttentionInterface, AttentionMaskInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import flash_attention_mask, sdpa_mask
 
-#: Keys per tile of the column-sum computation: a tile holds ``H_q * S * SCORE_BLOCK`` float32 values.
+#: Keys per tile of the torch column-sum path: a tile holds ``H_q * S * SCORE_BLOCK`` float32 values.
 SCORE_BLOCK = 2048
 
 SDPA_NAME = "longread_sdpa"
 # Our names must not contain "flash": transformers treats any such name as a flash kernel to load.
-FLASH_NAMES = {"longread_fa2": "flash_attention_2", "longread_fa3": "flash_attention_3"}
+FLASH_NAMES = {
+    "longread_fa2": "flash_attention_2",
+    "longread_fa3": "flash_attention_3",
+    "longread_fa4": "flash_attention_4",
+}
 
 
 class ScoreObserver(Protocol):
     def observe(self, layer: int, scores: torch.Tensor, n_new: int) -> None: ...
 
 
+class Timer:
+    """Accumulates seconds of device work without host synchronization (CUDA events), or CPU seconds."""
+
+    def __init__(self) -> None:
+        self.cpu = 0.0
+        self.events: list[tuple[Any, Any]] = []
+
+    @contextmanager
+    def measure(self, device: torch.device) -> Iterator[None]:
+        if device.type == "cuda":
+            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            stop.record()
+            self.events.append((start, stop))
+        else:
+            t0 = time.perf_counter()
+            yield
+            self.cpu += time.perf_counter() - t0
+
+    @property
+    def seconds(self) -> float:
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.cpu += sum(a.elapsed_time(b) for a, b in self.events) / 1000
+            self.events.clear()
+        return self.cpu
+
+
 @dataclass
-class ScoreRecorder:
-    """Routes column sums to ``observer`` during one forward pass; times the work for honest accounting."""
+class ScoreSink:
+    """Receives each layer's column sums ``(n, H_q, K)`` for the rows of the forward."""
 
-    observer: ScoreObserver
+    on_layer: Callable[[int, torch.Tensor], None]
+    weights: torch.Tensor  # (n, S) float32 query weights, zero for padding
     block: int = SCORE_BLOCK
-    seconds: float = 0.0  # column sums + observer bookkeeping, summed over layers
-
-    def weights(self, n_queries: int, device: torch.device) -> torch.Tensor:
-        fn: Callable[[int, torch.device], torch.Tensor] | None = getattr(self.observer, "query_weights", None)
-        if fn is None:
-            return torch.ones(n_queries, device=device)
-        return fn(n_queries, device)
+    timer: Timer = field(default_factory=Timer)
 
 
-_RECORDER: ContextVar[ScoreRecorder | None] = ContextVar("longread_score_recorder", default=None)
+@dataclass
+class ForwardContext:
+    """The layout of the rows in the forward being run (see the module docstring)."""
+
+    lengths: list[int]
+    sizes: list[int]
+    width: int
+    device: torch.device
+    scores: ScoreSink | None = None
+    _packing: tuple[torch.Tensor, ...] | None = None
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.lengths)) == 1 and all(s == self.width for s in self.sizes)
+
+    def packing(self) -> tuple[torch.Tensor, ...]:
+        """Indices of real queries and keys, and cumulative lengths, for varlen kernels (built once)."""
+        if self._packing is None:
+            dev = self.device
+            q_rows = torch.cat([torch.full((s,), i) for i, s in enumerate(self.sizes)]).to(dev)
+            q_pos = torch.cat([torch.arange(s) for s in self.sizes]).to(dev)
+            spans = [n + s for n, s in zip(self.lengths, self.sizes)]
+            k_rows = torch.cat([torch.full((k,), i) for i, k in enumerate(spans)]).to(dev)
+            k_pos = torch.cat([torch.arange(k) for k in spans]).to(dev)
+            cu_q = torch.tensor([0, *torch.tensor(self.sizes).cumsum(0).tolist()], dtype=torch.int32)
+            cu_k = torch.tensor([0, *torch.tensor(spans).cumsum(0).tolist()], dtype=torch.int32)
+            self._packing = (q_rows, q_pos, k_rows, k_pos, cu_q.to(dev), cu_k.to(dev))
+        return self._packing
+
+
+_CONTEXT: ContextVar[ForwardContext | None] = ContextVar("longread_forward", default=None)
 
 
 @contextmanager
-def record_scores(observer: ScoreObserver, block: int = SCORE_BLOCK) -> Iterator[ScoreRecorder]:
-    """Within this context, every layer's attention column sums go to ``observer.observe``."""
+def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
+    token = _CONTEXT.set(ctx)
+    try:
+        yield ctx
+    finally:
+        _CONTEXT.reset(token)
+
+
+@contextmanager
+def record_scores(observer: ScoreObserver, block: int = SCORE_BLOCK) -> Iterator[ScoreSink]:
+    """Outside the engine (one stream, batch 1, keys = cache + chunk): every layer's column sums go to
+    ``observer.observe(layer, sums (H_q, K), n_new)``. Query weights come from ``observer.query_weights``
+    when it has one, else ones."""
     if block < 1:
         raise ValueError(f"block={block} must be >= 1 key per tile")
-    recorder = ScoreRecorder(observer, block)
-    token = _RECORDER.set(recorder)
+    sink = ScoreSink(on_layer=lambda layer, sums: None, weights=torch.zeros(0), block=block)
+    token = _OBSERVER.set((observer, sink))
     try:
-        yield recorder
+        yield sink
     finally:
-        _RECORDER.reset(token)
+        _OBSERVER.reset(token)
 
 
+_OBSERVER: ContextVar[tuple[ScoreObserver, ScoreSink] | None] = ContextVar("longread_observer", default=None)
+
+
+# --------------------------------------------------------------------------------------- column sums
 def column_sums(
     query: torch.Tensor,
     key: torch.Tensor,
@@ -96,7 +170,7 @@ def column_sums(
     (True = attend) or additive float, broadcastable to (1, 1, S, K).
     """
     if query.shape[0] != 1:
-        raise ValueError(f"attention scores are computed for batch 1 (one stream), not {query.shape[0]}")
+        raise ValueError(f"column_sums takes one row (batch 1), not {query.shape[0]}")
     _, hq, s, d = query.shape
     hkv, k = key.shape[1], key.shape[2]
     scale = d**-0.5 if scaling is None else scaling
@@ -130,11 +204,51 @@ def column_sums(
     return out
 
 
-def _record(
-    module: nn.Module, query: torch.Tensor, key: torch.Tensor, mask: Any, kwargs: dict[str, Any]
-) -> None:
-    recorder = _RECORDER.get()
-    if recorder is None:
+@cache
+def _triton_column_sums() -> Callable[..., torch.Tensor] | None:
+    try:
+        from longread.colsum_triton import column_sums_triton
+    except ImportError:  # no Triton (CPU builds of torch): the torch path serves
+        return None
+    return column_sums_triton
+
+
+def batched_column_sums(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    lengths: list[int],
+    sizes: list[int],
+    weights: torch.Tensor,
+    scaling: float | None,
+    block: int = SCORE_BLOCK,
+    use_triton: bool | None = None,
+) -> torch.Tensor:
+    """Column sums of a block of rows, ``(n, H_q, K)`` float32; see the module docstring. Triton on CUDA
+    (``use_triton=None``: when available), else one exact torch pass per row."""
+    n, hq, _, dim = query.shape
+    scale = dim**-0.5 if scaling is None else scaling
+    kernel = _triton_column_sums() if (use_triton is not False and query.is_cuda) else None
+    if use_triton and kernel is None:
+        raise RuntimeError("Triton column sums need CUDA and the triton package")
+    if kernel is not None and dim >= 16 and not dim & (dim - 1):
+        dev = query.device
+        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
+        news = torch.tensor(sizes, dtype=torch.int32, device=dev)
+        return kernel(query, key, lens, news, weights.float().contiguous(), scale)
+    out = torch.zeros(n, hq, key.shape[2], device=query.device)
+    for i, (length, size) in enumerate(zip(lengths, sizes)):
+        span = length + size
+        out[i, :, :span] = column_sums(
+            query[i : i + 1, :, :size], key[i : i + 1, :, :span], None, scale, weights[i, :size], block
+        )
+    return out
+
+
+def _record(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: dict[str, Any]) -> None:
+    ctx = _CONTEXT.get()
+    observed = _OBSERVER.get()
+    sink = ctx.scores if ctx is not None else (observed[1] if observed is not None else None)
+    if sink is None:
         return
     window = kwargs.get("sliding_window")
     if window is not None and window < key.shape[2]:
@@ -152,20 +266,27 @@ def _record(
     layer = getattr(module, "layer_idx", None)
     if layer is None:
         raise RuntimeError(f"{type(module).__name__} has no `layer_idx`; cannot route its attention scores.")
-    cuda = query.device.type == "cuda"
-    if cuda:
-        torch.cuda.synchronize(query.device)  # so the timing below is the score work, not earlier kernels
-    t0 = time.perf_counter()
-    n_new = query.shape[2]
-    tensor_mask = mask if isinstance(mask, torch.Tensor) and mask.ndim == 4 else None
-    weights = recorder.weights(n_new, query.device)
-    sums = column_sums(query, key, tensor_mask, kwargs.get("scaling"), weights, recorder.block)
-    recorder.observer.observe(int(layer), sums, n_new)
-    if cuda:
-        torch.cuda.synchronize(query.device)
-    recorder.seconds += time.perf_counter() - t0
+    with sink.timer.measure(query.device):
+        if ctx is not None:
+            sums = batched_column_sums(
+                query, key, ctx.lengths, ctx.sizes, sink.weights, kwargs.get("scaling"), sink.block
+            )
+            sink.on_layer(int(layer), sums)
+        else:
+            assert observed is not None
+            observer = observed[0]
+            n_new = query.shape[2]
+            fn = getattr(observer, "query_weights", None)
+            weights = fn(n_new, query.device) if fn is not None else torch.ones(n_new, device=query.device)
+            size = [n_new] * query.shape[0]
+            sums = batched_column_sums(
+                query, key, [key.shape[2] - n_new] * query.shape[0], size, weights.expand(len(size), -1),
+                kwargs.get("scaling"), sink.block, use_triton=False,
+            )  # fmt: skip
+            observer.observe(int(layer), sums[0], n_new)
 
 
+# --------------------------------------------------------------------------------------- attention
 def sdpa_with_scores(
     module: nn.Module,
     query: torch.Tensor,
@@ -174,13 +295,13 @@ def sdpa_with_scores(
     attention_mask: torch.Tensor | None,
     **kwargs: Any,
 ) -> tuple[torch.Tensor, None]:
-    """transformers' SDPA attention (same output), plus column sums while a recorder is active."""
+    """transformers' SDPA attention (same output), plus column sums while scores are recorded."""
     out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
-    _record(module, query, key, attention_mask, kwargs)
+    _record(module, query, key, kwargs)
     return out, None
 
 
-def _flash_with_scores(original: str) -> Callable[..., tuple[torch.Tensor, None]]:
+def _flash(original: str) -> Callable[..., tuple[torch.Tensor, None]]:
     def forward(
         module: nn.Module,
         query: torch.Tensor,
@@ -189,30 +310,57 @@ def _flash_with_scores(original: str) -> Callable[..., tuple[torch.Tensor, None]
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
-        if attention_mask is not None:
-            raise NotImplementedError("flash attention with scores supports one unpadded stream (batch 1).")
         from transformers.integrations.flash_attention import get_target_dtype
         from transformers.modeling_flash_attention_utils import (
             _flash_attention_forward,
             flash_attn_supports_top_left_mask,
+            lazy_import_flash_attention,
         )
 
-        # transformers' flash_attention_forward picks the kernel from module.config (now our name), so call
-        # the layer below it with the original implementation's name. Layout there is (B, S, H, D).
-        out = _flash_attention_forward(
-            query.transpose(1, 2),
-            key.transpose(1, 2),
-            value.transpose(1, 2),
-            None,
-            query_length=query.shape[2],
-            is_causal=True,
-            dropout=kwargs.get("dropout", 0.0),
-            softmax_scale=kwargs.get("scaling"),
-            use_top_left_mask=flash_attn_supports_top_left_mask(),
-            target_dtype=get_target_dtype(query, module),
-            attn_implementation=original,
-        )
-        _record(module, query, key, None, kwargs)
+        ctx = _CONTEXT.get()
+        common = {
+            "dropout": kwargs.get("dropout", 0.0),
+            "softmax_scale": kwargs.get("scaling"),
+            "sliding_window": kwargs.get("sliding_window"),
+            "softcap": kwargs.get("softcap"),
+        }
+        if ctx is None or ctx.uniform:
+            if attention_mask is not None and ctx is None:
+                raise NotImplementedError("longread's flash attention takes rows laid out by the engine.")
+            # transformers' flash_attention_forward picks the kernel from module.config (now our name), so
+            # call the layer below it with the original implementation's name. Layout there is (B, S, H, D).
+            out = _flash_attention_forward(
+                query.transpose(1, 2),
+                key.transpose(1, 2),
+                value.transpose(1, 2),
+                None,
+                query_length=query.shape[2],
+                is_causal=True,
+                use_top_left_mask=flash_attn_supports_top_left_mask(),
+                target_dtype=get_target_dtype(query, module),
+                attn_implementation=original,
+                **common,
+            )
+        else:
+            (_, varlen, *_), (process, _) = lazy_import_flash_attention(original)
+            q_rows, q_pos, k_rows, k_pos, cu_q, cu_k = ctx.packing()
+            q = query.transpose(1, 2)[q_rows, q_pos]  # (sum sizes, H_q, D)
+            k = key.transpose(1, 2)[k_rows, k_pos]  # (sum lengths + sizes, H, D)
+            v = value.transpose(1, 2)[k_rows, k_pos]
+            spans = [n + s for n, s in zip(ctx.lengths, ctx.sizes)]
+            flash_kwargs = process(
+                query_length=max(ctx.sizes),
+                key_length=max(spans),
+                is_causal=True,
+                max_seqlen_q=max(ctx.sizes),
+                max_seqlen_k=max(spans),
+                **common,
+            )
+            packed = varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **flash_kwargs)
+            packed = packed[0] if isinstance(packed, tuple) else packed
+            out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
+            out[q_rows, q_pos] = packed.to(out.dtype)  # (n, S, H_q, D)
+        _record(module, query, key, kwargs)
         return out, None
 
     return forward
@@ -221,8 +369,28 @@ def _flash_with_scores(original: str) -> Callable[..., tuple[torch.Tensor, None]
 AttentionInterface.register(SDPA_NAME, sdpa_with_scores)
 AttentionMaskInterface.register(SDPA_NAME, sdpa_mask)
 for _name, _original in FLASH_NAMES.items():
-    AttentionInterface.register(_name, _flash_with_scores(_original))
+    AttentionInterface.register(_name, _flash(_original))
     AttentionMaskInterface.register(_name, flash_attention_mask)
+
+
+def is_flash(model: Any) -> bool:
+    current = str(model.config._attn_implementation)
+    return current in FLASH_NAMES or current in FLASH_NAMES.values()
+
+
+def use_engine_attention(model: Any, needs_scores: bool) -> str:
+    """Switch ``model`` to the attention the engine needs: the flash wrappers for any flash model (they lay
+    out batched rows), the SDPA twin when scores are recorded; returns the implementation's name."""
+    current = str(model.config._attn_implementation)
+    if current in FLASH_NAMES or current == SDPA_NAME:
+        return current
+    flash = [name for name, original in FLASH_NAMES.items() if original == current]
+    if flash:
+        model.set_attn_implementation(flash[0])
+        return flash[0]
+    if not needs_scores:
+        return current
+    return use_score_attention(model)
 
 
 def use_score_attention(model: Any) -> str:

@@ -1,32 +1,54 @@
-"""The streaming engine: a Hugging Face causal LM over an unbounded token stream at fixed memory.
+"""The streaming engine: a Hugging Face causal LM over unbounded token streams at fixed memory.
 
 Contract:
 
-* Tokens are fed in chunks of at most ``stride``. Each chunk attends to the cache plus itself (causally);
-  then the policy compacts every layer to at most ``budget`` tokens. So the cache never holds more than
-  ``budget + stride`` tokens and memory does not depend on stream length. ``stride=1`` is token-by-token.
-* Positions are pos-shift: the chunk's queries start right after the last cached key (see
-  ``longread.cache``), so positions never exceed ``budget + stride`` and any stream length works.
-* ``generate`` continues from whatever has been streamed, compacting after every generated token.
-* ``snapshot``/``restore`` copy the whole state (cache + policy) so several continuations can start from
-  one streamed document without contaminating each other.
+* ``BatchEngine`` runs up to ``rows`` independent streams on one model. Each ``Stream`` owns a row of the
+  shared preallocated cache (``longread.cache.BatchCache``: ``(L, rows, H, budget + stride, D)``) and its own
+  policy object (per-stream state: LaCache's cursor, Cascading's score EMAs). Streams open, close and fork
+  at any time (continuous batching: a freed row takes the next stream).
+* ``forward(streams, chunks)`` runs ONE model forward for several streams: each feeds a chunk of at most
+  ``stride`` tokens that attends to its own cache plus itself (causally), whatever the other rows hold;
+  then each stream's policy compacts its row to at most ``budget`` tokens, all rows and layers in one
+  gather per layer group, with no host synchronization. A row's logits equal what the same stream gives
+  alone (tested for every policy), so batching changes speed, never results.
+* Streams of one forward sit in a contiguous block of rows: the engine swaps rows to make it so (a swap
+  copies two rows' caches; it happens when a stream moves between the "feeding" and "generating" groups,
+  not at every step). So a forward costs the rows it serves plus padding to its longest chunk -- the
+  reason callers group chunk-feeding streams and token-generating streams into separate forwards
+  (``longread.scheduler`` does), instead of padding every generating stream to a full chunk.
+* Positions are pos-shift (``longread.cache``): positions never exceed ``budget + stride``, so any stream
+  length works. ``stride=1`` is token-by-token evaluation.
+* ``decode`` performs one generation step for several streams (per-stream ``Decoder``: settings, stop
+  strings, repetition control, seeds). ``snapshot``/``restore`` copy one stream's whole state (its cache
+  row, policy, last logits) so several continuations can start from one streamed document; ``Snapshot``
+  round-trips through bytes for checkpoints.
+* ``StreamingEngine`` is the single-stream API on the same machinery (one row).
 """
 
 from __future__ import annotations
 
 import copy
+import io
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import torch
 from torch import nn
 
 from cache_policies.base import CachePolicy
-from longread.cache import BoundedCache, RopeMode
+from longread.attention import (
+    ForwardContext,
+    ScoreSink,
+    Timer,
+    forward_context,
+    is_flash,
+    use_engine_attention,
+)
+from longread.cache import BatchCache, BatchLayer, RopeMode
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
 from longread.rope import Rope
 
@@ -35,40 +57,103 @@ log = logging.getLogger(__name__)
 # Model families whose attention we have tested with the pos-shift cache (tiny random configs in tests/).
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 
+Logits = Literal["last", "all"]
+
+
+@dataclass(eq=False)
+class Stream:
+    """One stream in a ``BatchEngine``: its current row (the engine may move it), policy and last logits."""
+
+    row: int
+    policy: CachePolicy
+    last_logits: torch.Tensor | None = None  # (V,) float32, after the last token fed
+
 
 @dataclass
 class Snapshot:
-    cache: BoundedCache
+    """A copy of one stream's state; restorable any number of times, and serializable (``to_bytes``)."""
+
+    cache: dict[str, Any]
     policy: CachePolicy
     last_logits: torch.Tensor | None
 
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        state = {
+            "cache": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.cache.items()},
+            "policy": self.policy.state_dict(),
+            "policy_name": self.policy.name,
+            "policy_params": self.policy.params(),
+            "last_logits": None if self.last_logits is None else self.last_logits.cpu(),
+        }
+        torch.save(state, buf)
+        return buf.getvalue()
 
-@dataclass
-class StreamStats:
-    tokens: int = 0
-    seconds: float = 0.0
-    forward_seconds: float = 0.0
-    compact_seconds: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    @classmethod
+    def from_bytes(cls, data: bytes, prototype: CachePolicy) -> Snapshot:
+        """Load bytes written by ``to_bytes``; ``prototype`` is the engine's bound policy (same settings)."""
+        state = torch.load(io.BytesIO(data), weights_only=True)
+        if state["policy_name"] != prototype.name or state["policy_params"] != prototype.params():
+            raise ValueError(
+                f"snapshot of {state['policy_name']}{state['policy_params']} cannot be restored into an "
+                f"engine running {prototype.describe()}; resume with the same policy settings."
+            )
+        policy = copy.deepcopy(prototype)
+        policy.load_state_dict(state["policy"])
+        return cls(state["cache"], policy, state["last_logits"])
+
+
+class EngineStats:
+    """Work done by an engine: tokens fed and device time in the model, in compaction and in score work."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.forwards = 0
+        self.forward = Timer()
+        self.compact = Timer()
+        self.scores = Timer()
+
+    @property
+    def forward_seconds(self) -> float:
+        return self.forward.seconds
+
+    @property
+    def compact_seconds(self) -> float:
+        return self.compact.seconds
+
+    @property
+    def seconds(self) -> float:
+        return self.forward_seconds + self.compact_seconds
+
+    @property
+    def extra(self) -> dict[str, float]:
+        return {"score_seconds": self.scores.seconds}
 
     @property
     def tokens_per_s(self) -> float:
-        return self.tokens / self.seconds if self.seconds > 0 else 0.0
+        seconds = self.seconds
+        return self.tokens / seconds if seconds > 0 else 0.0
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def model_geometry(model: nn.Module) -> tuple[int, int, int, int]:
+    """(layers, KV heads, query heads, head dim) of a causal LM's text model."""
+    config = model.config.get_text_config()  # type: ignore[union-attr,operator]
+    layers = int(config.num_hidden_layers)
+    q_heads = int(config.num_attention_heads)
+    kv_heads = int(getattr(config, "num_key_value_heads", None) or q_heads)
+    head_dim = int(getattr(config, "head_dim", None) or config.hidden_size // q_heads)
+    return layers, kv_heads, q_heads, head_dim
 
 
-class StreamingEngine:
-    """Runs ``model`` over a token stream under ``policy``. One engine = one stream at a time (batch 1)."""
+class BatchEngine:
+    """Runs ``model`` over up to ``rows`` streams at once under copies of ``policy`` (see the module doc)."""
 
     def __init__(
         self,
         model: nn.Module,
         policy: CachePolicy,
         *,
+        rows: int = 1,
         stride: int = 512,
         rope_mode: RopeMode = "delta",
         tokenizer: Any = None,
@@ -86,50 +171,353 @@ class StreamingEngine:
             )
         self.model = model
         self.tokenizer = tokenizer
-        self.policy = policy
+        self.prototype = policy
         self.stride = stride
-        self.num_layers = int(config.num_hidden_layers)
-        self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
+        self.num_layers, self.num_kv_heads, _, head_dim = model_geometry(model)
+        self.vocab_size = int(config.vocab_size)
         policy.bind(self.num_layers, self.num_kv_heads)
         self.rope = Rope.from_model(model)
         self.rope_mode: RopeMode = rope_mode
-        capacity = None if policy.budget is None else policy.budget + stride
-        self.cache = BoundedCache(self.num_layers, self.rope, capacity, rope_mode)
-        self.device = next(model.parameters()).device
-        self.last_logits: torch.Tensor | None = None  # (V,) logits after the last token fed
-        self.stats = StreamStats()
-        # Score-based policies (Cascading) need exact attention probabilities: route attention through
-        # longread.attention, whose column sums reach policy.observe while forward_chunk runs the model.
-        from contextlib import AbstractContextManager, nullcontext
+        param = next(model.parameters())
+        self.device = param.device
+        self.dtype = param.dtype
+        self.kv = BatchCache(
+            self.num_layers,
+            self.rope,
+            rows=rows,
+            heads=self.num_kv_heads,
+            head_dim=head_dim,
+            capacity=None if policy.budget is None else policy.budget + stride,
+            rope_mode=rope_mode,
+            dtype=self.dtype,
+            device=self.device,
+        )
+        self.attention = use_engine_attention(model, policy.needs_scores)
+        self.flash = is_flash(model)
+        self.owner: list[Stream | None] = [None] * rows
+        self.stats = EngineStats()
 
-        from longread.attention import ScoreRecorder, record_scores, use_score_attention
+    # ----------------------------------------------------------------- streams
+    @property
+    def rows(self) -> int:
+        return self.kv.rows
 
-        self._score_context: Callable[[CachePolicy], AbstractContextManager[ScoreRecorder | None]]
-        self._score_context = lambda _: nullcontext()
-        if policy.needs_scores:
-            use_score_attention(model)
-            self._score_context = record_scores
+    @property
+    def free_rows(self) -> int:
+        return sum(1 for s in self.owner if s is None)
+
+    def _take_row(self) -> int:
+        for row, owner in enumerate(self.owner):
+            if owner is None:
+                return row
+        raise RuntimeError(f"all {self.rows} rows of the engine are in use; close a stream first")
+
+    def open(self, policy: CachePolicy | None = None) -> Stream:
+        """A new, empty stream in a free row (its policy: ``policy``, else a fresh copy of the engine's)."""
+        row = self._take_row()
+        if policy is None:
+            policy = copy.deepcopy(self.prototype)
+        policy.reset()
+        stream = Stream(row, policy)
+        self.owner[row] = stream
+        self.kv.reset_row(row)
+        return stream
+
+    def close(self, stream: Stream) -> None:
+        if self.owner[stream.row] is not stream:
+            raise ValueError("this stream is not open in this engine")
+        self.kv.reset_row(stream.row)
+        self.owner[stream.row] = None
+
+    def reset(self, stream: Stream) -> None:
+        """Start ``stream`` over: empty cache row, fresh policy state."""
+        self.kv.reset_row(stream.row)
+        stream.policy.reset()
+        stream.last_logits = None
+
+    def fork(self, stream: Stream) -> Stream:
+        """A new stream in a free row with a copy of ``stream``'s whole state."""
+        row = self._take_row()
+        child = Stream(row, copy.deepcopy(stream.policy), stream.last_logits)
+        self.owner[row] = child
+        self.kv.copy_row(stream.row, row)
+        return child
+
+    def snapshot(self, stream: Stream) -> Snapshot:
+        return Snapshot(self.kv.save_row(stream.row), copy.deepcopy(stream.policy), stream.last_logits)
+
+    def restore(self, stream: Stream, snap: Snapshot) -> None:
+        """Continue ``stream`` from ``snap`` (which stays untouched and can be restored again)."""
+        self.kv.load_row(stream.row, snap.cache)
+        stream.policy = copy.deepcopy(snap.policy)
+        stream.last_logits = None if snap.last_logits is None else snap.last_logits.to(self.device)
+
+    def _swap(self, i: int, j: int) -> None:
+        self.kv.swap_rows(i, j)
+        self.owner[i], self.owner[j] = self.owner[j], self.owner[i]
+        for row in (i, j):
+            owner = self.owner[row]
+            if owner is not None:
+                owner.row = row
+
+    def _arrange(self, streams: Sequence[Stream]) -> int:
+        """Move ``streams`` into a contiguous block of rows with the fewest swaps; returns its first row."""
+        n = len(streams)
+        members = {s.row for s in streams}
+        start = max(range(self.rows - n + 1), key=lambda a: (sum(r in members for r in range(a, a + n)), -a))
+        block = range(start, start + n)
+        outside = [s for s in streams if s.row not in block]
+        spots = [r for r in block if r not in members]
+        for stream, spot in zip(outside, spots):
+            self._swap(stream.row, spot)
+        return start
+
+    # ----------------------------------------------------------------- one forward
+    def _mask(self, lengths: list[int], sizes: list[int], width: int) -> torch.Tensor:
+        """(n, 1, S, K) boolean: query q of row b sees keys <= length[b] + min(q, size[b] - 1)."""
+        keys = max(lengths) + width
+        q = torch.arange(width)[None, :]  # (1, S)
+        last = torch.tensor(lengths)[:, None] + torch.minimum(q, torch.tensor(sizes)[:, None] - 1)  # (n, S)
+        visible = torch.arange(keys)[None, None, :] <= last[:, :, None]  # (n, S, K)
+        return visible[:, None].to(self.device)
+
+    @torch.inference_mode()
+    def forward(
+        self,
+        streams: Sequence[Stream],
+        chunks: Sequence[torch.Tensor | Sequence[int]],
+        logits: Logits = "last",
+    ) -> list[torch.Tensor]:
+        """Feed ``chunks[i]`` (1..stride token ids) to ``streams[i]`` in one model forward, then compact.
+
+        Returns per stream its logits: the last position's ``(V,)`` (``"last"``) or every position's
+        ``(size, V)`` (``"all"``), in the model's dtype. ``stream.last_logits`` is updated either way.
+        """
+        if len({id(s) for s in streams}) != len(streams) or len(streams) != len(chunks) or not streams:
+            raise ValueError("forward takes distinct streams, one chunk each")
+        ids_list = [torch.as_tensor(c, dtype=torch.long).flatten() for c in chunks]
+        for ids in ids_list:
+            if not 1 <= ids.numel() <= self.stride:
+                raise ValueError(f"a chunk holds 1..{self.stride} token ids, got {ids.numel()}")
+        row0 = self._arrange(streams)
+        order = sorted(range(len(streams)), key=lambda i: streams[i].row)
+        ordered = [streams[i] for i in order]
+        sizes = [ids_list[i].numel() for i in order]
+        width = max(sizes)
+        n = len(ordered)
+        lengths = [self.kv.length(s.row) for s in ordered]
+        batch = torch.zeros(n, width, dtype=torch.long)
+        for j, i in enumerate(order):
+            batch[j, : sizes[j]] = ids_list[i]
+        position_ids = (torch.tensor(lengths)[:, None] + torch.arange(width)).to(self.device)
+        uniform = len(set(lengths)) == 1 and all(s == width for s in sizes)
+        mask = None if uniform or self.flash else self._mask(lengths, sizes, width)
+        sink, sums = self._score_sink(ordered, sizes, width)
+        ctx = ForwardContext(lengths, sizes, width, self.device, scores=sink)
+        if logits == "all":
+            keep: int | torch.Tensor = 0
+            picks = list(range(width))
+        else:
+            last = sorted({s - 1 for s in sizes})
+            keep = 1 if len(last) == 1 and last[0] == width - 1 else torch.tensor(last, device=self.device)
+            picks = [width - 1] if isinstance(keep, int) else last
+        self.kv.begin(row0, sizes, width)
+        try:
+            with self.stats.forward.measure(self.device), forward_context(ctx):
+                out = self.model(
+                    input_ids=batch.to(self.device),
+                    position_ids=position_ids,
+                    attention_mask=mask,
+                    cache=self.kv,
+                    use_cache=True,
+                    logits_to_keep=keep,
+                )
+        except BaseException:
+            self.kv.end(commit=False)  # the rows keep what they held before this chunk
+            raise
+        self.kv.end()
+        self.stats.tokens += sum(sizes)
+        self.stats.forwards += 1
+        results: list[torch.Tensor] = [torch.empty(0)] * n
+        for j, stream in enumerate(ordered):
+            row_logits = out.logits[j]
+            last_logits = row_logits[picks.index(sizes[j] - 1)]
+            stream.last_logits = last_logits.float()
+            results[order[j]] = row_logits[: sizes[j]] if logits == "all" else last_logits
+        if sums is not None:
+            for j, stream in enumerate(ordered):
+                stream.policy.observe(sums[0][:, j, :, : lengths[j] + sizes[j]], sizes[j])
+        with self.stats.compact.measure(self.device):
+            self._compact(ordered)
+        return results
+
+    def _score_sink(
+        self, streams: Sequence[Stream], sizes: list[int], width: int
+    ) -> tuple[ScoreSink | None, list[torch.Tensor] | None]:
+        """For score policies: per-row query weights and a buffer the attention fills, (L, n, H_q, K)."""
+        if not self.prototype.needs_scores:
+            return None, None
+        weights = torch.zeros(len(streams), width, device=self.device)
+        for j, (stream, size) in enumerate(zip(streams, sizes)):
+            fn: Callable[[int, torch.device], torch.Tensor] | None = getattr(
+                stream.policy, "query_weights", None
+            )
+            weights[j, :size] = fn(size, self.device) if fn is not None else 1.0
+        holder: list[torch.Tensor] = []
+
+        def on_layer(layer: int, sums: torch.Tensor) -> None:
+            if not holder:
+                holder.append(sums.new_zeros(self.num_layers, *sums.shape))
+            holder[0][layer, :, :, : sums.shape[-1]] = sums
+
+        return ScoreSink(on_layer, weights, timer=self.stats.scores), holder
+
+    def _compact(self, streams: Sequence[Stream]) -> None:
+        rows: list[int] = []
+        picks: list[torch.Tensor] = []
+        kept: list[int] = []
+        shape = (self.num_layers, self.num_kv_heads)
+        for stream in streams:
+            n = self.kv.length(stream.row)
+            if n == 0:
+                continue
+            idx = stream.policy.select(n, self.kv.positions(stream.row))
+            if idx is None:
+                continue
+            budget = stream.policy.budget
+            if budget is not None and idx.shape[-1] > budget:
+                raise AssertionError(f"{stream.policy}: kept {idx.shape[-1]} tokens, over its budget")
+            if idx.ndim == 1:
+                idx = idx.expand(*shape, -1)
+            elif idx.ndim == 2:
+                idx = idx[:, None, :].expand(*shape, -1)
+            rows.append(stream.row)
+            picks.append(idx)
+            kept.append(idx.shape[-1])
+        if not rows:
+            return
+        width = max(kept)
+        device = picks[0].device if all(p.device == picks[0].device for p in picks) else self.device
+        padded = [
+            torch.cat([p.to(device), p[..., -1:].to(device).expand(*shape, width - p.shape[-1])], dim=-1)
+            if p.shape[-1] < width
+            else p.to(device)
+            for p in picks
+        ]
+        self.kv.compact(rows, torch.stack(padded, dim=1), kept)  # index (L, n, H, T)
+
+    # ----------------------------------------------------------------- generation
+    def decode(self, streams: Sequence[Stream], decoders: Sequence[Decoder], feed_last: bool = False) -> None:
+        """One generation step for each stream: choose a token from its last logits (its decoder's rules),
+        record it, and feed it unless the stream is done (``feed_last``: also feed the final token, so
+        the stream continues after everything generated)."""
+        logits = torch.stack([s.last_logits for s in streams if s.last_logits is not None])
+        if logits.shape[0] != len(streams):
+            raise ValueError("nothing to continue from: stream some text or pass a prompt first")
+        Decoder.process(logits, decoders)
+        tokens = Decoder.choose(logits, decoders)
+        feed: list[Stream] = []
+        chunks: list[list[int]] = []
+        for stream, decoder, token in zip(streams, decoders, tokens):
+            done = decoder.push(token)
+            if (not done or feed_last) and decoder.reason != "eos":
+                feed.append(stream)
+                chunks.append([token])
+        if feed:
+            self.forward(feed, chunks)
+
+    def decoder(self, settings: GenerationSettings) -> Decoder:
+        return Decoder(settings, self.tokenizer, eos_ids(self.model, self.tokenizer))
+
+    def encode(self, text: str) -> list[int]:
+        if self.tokenizer is None:
+            raise ValueError("this engine has no tokenizer; pass tokenizer= to the engine")
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+class RowView:
+    """One stream's view of the cache, for statistics and tests: ``(L, H, T)`` positions, lengths, bytes."""
+
+    def __init__(self, engine: BatchEngine, stream: Stream) -> None:
+        self.engine, self.stream = engine, stream
+        self.peak_length = 0
+
+    @property
+    def length(self) -> int:
+        return self.engine.kv.length(self.stream.row)
+
+    @property
+    def seen(self) -> int:
+        return self.engine.kv.seen(self.stream.row)
+
+    @property
+    def layers(self) -> list[BatchLayer]:
+        return self.engine.kv.slots
+
+    def positions(self) -> torch.Tensor:
+        """Original stream positions of the cached tokens, ``(L, H, length)``."""
+        return self.engine.kv.positions(self.stream.row)
+
+    def nbytes(self) -> int:
+        """Bytes of key/value buffers held for this stream (its row's share, allocated, not just used)."""
+        return self.engine.kv.nbytes() // self.engine.kv.rows
+
+    def layer_stats(self, sink: int = 0) -> list[dict[str, int]]:
+        """Per layer: tokens kept and the oldest non-sink stream position kept."""
+        out = []
+        pos = self.positions()
+        for i in range(pos.shape[0]):
+            rest = pos[i][pos[i] >= sink]
+            out.append(
+                {"layer": i, "kept": pos.shape[-1], "oldest_pos": int(rest.min()) if rest.numel() else -1}
+            )
+        return out
+
+
+class StreamingEngine(BatchEngine):
+    """Runs ``model`` over one token stream under ``policy`` (the object itself holds the stream's state)."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        policy: CachePolicy,
+        *,
+        stride: int = 512,
+        rope_mode: RopeMode = "delta",
+        tokenizer: Any = None,
+    ) -> None:
+        super().__init__(model, policy, rows=1, stride=stride, rope_mode=rope_mode, tokenizer=tokenizer)
+        self.stream = self.open(policy)
+        self.cache = RowView(self, self.stream)
 
     # ----------------------------------------------------------------- state
-    def reset(self) -> None:
-        """Start a new stream: empty cache, fresh policy state."""
-        self.cache.reset()
-        self.policy.reset()
-        self.last_logits = None
-        self.stats = StreamStats()
+    @property
+    def policy(self) -> CachePolicy:
+        return self.stream.policy
 
-    def snapshot(self) -> Snapshot:
-        return Snapshot(self.cache.clone(), copy.deepcopy(self.policy), self.last_logits)
-
-    def restore(self, snap: Snapshot) -> None:
-        """Continue from ``snap``; the snapshot itself stays untouched and can be restored again."""
-        self.cache = snap.cache.clone()
-        self.policy = copy.deepcopy(snap.policy)
-        self.last_logits = snap.last_logits
+    @property
+    def last_logits(self) -> torch.Tensor | None:
+        return self.stream.last_logits
 
     @property
     def tokens_seen(self) -> int:
-        return self.cache.seen
+        return self.kv.seen(self.stream.row)
+
+    def reset(self, stream: Stream | None = None) -> None:
+        """Start a new stream: empty cache, fresh policy state."""
+        super().reset(stream or self.stream)
+        self.stats = EngineStats()
+        self.cache.peak_length = 0
+
+    def snapshot(self, stream: Stream | None = None) -> Snapshot:
+        return super().snapshot(stream or self.stream)
+
+    def restore(self, stream_or_snap: Stream | Snapshot, snap: Snapshot | None = None) -> None:
+        if isinstance(stream_or_snap, Snapshot):
+            super().restore(self.stream, stream_or_snap)
+        else:
+            assert snap is not None
+            super().restore(stream_or_snap, snap)
 
     # ----------------------------------------------------------------- core
     @torch.inference_mode()
@@ -139,33 +527,9 @@ class StreamingEngine:
             raise ValueError(
                 f"forward_chunk takes 1..{self.stride} token ids as a 1-D tensor, got {ids.shape}"
             )
-        t0 = time.perf_counter()
-        n, size = self.cache.length, ids.numel()
-        position_ids = torch.arange(n, n + size, device=self.device)[None]
-        with self._score_context(self.policy) as recorder:
-            out = self.model(
-                input_ids=ids.to(self.device)[None],
-                position_ids=position_ids,
-                cache=self.cache,
-                use_cache=True,
-                # Only the last row is needed when logits are not asked for: saves the (S, V) projection.
-                logits_to_keep=0 if logits else 1,
-            )
-        if recorder is not None:
-            # Score work runs inside the model call: count it apart so cache maintenance is not understated.
-            self.stats.extra["score_seconds"] = self.stats.extra.get("score_seconds", 0.0) + recorder.seconds
-        all_logits = out.logits[0]
-        self.last_logits = all_logits[-1].float()
-        _sync(self.device)
-        t1 = time.perf_counter()
-        self.cache.compact(self.policy)
-        _sync(self.device)
-        t2 = time.perf_counter()
-        self.stats.tokens += size
-        self.stats.forward_seconds += t1 - t0
-        self.stats.compact_seconds += t2 - t1
-        self.stats.seconds += t2 - t0
-        return all_logits if logits else None
+        self.cache.peak_length = max(self.cache.peak_length, self.cache.length + ids.numel())
+        out = self.forward([self.stream], [ids], logits="all" if logits else "last")[0]
+        return out if logits else None
 
     def chunks(self, ids: torch.Tensor | Sequence[int]) -> Iterator[torch.Tensor]:
         ids = torch.as_tensor(ids, dtype=torch.long).flatten()
@@ -178,7 +542,7 @@ class StreamingEngine:
             self.forward_chunk(chunk, logits=False)
 
     def feed_text(self, text: str) -> int:
-        ids = self._encode(text)
+        ids = self.encode(text)
         self.feed(ids)
         return len(ids)
 
@@ -206,12 +570,6 @@ class StreamingEngine:
         nll = torch.cat(list(self.nll(ids)))
         return math.exp(nll.mean().item())
 
-    # ----------------------------------------------------------------- generation
-    def _encode(self, text: str) -> list[int]:
-        if self.tokenizer is None:
-            raise ValueError("this engine has no tokenizer; pass tokenizer= to StreamingEngine")
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
-
     @torch.inference_mode()
     def generate(
         self,
@@ -224,24 +582,30 @@ class StreamingEngine:
 
         ``settings`` (or keyword overrides of its fields, e.g. ``max_new_tokens=64``) say how; see
         ``longread.generation``. Generation stops at an EOS token, at the first stop string (cut from the
-        text), or after ``max_new_tokens`` (optionally finishing the sentence).
+        text), or after ``max_new_tokens`` (optionally finishing the sentence). The stream continues after
+        every generated token.
         """
-        settings = (settings or GenerationSettings()).with_(**overrides) if overrides else settings
         settings = settings or GenerationSettings()
+        if overrides:
+            settings = settings.with_(**overrides)
         t0 = time.perf_counter()
         if prompt is not None:
-            ids = self._encode(prompt) if isinstance(prompt, str) else list(prompt)
-            self.feed(ids)
+            self.feed(self.encode(prompt) if isinstance(prompt, str) else list(prompt))
         if self.last_logits is None:
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
-        decoder = Decoder(settings, self.tokenizer, eos_ids(self.model, self.tokenizer))
-        while True:
-            logits = self.last_logits[None].clone()  # (1, V)
-            Decoder.process(logits, [decoder])
-            token = Decoder.choose(logits, [decoder])[0]
-            done = decoder.push(token)
-            if decoder.reason != "eos":  # the stream continues after every generated token
-                self.forward_chunk(torch.tensor([token]), logits=False)
-            if done:
-                break
+        decoder = self.decoder(settings)
+        while not decoder.done:
+            self.decode([self.stream], [decoder], feed_last=True)
         return decoder.result(time.perf_counter() - t0)
+
+
+__all__ = [
+    "BatchEngine",
+    "EngineStats",
+    "GenerationResult",
+    "GenerationSettings",
+    "Snapshot",
+    "Stream",
+    "StreamingEngine",
+    "model_geometry",
+]

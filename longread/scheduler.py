@@ -1,32 +1,43 @@
-"""Stream programs: how a task drives the engine, one stream at a time or many at once.
+"""Stream programs and the scheduler that runs many of them at once on one engine (continuous batching).
 
 Contract:
 
 * A *program* is a generator that processes one stream. It yields requests and receives their results:
 
   - ``Feed(ids)`` streams token ids through the model (any number; chunked by the engine) -> ``None``;
-  - ``Ask(prompt, settings)`` continues from a copy of the stream's current state with ``prompt`` (text or
-    ids) and generates -> ``GenerationResult``; the stream itself is left exactly as it was;
+  - ``Ask(prompt, settings)`` continues from the stream's current state with ``prompt`` (text or ids) and
+    generates -> ``GenerationResult``; the stream itself is left exactly as it was;
   - ``AskMany(prompts, settings)`` several such answers from the same state -> ``list[GenerationResult]``;
-  - ``Inspect()`` -> ``StreamState``: tokens streamed, what the cache holds, the policy's statistics.
+  - ``Inspect()`` -> ``StreamState``: tokens streamed, what the cache holds, the policy's statistics;
+  - ``Save()`` -> ``bytes``: the stream's whole bounded state (cache row, policy state, last logits), for a
+    checkpoint; ``Load(data)`` puts such bytes back (a resumed stream continues exactly where it was).
 
-  and returns its own result (e.g. output rows) when it ends. A program starts on an empty stream (fresh
-  cache and policy state). Programs never touch the engine, so the same program runs unchanged on the
-  single-stream engine (``run_program``) or batched with others.
-* ``run_program(engine, program)`` runs one program on a ``StreamingEngine``, reset first.
+  and returns its own result (e.g. output rows) when it ends. A program starts on an empty stream. Programs
+  never touch the engine, so one program runs unchanged alone or batched with others.
+* ``Scheduler(engine).run(programs)`` runs programs with continuous batching: up to ``max_streams`` at once,
+  a new one starting as soon as one ends; it yields ``Finished(index, value, error)`` as they end. A
+  program's exception (a bad input, an invalid token id) ends that program only. Each tick runs at most
+  two forwards: one for every stream with tokens to feed (document chunks and prompts), one generating a
+  token for every stream that is answering -- the engine keeps each group in a contiguous block of rows,
+  so neither pays for the other's shape.
+* ``Ask`` runs in place (snapshot, prompt, generate, restore); ``AskMany`` answers in place and in rows
+  forked from the stream while free rows last, so the questions of one document decode together.
+* ``run_program(engine, program)`` runs one program to its end.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Generator
-from dataclasses import dataclass
+import time
+from collections import deque
+from collections.abc import Generator, Iterable, Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
-from longread.generation import GenerationResult, GenerationSettings
+from longread.generation import Decoder, GenerationResult, GenerationSettings
 
 if TYPE_CHECKING:
-    from longread.engine import StreamingEngine
+    from longread.engine import BatchEngine, Snapshot, Stream
 
 T = TypeVar("T")
 
@@ -54,6 +65,16 @@ class Inspect:
 
 
 @dataclass
+class Save:
+    pass
+
+
+@dataclass
+class Load:
+    data: bytes
+
+
+@dataclass
 class StreamState:
     """What a row reports about the stream's state when it was produced."""
 
@@ -64,50 +85,267 @@ class StreamState:
     policy_stats: str  # JSON
 
 
-Request = Union[Feed, Ask, AskMany, Inspect]  # noqa: UP007 - a runtime alias used in isinstance checks
+Request = Union[Feed, Ask, AskMany, Inspect, Save, Load]  # noqa: UP007 - a runtime alias for isinstance
 Program = Generator[Request, Any, T]
 
 
-def stream_state(engine: StreamingEngine) -> StreamState:
-    layers = engine.cache.layer_stats(engine.policy.sink)
-    oldest = [layer["oldest_pos"] for layer in layers if layer["oldest_pos"] >= 0]
-    return StreamState(
-        tokens_seen=engine.tokens_seen,
-        cache_tokens=engine.cache.length,
-        cache_bytes=engine.cache.nbytes(),
-        cache_oldest_position=min(oldest) if oldest else None,
-        policy_stats=json.dumps(engine.policy.stats(), default=str, sort_keys=True),
-    )
+class _NeedsModel(Exception):
+    """Internal: the request is queued for the model."""
 
 
-def _ask(engine: StreamingEngine, prompt: str | list[int], settings: GenerationSettings) -> GenerationResult:
-    snap = engine.snapshot()
-    try:
-        return engine.generate(prompt, settings=settings)
-    finally:
-        engine.restore(snap)
+@dataclass
+class Finished:
+    index: int
+    value: Any = None
+    error: BaseException | None = None
 
 
-def execute(engine: StreamingEngine, request: Request) -> Any:
-    """Carry out one request on a single-stream engine."""
-    if isinstance(request, Feed):
-        engine.feed(request.ids)
-        return None
-    if isinstance(request, Ask):
-        return _ask(engine, request.prompt, request.settings)
-    if isinstance(request, AskMany):
-        return [_ask(engine, p, request.settings) for p in request.prompts]
-    if isinstance(request, Inspect):
-        return stream_state(engine)
-    raise TypeError(f"a stream program yielded {request!r}; yield Feed, Ask, AskMany or Inspect")
+@dataclass(eq=False)
+class _Answer:
+    """One generation: feed ``pending`` prompt tokens on ``stream``, then decode."""
+
+    stream: Stream
+    pending: deque[int]
+    decoder: Decoder
+    slot: int
+    snapshot: Snapshot | None  # in place: restore it afterwards; else the stream is a fork to close
+    started: float = field(default_factory=time.perf_counter)
 
 
-def run_program(engine: StreamingEngine, program: Program[T]) -> T:
-    """Run ``program`` to its end on ``engine`` (reset first: the program starts on an empty stream)."""
-    engine.reset()
-    try:
-        request = next(program)
+@dataclass(eq=False)
+class _Running:
+    index: int
+    program: Program[Any]
+    stream: Stream
+    feed: deque[int] = field(default_factory=deque)
+    waiting: bool = False  # on a Feed
+    prompts: deque[tuple[int, list[int]]] = field(default_factory=deque)  # AskMany not yet started
+    settings: GenerationSettings | None = None
+    results: list[GenerationResult | None] = field(default_factory=list)
+    answers: list[_Answer] = field(default_factory=list)
+    many: bool = False
+
+
+class Scheduler:
+    """Runs stream programs on a ``BatchEngine`` (see the module docstring)."""
+
+    def __init__(self, engine: BatchEngine, max_streams: int | None = None) -> None:
+        self.engine = engine
+        self.max_streams = max(1, min(max_streams or engine.rows, engine.rows))
+
+    # ------------------------------------------------------------------ requests
+    def _ids(self, prompt: str | list[int]) -> list[int]:
+        ids = self.engine.encode(prompt) if isinstance(prompt, str) else list(prompt)
+        vocab = self.engine.vocab_size
+        bad = [t for t in ids if not isinstance(t, int) or not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"token ids {bad[:5]} are outside the model's vocabulary of {vocab}")
+        return ids
+
+    def _state(self, run: _Running) -> StreamState:
+        engine, stream = self.engine, run.stream
+        pos = engine.kv.positions(stream.row)
+        rest = pos[pos >= stream.policy.sink]
+        return StreamState(
+            tokens_seen=engine.kv.seen(stream.row),
+            cache_tokens=pos.shape[-1],
+            cache_bytes=engine.kv.nbytes() // engine.rows,
+            cache_oldest_position=int(rest.min()) if rest.numel() else None,
+            policy_stats=json.dumps(stream.policy.stats(), default=str, sort_keys=True),
+        )
+
+    def _start_answer(self, run: _Running, slot: int, ids: list[int], in_place: bool) -> None:
+        assert run.settings is not None
+        engine = self.engine
+        busy = next((a.snapshot for a in run.answers if a.snapshot is not None), None)
+        if in_place:
+            stream, snap = run.stream, engine.snapshot(run.stream)
+        elif busy is not None:  # the stream itself is answering: fork from its saved state instead
+            stream, snap = engine.open(), None
+            engine.restore(stream, busy)
+        else:
+            stream, snap = engine.fork(run.stream), None
+        run.answers.append(_Answer(stream, deque(ids), engine.decoder(run.settings), slot, snap))
+
+    def _advance(self, run: _Running, value: Any) -> Finished | None:
+        """Send ``value`` to the program and take requests until one needs the model (or it ends). A bad
+        request (e.g. token ids outside the vocabulary) is raised inside the program, which may handle it."""
+        send: Any = value
+        error: Exception | None = None
         while True:
-            request = program.send(execute(engine, request))
-    except StopIteration as stop:
-        return stop.value
+            try:
+                request = run.program.send(send) if error is None else run.program.throw(error)
+            except StopIteration as stop:
+                return Finished(run.index, stop.value)
+            except Exception as exc:  # the program's own failure ends it alone
+                return Finished(run.index, error=exc)
+            send, error = None, None
+            try:
+                send = self._immediate(run, request)
+            except _NeedsModel:
+                return None
+            except Exception as exc:
+                error = exc
+
+    def _immediate(self, run: _Running, request: Request) -> Any:
+        """Carry out ``request``: return its result, or raise ``_NeedsModel`` once it is queued."""
+        engine = self.engine
+        if isinstance(request, Inspect):
+            return self._state(run)
+        if isinstance(request, Save):
+            return engine.snapshot(run.stream).to_bytes()
+        if isinstance(request, Load):
+            from longread.engine import Snapshot
+
+            engine.restore(run.stream, Snapshot.from_bytes(request.data, engine.prototype))
+            return None
+        if isinstance(request, Feed):
+            ids = self._ids(request.ids)
+            if not ids:
+                return None
+            run.feed.extend(ids)
+            run.waiting = True
+            raise _NeedsModel
+        if isinstance(request, Ask | AskMany):
+            prompts = [request.prompt] if isinstance(request, Ask) else list(request.prompts)
+            if not prompts:
+                return []
+            encoded = [self._ids(p) for p in prompts]
+            if run.stream.last_logits is None and not all(encoded):
+                raise ValueError("nothing to continue from: stream some text or give a prompt first")
+            run.settings, run.many = request.settings, isinstance(request, AskMany)
+            run.results = [None] * len(prompts)
+            run.prompts = deque(enumerate(encoded))
+            self._fill(run)
+            raise _NeedsModel
+        raise TypeError(f"a stream program yielded {request!r}; yield a longread.scheduler request")
+
+    def _fill(self, run: _Running) -> None:
+        """Start the waiting prompts of an Ask(Many): forks while rows are free, in place when none is."""
+        engine = self.engine
+        in_place_busy = any(a.snapshot is not None for a in run.answers)
+        while run.prompts:
+            if engine.free_rows > self._reserve(run):
+                slot, ids = run.prompts.popleft()
+                self._start_answer(run, slot, ids, in_place=False)
+            elif not in_place_busy:
+                slot, ids = run.prompts.popleft()
+                self._start_answer(run, slot, ids, in_place=True)
+                in_place_busy = True
+            else:
+                break
+
+    def _reserve(self, run: _Running) -> int:
+        """Free rows to leave for programs that may still start (one each, up to ``max_streams``)."""
+        return 0 if self._exhausted else max(0, self.max_streams - self._active)
+
+    # ------------------------------------------------------------------ loop
+    def run(self, programs: Iterable[Program[Any]]) -> Iterator[Finished]:
+        engine = self.engine
+        source = iter(enumerate(programs))
+        running: list[_Running] = []
+        self._active, self._exhausted = 0, False
+        while True:
+            # Admit new programs while rows and the stream limit allow.
+            while not self._exhausted and len(running) < self.max_streams and engine.free_rows > 0:
+                try:
+                    index, program = next(source)
+                except StopIteration:
+                    self._exhausted = True
+                    break
+                run = _Running(index, program, engine.open())
+                running.append(run)
+                self._active = len(running)
+                done = self._advance(run, None)
+                if done is not None:
+                    yield self._finish(run, running, done)
+            if not running:
+                if self._exhausted:
+                    return
+                continue
+            self._tick(running)
+            for run in list(running):
+                done = None
+                if run.waiting and not run.feed:
+                    run.waiting = False
+                    done = self._advance(run, None)
+                elif run.results and not run.answers and not run.prompts:
+                    results, run.results = run.results, []
+                    done = self._advance(run, results if run.many else results[0])
+                if done is not None:
+                    yield self._finish(run, running, done)
+                elif run.prompts:
+                    self._fill(run)
+
+    def _finish(self, run: _Running, running: list[_Running], done: Finished) -> Finished:
+        for answer in run.answers:
+            if answer.snapshot is None:
+                self.engine.close(answer.stream)
+        self.engine.close(run.stream)
+        running.remove(run)
+        self._active = len(running)
+        run.program.close()
+        return done
+
+    def _tick(self, running: list[_Running]) -> None:
+        engine = self.engine
+        feeders: list[Stream] = []
+        chunks: list[list[int]] = []
+        for run in running:
+            if run.feed:
+                feeders.append(run.stream)
+                chunks.append([run.feed.popleft() for _ in range(min(engine.stride, len(run.feed)))])
+            for answer in run.answers:
+                if answer.pending:
+                    size = min(engine.stride, len(answer.pending))
+                    feeders.append(answer.stream)
+                    chunks.append([answer.pending.popleft() for _ in range(size)])
+        if feeders:
+            engine.forward(feeders, chunks)
+        answering = [(run, a) for run in running for a in run.answers if not a.pending]
+        if not answering:
+            return
+        engine.decode([a.stream for _, a in answering], [a.decoder for _, a in answering])
+        for run, answer in answering:
+            if not answer.decoder.done:
+                continue
+            run.results[answer.slot] = answer.decoder.result(time.perf_counter() - answer.started)
+            run.answers.remove(answer)
+            if answer.snapshot is not None:
+                engine.restore(answer.stream, answer.snapshot)
+            else:
+                engine.close(answer.stream)
+
+
+def run_program(engine: BatchEngine, program: Program[T]) -> T:
+    """Run ``program`` to its end on a fresh stream of ``engine``; its exception propagates."""
+    from longread.engine import StreamingEngine
+
+    if isinstance(engine, StreamingEngine):
+        # The single-stream engine's one row belongs to its own stream: lend it to the program.
+        engine.close(engine.stream)
+    try:
+        (done,) = list(Scheduler(engine, max_streams=1).run([program]))
+    finally:
+        if isinstance(engine, StreamingEngine):
+            engine.stream = engine.open(engine.stream.policy)
+            engine.cache.stream = engine.stream
+    if done.error is not None:
+        raise done.error
+    return done.value
+
+
+__all__ = [
+    "Ask",
+    "AskMany",
+    "Feed",
+    "Finished",
+    "Inspect",
+    "Load",
+    "Program",
+    "Request",
+    "Save",
+    "Scheduler",
+    "StreamState",
+    "run_program",
+]

@@ -71,8 +71,7 @@ def simulate(
             sums = [torch.randint(0, 4, (heads * group, n), generator=gen).float() / 4 for _ in range(layers)]
         else:
             sums = [torch.rand(heads * group, n, generator=gen) for _ in range(layers)]
-        for layer, s in enumerate(sums):
-            policy.observe(layer, s, size)
+        policy.observe(torch.stack(sums), size)
         idx = policy.select(n, cache)
         if idx is not None:
             cache = cache.gather(2, idx)
@@ -125,8 +124,7 @@ def ops_per_chunk(chunk: int, heads: int) -> int:
         sums = torch.rand(layers, heads, cache.shape[2], generator=gen)
         counter = CountOps()
         with counter:
-            for layer in range(layers):
-                policy.observe(layer, sums[layer], chunk)
+            policy.observe(sums, chunk)
             idx = policy.select(cache.shape[2], cache)
         assert idx is not None or seen + chunk <= budget
         if idx is not None:
@@ -219,16 +217,16 @@ def test_ema_update_by_hand():
     policy = Cascading(budget=9, sink=1, cascades=2, beta=0.5)
     policy.bind(1, 1)  # one KV head read by two query heads
     torch.testing.assert_close(policy.query_weights(2, torch.device("cpu")), torch.tensor([0.25, 0.5]))
-    policy.observe(0, torch.tensor([[0.2, 0.4], [0.3, 0.1]]), n_new=2)  # max over the group: [0.3, 0.4]
+    policy.observe(torch.tensor([[[0.2, 0.4], [0.3, 0.1]]]), n_new=2)  # max over the group: [0.3, 0.4]
     assert policy.select(2, torch.arange(2).view(1, 1, 2)) is None
-    policy.observe(0, torch.tensor([[0.1, 0.2, 0.5], [0.0, 0.6, 0.1]]), n_new=1)  # max: [0.1, 0.6, 0.5]
+    policy.observe(torch.tensor([[[0.1, 0.2, 0.5], [0.0, 0.6, 0.1]]]), n_new=1)  # max: [0.1, 0.6, 0.5]
     policy.select(3, torch.arange(3).view(1, 1, 3))
     # 0.5^1 * [0.3, 0.4] + [0.1, 0.6], and the new token starts at its own 0.5
     torch.testing.assert_close(policy.scores[0, 0, :3], torch.tensor([0.25, 0.8, 0.5]))
 
     mean = Cascading(budget=9, sink=1, cascades=2, beta=0.5, reduce="mean")
     mean.bind(1, 1)
-    mean.observe(0, torch.tensor([[0.2, 0.4], [0.3, 0.1]]), n_new=2)
+    mean.observe(torch.tensor([[[0.2, 0.4], [0.3, 0.1]]]), n_new=2)
     torch.testing.assert_close(mean.scores[0, 0, :2], torch.tensor([0.25, 0.25]))
 
 
@@ -325,7 +323,7 @@ def test_unsupported_attention_implementation_is_refused():
 def test_select_without_scores_is_refused():
     policy = Cascading(budget=12, sink=2, cascades=2)
     policy.bind(2, 1)
-    with pytest.raises(RuntimeError, match="attention scores reached 0 of 2 layers"):
+    with pytest.raises(RuntimeError, match="no attention scores reached the policy"):
         policy.select(5, torch.arange(5).expand(2, 1, 5))
 
 
