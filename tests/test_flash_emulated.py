@@ -76,29 +76,79 @@ def reference_flash_attn_varlen_func(
     return torch.cat(outs)
 
 
-@pytest.fixture
-def emulated_flash(monkeypatch):
-    """Make transformers' lazy flash import resolve to the reference kernel (restored afterwards)."""
-    monkeypatch.setattr(fa_utils, "_loaded_implementation", "flash_attention_2")
-    monkeypatch.setattr(fa_utils, "_flash_fn", reference_flash_attn_func)
-    monkeypatch.setattr(fa_utils, "_flash_varlen_fn", reference_flash_attn_varlen_func)
+def _lse(q, k, softmax_scale, causal):
+    """Natural-log normalizer per (B, H, Sq), for kernels that return it."""
+    sq, hq, d = q.shape[1], q.shape[2], q.shape[3]
+    sk = k.shape[1]
+    scale = d**-0.5 if softmax_scale is None else softmax_scale
+    k = k.repeat_interleave(hq // k.shape[2], dim=2)
+    logits = torch.einsum("bqhd,bkhd->bhqk", q.float(), k.float()) * scale
+    if causal:
+        visible = torch.arange(sk)[None, :] <= torch.arange(sq)[:, None] + (sk - sq)
+        logits = logits.masked_fill(~visible, float("-inf"))
+    return torch.logsumexp(logits, dim=-1)
+
+
+def reference_fa4_func(
+    q, k, v, qv=None, gather_kv_indices=None, softmax_scale=None, causal=False, window_size=(None, None),
+    learnable_sink=None, softcap=0.0, num_splits=1, pack_gqa=None, deterministic=False, score_mod=None,
+    score_mod_bwd=None, mask_mod=None, aux_tensors=None, aux_scalars=None, block_sparse_tensors=None,
+    block_sparse_tensors_bwd=None, return_lse=False, gather_bwd_recompute_p=False,
+    gather_bwd_token_chunk=None,
+):  # fmt: skip
+    """flash-attn-4's ``flash_attn.cute.flash_attn_func``: same layout and causal alignment as FA2, no
+    dropout, ``window_size=(None, None)`` for no window, and it returns ``(out, lse)``."""
+    CALLS["dense"] += 1
+    assert qv is None and learnable_sink is None and not softcap and window_size == (None, None)
+    return _attend(q, k, v, softmax_scale, causal), _lse(q, k, softmax_scale, causal)
+
+
+def reference_fa4_varlen_func(
+    q, k, v, qv=None, cu_seqlens_q=None, cu_seqlens_k=None, max_seqlen_q=None, max_seqlen_k=None,
+    min_seqlen_k=None, seqused_q=None, seqused_k=None, gather_kv_indices=None, page_table=None,
+    softmax_scale=None, causal=False, window_size=(None, None), learnable_sink=None, softcap=0.0,
+    num_splits=1, pack_gqa=None, deterministic=False, score_mod=None, score_mod_bwd=None, mask_mod=None,
+    block_sparse_tensors=None, aux_tensors=None, aux_scalars=None, return_lse=False,
+    scheduler_metadata=None, seqlen_k_per_split=None, disable_scheduler_metadata=False,
+    gather_bwd_recompute_p=False, gather_bwd_token_chunk=None,
+):  # fmt: skip
+    CALLS["varlen"] += 1
+    assert seqused_q is None and seqused_k is None and page_table is None
+    outs, lses = [], []
+    for i in range(len(cu_seqlens_q) - 1):
+        qs = slice(int(cu_seqlens_q[i]), int(cu_seqlens_q[i + 1]))
+        ks = slice(int(cu_seqlens_k[i]), int(cu_seqlens_k[i + 1]))
+        outs.append(_attend(q[None, qs], k[None, ks], v[None, ks], softmax_scale, causal)[0])
+        lses.append(_lse(q[None, qs], k[None, ks], softmax_scale, causal)[0])
+    return torch.cat(outs), torch.cat(lses, dim=-1)
+
+
+KERNELS = {
+    "flash_attention_2": (reference_flash_attn_func, reference_flash_attn_varlen_func),
+    "flash_attention_4": (reference_fa4_func, reference_fa4_varlen_func),
+}
+
+
+@pytest.fixture(params=sorted(KERNELS))
+def emulated_flash(request, monkeypatch):
+    """Make transformers' lazy flash import resolve to a reference kernel (restored afterwards)."""
+    dense, varlen = KERNELS[request.param]
+    monkeypatch.setattr(fa_utils, "_loaded_implementation", request.param)
+    monkeypatch.setattr(fa_utils, "_flash_fn", dense)
+    monkeypatch.setattr(fa_utils, "_flash_varlen_fn", varlen)
     monkeypatch.setattr(fa_utils, "_flash_with_kvcache_fn", None)
     monkeypatch.setattr(fa_utils, "_pad_fn", fa_utils._pad_input)
     monkeypatch.setattr(fa_utils, "_unpad_fn", fa_utils._unpad_input)
-    monkeypatch.setattr(
-        fa_utils,
-        "_process_flash_kwargs_fn",
-        fa_utils._lazy_define_process_function(reference_flash_attn_varlen_func),
-    )
+    monkeypatch.setattr(fa_utils, "_process_flash_kwargs_fn", fa_utils._lazy_define_process_function(varlen))
     monkeypatch.setattr(fa_utils, "_process_with_kvcache_kwargs_fn", dict)
-    CALLS.update(dense=0, varlen=0)
+    CALLS.update(dense=0, varlen=0, implementation=request.param)
     return CALLS
 
 
-def _flash_model(model_type: str = "llama"):
+def _flash_model(model_type: str = "llama", implementation: str = "flash_attention_2"):
     model = tiny_model(model_type)
     # Bypasses transformers' "is flash-attn installed and is this CUDA" check, which is the point here.
-    model.config._attn_implementation = "flash_attention_2"
+    model.config._attn_implementation = implementation
     return model
 
 
@@ -124,7 +174,9 @@ def test_every_policy_is_covered():
 def test_flash_path_matches_sdpa(emulated_flash, name, stride):
     ids = torch.randint(0, 97, (150,), generator=torch.Generator().manual_seed(3))
     sdpa = _stream(tiny_model("llama"), name, ids, stride, **POLICY_PARAMS[name])
-    flash = _stream(_flash_model("llama"), name, ids, stride, **POLICY_PARAMS[name])
+    flash = _stream(
+        _flash_model("llama", emulated_flash["implementation"]), name, ids, stride, **POLICY_PARAMS[name]
+    )
     torch.testing.assert_close(flash, sdpa, atol=2e-5, rtol=2e-5)
     # 4 layers per chunk, all through the dense kernel: one stream never takes the unpad (varlen) path.
     assert emulated_flash["dense"] == 4 * len(range(0, 150, stride))
@@ -135,7 +187,14 @@ def test_flash_path_matches_sdpa(emulated_flash, name, stride):
 def test_flash_path_other_architectures(emulated_flash, model_type):
     ids = torch.randint(0, 97, (120,), generator=torch.Generator().manual_seed(4))
     sdpa = _stream(tiny_model(model_type), "cascading", ids, 16, budget=40, cascades=2)
-    flash = _stream(_flash_model(model_type), "cascading", ids, 16, budget=40, cascades=2)
+    flash = _stream(
+        _flash_model(model_type, emulated_flash["implementation"]),
+        "cascading",
+        ids,
+        16,
+        budget=40,
+        cascades=2,
+    )
     torch.testing.assert_close(flash, sdpa, atol=2e-5, rtol=2e-5)
 
 
@@ -143,7 +202,7 @@ def test_cascading_flash_scores_equal_sdpa_scores(emulated_flash):
     """The score pass of the flash wrapper sees the same (unmasked-by-transformers) chunk: same cascade."""
     ids = torch.randint(0, 97, (200,), generator=torch.Generator().manual_seed(5))
     kept, scores = [], []
-    for model in (tiny_model("llama"), _flash_model("llama")):
+    for model in (tiny_model("llama"), _flash_model("llama", emulated_flash["implementation"])):
         engine = StreamingEngine(model, make_policy("cascading", budget=40, cascades=4), stride=8)
         engine.feed(ids)
         kept.append(engine.cache.positions())
@@ -159,3 +218,18 @@ def test_scores_refuse_a_sliding_window_that_masks_the_cache():
     engine = StreamingEngine(model, make_policy("cascading", budget=40, cascades=2), stride=16)
     with pytest.raises(NotImplementedError, match="sliding window of 16 < 32 cached keys"):
         engine.feed(torch.arange(64) % 97)
+
+
+@pytest.mark.parametrize("name", sorted(POLICY_PARAMS))
+def test_batch_flash_varlen_matches_sdpa_single_streams(emulated_flash, name):
+    """Batched rows of different lengths and chunk sizes through the flash wrapper's varlen path: every
+    stream's logits equal its SDPA logits alone."""
+    from test_batch import alone, batched, plan
+
+    streams = plan(seed=4, streams=4)
+    flash = batched(_flash_model("llama", emulated_flash["implementation"]), name, streams, rows=3, seed=5)
+    assert emulated_flash["varlen"] > 0 and emulated_flash["dense"] > 0
+    for i, s in enumerate(streams):
+        ref, _ = alone(tiny_model("llama"), name, s)
+        for a, b in zip(flash[i]["logits"], ref):
+            torch.testing.assert_close(a, b, atol=2e-5, rtol=2e-5)
