@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from jobs.config import CONFIG_DIR, ConfigError, JobConfig, config_from_dict, load_config, main, read_yaml
+from actors.tasks import JobConfig
+from jobs.config import CONFIG_DIR, ConfigError, config_from_dict, load_config, read_yaml
+from jobs.run import main
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
