@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from cache_policies import CachePolicy
 from longread.generation import GenerationResult, GenerationSettings
 from longread.scheduler import Ask, AskMany, Feed, Inspect, Program, Request, StreamState
 from pipeline.config import BaseJobConfig
@@ -108,7 +109,9 @@ class StreamEnv:
     generation: GenerationSettings = field(default_factory=GenerationSettings)
 
     @classmethod
-    def create(cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, policy: Any, device: Any) -> StreamEnv:
+    def create(
+        cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, policy: CachePolicy, device: object
+    ) -> StreamEnv:
         """The environment of a worker whose engine runs ``policy`` (bound to the model) on ``device``."""
         columns = {
             "model": cfg.model.display_name,
@@ -169,9 +172,9 @@ class TaskContext:
     @property
     def room(self) -> int | None:
         """Tokens left before ``max_tokens_per_stream`` (None: no limit)."""
-        return self.fit_count(0)
+        return self._left(0)
 
-    def fit_count(self, pending: int) -> int | None:
+    def _left(self, pending: int) -> int | None:
         limit = self.env.limit
         return None if limit is None else max(0, limit - self.tokens - pending)
 
@@ -180,7 +183,7 @@ class TaskContext:
 
         ``pending``: tokens the program has accepted but not fed yet. Without a limit: ``(ids, False)``.
         """
-        left = self.fit_count(pending)
+        left = self._left(pending)
         if left is None:
             return ids, False
         return ids[:left], len(ids) >= left

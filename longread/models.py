@@ -42,9 +42,9 @@ def model_name(source: str | os.PathLike[str] | None) -> str:
 def model_path(source: str | os.PathLike[str] | None) -> Path:
     """Where a source's files are on this machine (the embedded model's folder is not converted here)."""
     if is_default_model(source):
-        from longread.assets import MODEL_NAME, home
+        from longread.assets import default_model_path
 
-        return home() / "models" / MODEL_NAME
+        return default_model_path()
     return Path(str(source)).expanduser()
 
 
