@@ -1,6 +1,7 @@
-"""Actors of the pipeline: ``StreamWorker`` loads a model and cache policy once and processes whole streams.
+"""Actors of the pipeline: the tasks and the ``StreamWorker`` that runs their stream programs.
 
-Tasks: ``actors.summarize`` (progressive summaries), ``actors.qa`` (questions from copies of the cache
-state) and ``actors.logs`` (incident reports per window with exact statistics). Everything here is plain
-Python, importable and testable without Ray; the driver wraps ``StreamWorker`` in a Ray Data actor pool.
+``actors.tasks`` holds the task registry (``TASKS``: summarize, qa, logs; one module each) and the job
+configuration built from it; ``actors.context`` is what a stream program sees; ``actors.stream_worker``
+loads a model and cache policy once and processes whole streams. Everything here is plain Python,
+importable and testable without Ray; the driver (``pipeline.driver``) is handed the worker and a task.
 """

@@ -29,8 +29,7 @@ from typing import Any
 import psutil
 import torch
 
-from cache_policies import CachePolicy, make_policy
-from jobs.stream_ppl import parse_policy_spec
+from cache_policies import CachePolicy, check_spec, from_spec
 from longread.engine import StreamingEngine
 from longread.models import load_model
 
@@ -101,7 +100,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
             f"--lengths must be multiples of --stride {args.stride}, so every checkpoint ends a chunk"
         )
     specs = args.policies or DEFAULT_POLICIES
-    model, _ = load_model(None if args.model == "default" else args.model)
+    model, _ = load_model(args.model)
     lengths = sorted(args.lengths)
     ids = torch.randint(
         0, model.config.vocab_size, (lengths[-1],), generator=torch.Generator().manual_seed(args.seed)
@@ -109,13 +108,10 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
 
     engines: dict[str, StreamingEngine] = {}
     for spec in specs:
-        name, params = parse_policy_spec(spec)
-        if name != "full":
-            params = {"budget": args.budget, "sink": args.sink, **params}
-        engines[spec] = StreamingEngine(model, make_policy(name, **params), stride=args.stride)
-    limits = {
-        spec: args.full_max_tokens if parse_policy_spec(spec)[0] == "full" else lengths[-1] for spec in specs
-    }
+        engines[spec] = StreamingEngine(
+            model, from_spec(spec, budget=args.budget, sink=args.sink), stride=args.stride
+        )
+    limits = {spec: args.full_max_tokens if check_spec(spec)[0] == "full" else lengths[-1] for spec in specs}
 
     proc = psutil.Process()
     rss_peak = proc.memory_info().rss

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.config import CONFIG_DIR, config_from_dict, read_yaml
-from pipeline.driver import run_job
+from jobs.run import run_job
 from pipeline.writer import PartWriter
 
 

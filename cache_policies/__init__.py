@@ -1,8 +1,15 @@
-"""Bounded KV-cache policies behind one interface (see ``cache_policies.base``), in an explicit registry."""
+"""Bounded KV-cache policies behind one interface (see ``cache_policies.base``), in an explicit registry.
+
+``make_policy(name, **params)`` builds a registered policy; ``from_spec("lacache:span=15,overlap=0",
+budget=512, sink=4)`` builds one from the spec strings that command lines and config files use (the one
+place that parses them: ``parse_spec``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
+
+import yaml
 
 from cache_policies.base import CachePolicy, PolicyConfigError
 from cache_policies.cascading import Cascading
@@ -30,12 +37,60 @@ def make_policy(name: str, **params: Any) -> CachePolicy:
         raise PolicyConfigError(f"{name}: {exc}. Check the policy's parameters in the README.") from None
 
 
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``"lacache:span=15,overlap=0"`` -> ``("lacache", {"span": 15, "overlap": 0})`` (values read as YAML).
+
+    Only the syntax is checked here; ``make_policy`` / ``from_spec`` check the name and the parameters.
+    """
+    name, _, rest = spec.partition(":")
+    params: dict[str, Any] = {}
+    for item in filter(None, (p.strip() for p in rest.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise PolicyConfigError(
+                f"policy spec {spec!r}: {item!r} is not key=value (e.g. lacache:span=15,overlap=0)"
+            )
+        params[key.strip()] = yaml.safe_load(value)
+    return name.strip(), params
+
+
+def check_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """``parse_spec``, and the name must be registered (for command lines that build policies later)."""
+    name, params = parse_spec(spec)
+    if name not in POLICIES:
+        raise PolicyConfigError(
+            f"policy spec {spec!r}: unknown cache policy {name!r}; choose one of {sorted(POLICIES)}"
+        )
+    return name, params
+
+
+def policy_kwargs(name: str, params: dict[str, Any], *, budget: int | None, sink: int = 4) -> dict[str, Any]:
+    """The constructor arguments of policy ``name``: ``full`` takes no budget or sink."""
+    if name == FullCache.name:
+        return dict(params)
+    return {"budget": budget, "sink": sink, **params}
+
+
+def from_spec(spec: str, *, budget: int | None = None, sink: int = 4, **params: Any) -> CachePolicy:
+    """Build a policy from a spec; ``budget`` and ``sink`` apply to every policy but ``full``.
+
+    Parameters in the spec win over keyword ``params`` (a spec is what a user typed last).
+    """
+    name, spec_params = parse_spec(spec)
+    return make_policy(name, **policy_kwargs(name, {**params, **spec_params}, budget=budget, sink=sink))
+
+
 __all__ = [
     "POLICIES",
     "CachePolicy",
+    "Cascading",
     "FullCache",
     "LaCache",
     "PolicyConfigError",
     "StreamingLLM",
+    "check_spec",
+    "from_spec",
     "make_policy",
+    "parse_spec",
+    "policy_kwargs",
 ]

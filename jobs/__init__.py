@@ -1,1 +1,2 @@
-"""Command-line jobs, ``python -m jobs.<name>``; the pipeline jobs share ``jobs.config``."""
+"""Command-line jobs, ``python -m jobs.<name>``: the entry points of the pipeline (``jobs.run``) and their
+configuration files (``jobs.config``, ``jobs/configs/``). Research experiments live in ``experiments/``."""

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import sys
 
-from jobs.config import main
+from jobs.run import main
 
 if __name__ == "__main__":
     sys.exit(main("summarize"))

@@ -77,8 +77,14 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     return out
 
 
+def default_model_path() -> Path:
+    """Where the converted default model lives (it may not be converted yet: see ``default_model_dir``)."""
+    return home() / "models" / MODEL_NAME
+
+
 def default_model_dir() -> Path:
-    out = home() / "models" / MODEL_NAME
+    """The converted default model's folder, converting it first if needed."""
+    out = default_model_path()
     if (out / "config.json").exists():
         return out
     out.parent.mkdir(parents=True, exist_ok=True)

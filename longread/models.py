@@ -1,8 +1,12 @@
-"""Load a causal LM and its tokenizer from local files only.
+"""Load a causal LM and its tokenizer from local files only; name a model source and read its geometry.
 
 ``source`` is one of: ``None`` / ``"default"`` (the embedded SmolLM2-135M-Instruct, see
 ``longread.assets``), a local Hugging Face model directory, or a ``.gguf`` file. Hub ids are refused:
 longread never downloads weights at run time. ``trust_remote_code`` stays off unless asked for.
+
+This module is the one place that knows what ``"default"`` means (``is_default_model``, ``model_path``,
+``model_name``) and the one place that reads a model's geometry before loading it (``model_geometry``,
+through transformers' ``AutoConfig``).
 """
 
 from __future__ import annotations
@@ -18,6 +22,54 @@ log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 ATTENTION = ("sdpa", "eager", "flash_attention_2")
+#: Names of the embedded model; every other source is a path.
+DEFAULT_MODEL_NAMES = ("default", "smollm2")
+
+
+def is_default_model(source: str | os.PathLike[str] | None) -> bool:
+    return source is None or str(source) in DEFAULT_MODEL_NAMES
+
+
+def model_name(source: str | os.PathLike[str] | None) -> str:
+    """The name rows and logs give a model: the embedded model's, else the folder or file name."""
+    from longread.assets import MODEL_NAME
+
+    if is_default_model(source):
+        return MODEL_NAME
+    return Path(str(source)).name or str(source)
+
+
+def model_path(source: str | os.PathLike[str] | None) -> Path:
+    """Where a source's files are on this machine (the embedded model's folder is not converted here)."""
+    if is_default_model(source):
+        from longread.assets import default_model_path
+
+        return default_model_path()
+    return Path(str(source)).expanduser()
+
+
+def model_geometry(
+    source: str | os.PathLike[str] | None, trust_remote_code: bool = False
+) -> tuple[int, int] | None:
+    """``(layers, key/value heads)`` of a local model folder, from its config alone (no weights loaded).
+
+    None when this machine has no readable config for it (a ``.gguf`` file, a folder only the cluster's
+    nodes have, an architecture this transformers does not know): the loader reports those.
+    """
+    from transformers import AutoConfig
+
+    folder = model_path(source)
+    if not (folder / "config.json").is_file():
+        return None
+    try:
+        config = AutoConfig.from_pretrained(
+            folder, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError, KeyError):
+        return None
+    text = config.get_text_config()
+    heads = getattr(text, "num_key_value_heads", None) or text.num_attention_heads
+    return int(text.num_hidden_layers), int(heads)
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
@@ -60,14 +112,14 @@ def load_model(
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
     }
-    if source is None or str(source) in ("default", "smollm2"):
+    if is_default_model(source):
         from longread.assets import default_model_dir
 
         path = default_model_dir()
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
     else:
-        path = Path(source).expanduser()
+        path = model_path(source)
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file {path} does not exist.")

@@ -4,15 +4,18 @@ Contract:
 
 * ``StreamTask`` is what travels to an actor: a small JSON-able descriptor (source URIs, an optional byte
   range, a log group key), never the data; the actor reads the data itself, incrementally.
-* Books: a text file is one stream; a JSONL/Parquet file is one task whose records are streams (their ids
-  are only known once read, so the actor checks each against the output before processing it). With
-  ``split_parts > 1`` an uncompressed text file of at least ``min_split_bytes`` becomes that many contiguous
-  byte ranges (aligned to lines by the reader), processed in parallel as separate streams; a JSONL file
-  is split the same way between records (named by byte offset then), a Parquet file by row groups.
-* Logs: one stream per file (``group_by="file"``), or per key found by ``key_pattern`` in the file path
-  (``group_by="path"``: the files of a key are merged in time order, incrementally), or per key found in
-  each line (``group_by="line"``: grouped through a Ray Data shuffle, see ``pipeline.driver``).
+* ``plan_files``: a text file is one stream; a JSONL/Parquet file is one task whose records are streams
+  when ``records_are_streams`` (their ids are only known once read, so the actor checks each against the
+  output before processing it), else the whole file is one stream (logs). With ``split_parts > 1`` an
+  uncompressed text file of at least ``min_split_bytes`` becomes that many contiguous byte ranges (aligned
+  to lines by the reader), processed in parallel as separate streams; a JSONL file of records is split the
+  same way between records (named by byte offset then), a Parquet file by row groups.
+* ``group_by_path_key``: one stream per key found by a regex in the file paths (e.g. a host's rotated
+  logs); the actor merges the files of a key. Grouping by a key in each line needs a shuffle instead
+  (``pipeline.shuffle``).
 * ``ChapterSplitter`` turns lines into text pieces and marks chapter headings, where the text has them.
+
+Which of these a task uses is the task's choice (``actors.tasks``): nothing here knows the tasks.
 """
 
 from __future__ import annotations
@@ -31,8 +34,6 @@ from pipeline.logstats import compile_key_pattern, extract_key
 from pipeline.sources import SourceFile, file_size
 
 log = logging.getLogger(__name__)
-
-TASKS = ("summarize", "qa", "logs")
 
 # A heading line: a keyword followed by a numeral or a capitalized word ("ACT I.", "Chapter 12",
 # "STAVE ONE", "Part the First"), or a bare Roman numeral ("XII."). Prose rarely fits in <= 100 characters
@@ -98,50 +99,49 @@ def split_ranges(size: int, parts: int) -> list[tuple[int, int]]:
     return [(start, min(size, start + step)) for start in range(0, size, step)]
 
 
-def plan_tasks(
+def plan_files(
     task: str,
     sources: list[SourceFile],
     *,
     storage: Storage | None = None,
     split_parts: int = 1,
     min_split_bytes: int = 1 << 20,
-    group_by: str = "file",
-    key_pattern: str | None = None,
+    records_are_streams: bool = True,
 ) -> list[StreamTask]:
-    """Stream descriptors for ``sources`` (the driver plans ``group_by="line"``: it needs a shuffle)."""
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {TASKS}")
+    """One descriptor per file (or per part of a split file); see the module docstring."""
     tasks: list[StreamTask] = []
-    if task == "logs" and group_by == "path":
-        if not key_pattern:
-            raise ValueError("group_by='path' needs logs.key_pattern (a regex with a (?P<key>...) group)")
-        pattern = compile_key_pattern(key_pattern)
-        groups: dict[str, list[SourceFile]] = {}
-        for src in sources:
-            if src.error:
-                tasks.append(StreamTask(task, [src], stream_id=src.uri))
-                continue
-            key = extract_key(pattern, src.uri)
-            if key is None:
-                log.warning(
-                    "no key in %s for key_pattern %r: it forms a stream of its own", src.display, key_pattern
-                )
-                key = src.uri
-            groups.setdefault(key, []).append(src)
-        for key, group in groups.items():
-            tasks.append(StreamTask(task, group, stream_id=f"logs:key={key}", key=key))
-        return tasks
     for src in sources:
         if src.error:
             tasks.append(StreamTask(task, [src], stream_id=src.uri))
             continue
-        single = src.format == "text" or task == "logs"
+        single = src.format == "text" or not records_are_streams
         if split_parts > 1:
             parts = _split(task, src, storage, split_parts, min_split_bytes, single)
             if parts:
                 tasks += parts
                 continue
         tasks.append(StreamTask(task, [src], stream_id=src.uri if single else None))
+    return tasks
+
+
+def group_by_path_key(task: str, sources: list[SourceFile], key_pattern: str) -> list[StreamTask]:
+    """One stream per key that ``key_pattern`` finds in the paths (a path without one is its own stream)."""
+    pattern = compile_key_pattern(key_pattern)
+    tasks: list[StreamTask] = []
+    groups: dict[str, list[SourceFile]] = {}
+    for src in sources:
+        if src.error:
+            tasks.append(StreamTask(task, [src], stream_id=src.uri))
+            continue
+        key = extract_key(pattern, src.uri)
+        if key is None:
+            log.warning(
+                "no key in %s for key_pattern %r: it forms a stream of its own", src.display, key_pattern
+            )
+            key = src.uri
+        groups.setdefault(key, []).append(src)
+    for key, group in groups.items():
+        tasks.append(StreamTask(task, group, stream_id=f"{task}:key={key}", key=key))
     return tasks
 
 
@@ -154,7 +154,8 @@ def _split(
     file is split between its records, so each record still is one whole stream.
     """
     if src.format == "parquet" and not single:
-        from pipeline.sources import InputError, parquet_row_groups
+        from pipeline.readers import parquet_row_groups
+        from pipeline.sources import InputError
 
         try:
             rows = parquet_row_groups(src, storage)

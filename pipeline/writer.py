@@ -14,13 +14,14 @@ Contract:
   ``part-`` file is in place.
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
+* Reading back (``read``, ``read_results``, ``read_parquet``) goes through ``pyarrow.dataset`` with the
+  output schema, so columns come in schema order whatever the files.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,6 +30,7 @@ import uuid
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
@@ -185,13 +187,21 @@ class PartWriter:
 
     def read(self, limit_files: int | None = None) -> pa.Table:
         """All rows written so far (or those of the first ``limit_files`` files), in schema order."""
-        tables = []
-        for path in self.files()[:limit_files]:
-            with self.fs.open(path, "rb") as fh:
-                tables.append(pq.read_table(io.BytesIO(fh.read())))
-        if not tables:
-            return SCHEMA.empty_table()
-        return pa.concat_tables(tables).select(list(SCHEMA.names))
+        return _read(self.files()[:limit_files], self.fs)
+
+
+def _read(paths: list[str], fs: Any) -> pa.Table:
+    if not paths:
+        return SCHEMA.empty_table()
+    return ds.dataset(paths, schema=SCHEMA, format="parquet", filesystem=fs).to_table()
+
+
+def read_parquet(uris: list[str], storage: Storage | None = None) -> pa.Table:
+    """The rows of some result files (URIs on one filesystem), in schema order."""
+    if not uris:
+        return SCHEMA.empty_table()
+    fs = get_fs(uris[0], storage)[0]
+    return _read([get_fs(uri, storage)[1] for uri in uris], fs)
 
 
 def read_results(output: str, storage: Storage | None = None) -> pa.Table:

@@ -156,7 +156,7 @@ def write_bad_corpus(folder: Path) -> dict[str, Path]:
 
 def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sections: dict[str, Any]) -> Any:
     """A small, fast JobConfig for the tiny model (sections override the defaults, merged per section)."""
-    from jobs.config import JobConfig
+    from actors.tasks import JobConfig
 
     data: dict[str, Any] = {
         "task": task,

@@ -354,7 +354,7 @@ class CharTokenizer:
 
 
 def test_passkey_streams_hide_the_key_at_the_asked_depth():
-    from jobs.passkey import INTRO, NEEDLE, QUESTION, PasskeyConfig, build_trials
+    from experiments.passkey import INTRO, NEEDLE, QUESTION, PasskeyConfig, build_trials
 
     cfg = PasskeyConfig(budget=200, multiples=[2, 4], depths=5, samples=2)
     book = [ord("a") + i % 26 for i in range(5000)]
@@ -371,7 +371,7 @@ def test_passkey_streams_hide_the_key_at_the_asked_depth():
 
 
 def test_passkey_scoring():
-    from jobs.passkey import score
+    from experiments.passkey import score
 
     assert score(" 12345. Remember", "12345") == (True, 1.0)
     assert score(" 12045", "12345") == (False, 0.8)

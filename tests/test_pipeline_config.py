@@ -8,9 +8,13 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from jobs.config import CONFIG_DIR, ConfigError, JobConfig, config_from_dict, load_config, main, read_yaml
+from actors.tasks import TASKS, JobConfig
+from jobs.config import CONFIG_DIR, ConfigError, build_parser, config_from_dict, load_config, read_yaml
+from jobs.run import main
+from pipeline.schema import ROW_KINDS
 
-DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = ROOT / "docs" / "pipeline.md"
 EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
 
 
@@ -133,3 +137,22 @@ def test_endpoint_and_region_come_from_the_environment(monkeypatch):
     opts = config_from_dict("summarize", {}).storage.to_storage().options("s3")
     assert opts["client_kwargs"] == {"endpoint_url": "http://127.0.0.1:1234", "region_name": "eu-north-1"}
     assert "key" not in opts  # credentials: botocore's own chain
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_registered_task_is_wired(name):
+    """A task module plus its registry line is all it takes: entry point, rows, flags and section fit."""
+    task = TASKS[name]
+    assert task.name == name and name in JobConfig.model_fields
+    assert JobConfig.model_fields[name].annotation is task.Settings
+    assert (ROOT / "jobs" / f"{task.job_name}.py").read_text().count(f'main("{name}")') == 1
+    assert set(task.row_kinds) <= set(ROW_KINDS) - {"error"} and task.preview_kind in task.row_kinds
+    if task.default_config:
+        assert (CONFIG_DIR / task.default_config).is_file()
+    for action in build_parser(name)._actions:  # every flag names a setting that exists
+        if "." in action.dest:
+            section, key = action.dest.split(".", 1)
+            assert key in JobConfig.model_fields[section].annotation.model_fields, action.dest
+    data = {"input": {"paths": ["x"]}}
+    cfg = config_from_dict(name, data, "test")
+    assert cfg.output.path == f"output/{task.job_name}"

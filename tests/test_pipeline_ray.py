@@ -28,7 +28,8 @@ from helpers_pipeline import (
     write_good_corpus,
 )
 
-from pipeline.driver import format_report, run_job
+from jobs.run import run_job
+from pipeline.report import format_report
 from pipeline.schema import SCHEMA
 from pipeline.writer import stream_key
 

@@ -12,8 +12,9 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_pipeline import build_tiny_model, job_config, log_lines, read_output, write_good_corpus
 
-from pipeline.driver import format_report, run_job
+from jobs.run import run_job
 from pipeline.fs import Storage
+from pipeline.report import format_report
 from pipeline.schema import SCHEMA
 
 pytestmark = pytest.mark.ray

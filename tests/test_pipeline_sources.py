@@ -15,16 +15,9 @@ import pytest
 from helpers_pipeline import SHARED_DATA, book_text, write_bad_corpus
 
 from pipeline.logstats import LogParser, WindowStats, mask_template
-from pipeline.sharding import ChapterSplitter, StreamTask, plan_tasks, split_ranges
-from pipeline.sources import (
-    InputError,
-    ReadOptions,
-    SourceFile,
-    expand_inputs,
-    iter_documents,
-    iter_lines,
-    iter_log_lines,
-)
+from pipeline.readers import iter_documents, iter_lines, iter_log_lines
+from pipeline.sharding import ChapterSplitter, StreamTask, group_by_path_key, plan_files, split_ranges
+from pipeline.sources import InputError, ReadOptions, SourceFile, expand_inputs
 
 OPTS = ReadOptions()
 
@@ -168,13 +161,13 @@ def test_chapters_are_detected_and_pieces_keep_the_text():
         assert not splitter.is_heading(prose), prose
 
 
-def test_plan_tasks_splits_large_text_and_groups_log_paths(tmp_path):
+def test_plan_files_splits_large_text_and_group_by_path_key(tmp_path):
     big = tmp_path / "big.txt"
     big.write_text("line\n" * 1000)
     small = tmp_path / "small.txt"
     small.write_text("x\n")
     sources = expand_inputs([str(tmp_path)], None, OPTS)
-    tasks = plan_tasks("summarize", sources, split_parts=3, min_split_bytes=1000)
+    tasks = plan_files("summarize", sources, split_parts=3, min_split_bytes=1000)
     parts = [t for t in tasks if t.sources[0].uri == str(big)]
     assert [(t.part, t.parts) for t in parts] == [(0, 3), (1, 3), (2, 3)]
     assert parts[0].byte_range == (0, 1667) and parts[-1].byte_range == (3334, 5000)
@@ -187,9 +180,7 @@ def test_plan_tasks_splits_large_text_and_groups_log_paths(tmp_path):
     logs.mkdir()
     for name in ("web-1.0.log", "web-1.1.log", "db-1.0.log"):
         (logs / name).write_text("2024-01-05 10:00:00 INFO x\n")
-    groups = plan_tasks(
-        "logs", expand_inputs([str(logs)], None, OPTS), group_by="path", key_pattern=r"(?P<key>\w+-\d)\.\d"
-    )
+    groups = group_by_path_key("logs", expand_inputs([str(logs)], None, OPTS), r"(?P<key>\w+-\d)\.\d")
     assert {t.stream_id: len(t.sources) for t in groups} == {"logs:key=db-1": 1, "logs:key=web-1": 2}
 
 

@@ -15,13 +15,14 @@ from helpers_pipeline import (
     write_good_corpus,
 )
 
-from actors.common import drop_repeated_sentences
+from actors.context import drop_repeated_sentences
 from actors.stream_worker import StreamWorker
 from cache_policies import POLICIES
 from longread.engine import StreamingEngine
 from pipeline.logstats import LogParser
-from pipeline.sharding import ChapterSplitter, plan_tasks
-from pipeline.sources import expand_inputs, iter_lines
+from pipeline.readers import iter_lines
+from pipeline.sharding import ChapterSplitter, plan_files
+from pipeline.sources import expand_inputs
 
 POLICY_SETTINGS = {
     "full": {"name": "full", "budget": None, "params": {}},
@@ -37,17 +38,10 @@ def model_dir(tmp_path_factory):
 
 
 def run(worker: StreamWorker) -> list[dict]:
-    cfg = worker.cfg
-    sources = expand_inputs(cfg.input.paths, None, cfg.read_options())
-    tasks = plan_tasks(
-        cfg.task,
-        sources,
-        split_parts=cfg.input.split_parts,
-        min_split_bytes=cfg.input.min_split_bytes,
-        group_by=cfg.logs.group_by,
-        key_pattern=cfg.logs.key_pattern,
-    )
-    return [status for task in tasks for status in worker.process(task)]
+    """What the driver does for a worker, without Ray: expand the inputs, plan with the job's task."""
+    task = worker.task
+    sources = expand_inputs(task.inputs(), None, task.read_options())
+    return [status for unit in task.plan(sources) for status in worker.process(unit)]
 
 
 def test_every_registered_policy_has_settings_here():
@@ -89,15 +83,15 @@ def test_summaries_never_enter_the_stream(tmp_path, model_dir):
     cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "out"), model_dir,
                      generation={"temperature": 1.0})  # fmt: skip
     worker = StreamWorker(cfg, "t")
-    run(worker)
+    [status] = run(worker)
     summarized = worker.engine.cache
-    ctx = worker.ctx
-    plain = StreamingEngine(worker.engine.model, cfg.policy.build(), stride=16, tokenizer=ctx.tokenizer)
-    plain.feed(ctx.prefix_ids)
-    [src] = expand_inputs([str(files["book_a"])], None, cfg.read_options())
+    env = worker.env
+    plain = StreamingEngine(worker.engine.model, cfg.policy.build(), stride=16, tokenizer=env.tokenizer)
+    plain.feed(env.prefix_ids)
+    [src] = expand_inputs([str(files["book_a"])], None, cfg.input)
     for piece in ChapterSplitter().pieces(iter_lines(src)):
-        plain.feed(ctx.encode(piece.text))
-    assert plain.cache.seen == summarized.seen == len(ctx.prefix_ids) + ctx.tokens
+        plain.feed(env.encode(piece.text))
+    assert plain.cache.seen == summarized.seen == len(env.prefix_ids) + status["tokens"]
     assert torch.equal(plain.cache.positions(), summarized.positions())
     for a, b in zip(plain.cache.slots, summarized.slots):
         assert torch.equal(a.keys[..., : a.length, :], b.keys[..., : b.length, :])
@@ -214,7 +208,7 @@ def test_token_limit_truncates_and_parts_cover_the_file(tmp_path, model_dir):
     rows = read_output(tmp_path / "parts")
     finals = rows[rows.row_kind == "final"].sort_values("part_index")
     assert list(finals.part_index) == [0, 1, 2] and (finals.part_count == 3).all()
-    whole = len(StreamWorker(cfg, "t").ctx.encode(files["book_a"].read_text()))
+    whole = len(StreamWorker(cfg, "t").env.encode(files["book_a"].read_text()))
     assert abs(int(finals.tokens_streamed.sum()) - whole) <= 6  # same text, cut at 3 line boundaries
 
 
@@ -236,7 +230,7 @@ def test_drop_repeated_sentences():
 
 
 def test_a_policy_that_does_not_fit_the_model_fails_before_ray_starts(tmp_path, model_dir):
-    from pipeline.driver import run_job
+    from jobs.run import run_job
 
     cfg = job_config("summarize", [str(tmp_path)], str(tmp_path / "out"), model_dir,
                      policy={"name": "lacache", "budget": 48, "params": {"span": 6}})  # fmt: skip
@@ -255,7 +249,7 @@ def test_record_files_split_between_records(tmp_path, model_dir):
     pq.write_table(pa.table({"text": texts}), tmp_path / "in" / "s.parquet", row_group_size=3)
     cfg = job_config("summarize", [str(tmp_path / "in")], str(tmp_path / "out"), model_dir,
                      input={"split_parts": 3, "min_split_bytes": 1})  # fmt: skip
-    tasks = plan_tasks("summarize", expand_inputs(cfg.input.paths, None, cfg.read_options()), split_parts=3,
+    tasks = plan_files("summarize", expand_inputs(cfg.input.paths, None, cfg.input), split_parts=3,
                        min_split_bytes=1)  # fmt: skip
     assert [(t.part, t.parts) for t in tasks] == [(0, 3), (1, 3), (2, 3)] * 2
     statuses = [s for task in tasks for s in StreamWorker(cfg, "t").process(task)]

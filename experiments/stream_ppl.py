@@ -4,7 +4,7 @@ Streams the same token sequence through the model once per (policy, budget, stri
 tokens, perplexity (overall and at checkpoints), tokens/s, share of time in cache maintenance, and
 memory: the KV buffers allocated (exact) at 25/50/100% of the stream and the process RSS growth.
 
-    python -m jobs.stream_ppl --policy full --policy streaming_llm --policy lacache:span=15,overlap=0 \
+    python -m experiments.stream_ppl --policy full --policy streaming_llm --policy lacache:span=15,overlap=0 \
         --budget 256 --budget 512 --stride 1 --stride 256 --tokens 16384 --out ppl.json
 
 A policy spec is ``name`` or ``name:key=value,...`` (parameters of the policy class, see README). The
@@ -28,27 +28,10 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from tqdm import tqdm
 
-from cache_policies import POLICIES, make_policy
+from cache_policies import check_spec, from_spec
 from longread.engine import StreamingEngine
 
-log = logging.getLogger("jobs.stream_ppl")
-
-
-def parse_policy_spec(spec: str) -> tuple[str, dict[str, Any]]:
-    """``"lacache:span=15,overlap=0"`` -> ``("lacache", {"span": 15, "overlap": 0})``."""
-    name, _, rest = spec.partition(":")
-    name = name.strip()
-    if name not in POLICIES:
-        raise ValueError(f"policy spec {spec!r}: unknown policy {name!r}; choose one of {sorted(POLICIES)}")
-    params: dict[str, Any] = {}
-    for item in filter(None, (p.strip() for p in rest.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ValueError(
-                f"policy spec {spec!r}: {item!r} is not key=value (e.g. lacache:span=15,overlap=0)"
-            )
-        params[key.strip()] = yaml.safe_load(value)
-    return name, params
+log = logging.getLogger("experiments.stream_ppl")
 
 
 class StreamPPLConfig(BaseModel):
@@ -74,7 +57,7 @@ class StreamPPLConfig(BaseModel):
     @classmethod
     def _check_specs(cls, specs: list[str]) -> list[str]:
         for spec in specs:
-            parse_policy_spec(spec)
+            check_spec(spec)
         return specs
 
     @field_validator("budgets", "strides")
@@ -120,10 +103,7 @@ def warm_up(model: Any, ids: torch.Tensor) -> None:
 def run_one(
     model: Any, ids: torch.Tensor, spec: str, budget: int | None, stride: int, cfg: StreamPPLConfig
 ) -> dict[str, Any]:
-    name, params = parse_policy_spec(spec)
-    if name != "full":
-        params = {"budget": budget, "sink": cfg.sink, **params}
-    policy = make_policy(name, **params)
+    policy = from_spec(spec, budget=budget, sink=cfg.sink)
     engine = StreamingEngine(model, policy, stride=stride, rope_mode=cfg.rope_mode)  # type: ignore[arg-type]
     total = ids.numel()
     marks = {int(total * f): f for f in (0.25, 0.5, 1.0)}
@@ -147,7 +127,7 @@ def run_one(
     bar.close()
     stats = engine.stats
     return {
-        "policy": name,
+        "policy": policy.name,
         "spec": policy.describe(),
         "params": policy.params(),
         "budget": policy.budget,
@@ -182,7 +162,9 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def load_config(argv: list[str] | None = None) -> StreamPPLConfig:
-    parser = argparse.ArgumentParser(prog="python -m jobs.stream_ppl", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.stream_ppl", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--config", type=Path, help="YAML file with StreamPPLConfig fields")
     parser.add_argument("--model")
     parser.add_argument("--dtype")
@@ -219,7 +201,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     from longread.models import load_model
 
     model, tokenizer = load_model(
-        None if cfg.model == "default" else cfg.model,
+        cfg.model,
         dtype=cfg.dtype,
         attn_implementation=cfg.attn_implementation,
     )
@@ -233,7 +215,7 @@ def main(argv: list[str] | None = None) -> list[dict[str, Any]]:
     rows = []
     for stride in cfg.strides:
         for spec in cfg.policies:
-            budgets: list[int | None] = [None] if parse_policy_spec(spec)[0] == "full" else list(cfg.budgets)
+            budgets: list[int | None] = [None] if check_spec(spec)[0] == "full" else list(cfg.budgets)
             for budget in budgets:
                 t0 = time.perf_counter()
                 row = run_one(model, ids, spec, budget, stride, cfg)

@@ -8,7 +8,7 @@ policies see the same streams. Scored by exact match and per-digit accuracy (dig
 table also scores, apart, the keys that lie outside StreamingLLM's window (``out``: more than
 ``budget - sink`` tokens before the end of the stream).
 
-    python -m jobs.passkey --budget 256 --stride 128 --multiple 2 --multiple 4 --multiple 8 \
+    python -m experiments.passkey --budget 256 --stride 128 --multiple 2 --multiple 4 --multiple 8 \
         --multiple 16 --policy full --policy streaming_llm --policy lacache:span=15,overlap=0 \
         --policy cascading:cascades=4 --samples 3 --out passkey.json
 
@@ -29,11 +29,10 @@ from typing import Any
 
 import torch
 
-from cache_policies import make_policy
-from jobs.stream_ppl import parse_policy_spec
+from cache_policies import check_spec, from_spec
 from longread.engine import StreamingEngine
 
-log = logging.getLogger("jobs.passkey")
+log = logging.getLogger("experiments.passkey")
 
 INTRO = (
     "There is an important pass key hidden inside a lot of irrelevant text. Find it and memorize it. "
@@ -115,10 +114,8 @@ def score(prediction: str, key: str) -> tuple[bool, float]:
 
 
 def run_policy(model: Any, tokenizer: Any, spec: str, trials: list[Trial], cfg: PasskeyConfig) -> list[dict]:
-    name, params = parse_policy_spec(spec)
-    if name != "full":
-        params = {"budget": cfg.budget, "sink": cfg.sink, **params}
-    policy = make_policy(name, **params)
+    policy = from_spec(spec, budget=cfg.budget, sink=cfg.sink)
+    name = policy.name
     engine = StreamingEngine(model, policy, stride=cfg.stride, tokenizer=tokenizer)
     limit = int(getattr(model.config, "max_position_embeddings", 0) or 0)
     rows = []
@@ -208,7 +205,7 @@ def format_table(summary: list[dict], depths: int) -> str:
 
 def parse_args(argv: list[str] | None = None) -> PasskeyConfig:
     d = PasskeyConfig()
-    p = argparse.ArgumentParser(prog="python -m jobs.passkey", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m experiments.passkey", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=d.model, help="'default' (embedded SmolLM2), a model folder or a .gguf")
     p.add_argument("--book", type=Path, help="filler text (default: the embedded Shakespeare play)")
     p.add_argument("--budget", type=int, default=d.budget)
@@ -229,7 +226,7 @@ def parse_args(argv: list[str] | None = None) -> PasskeyConfig:
         p.error("budget, stride, depths, samples, max-new-tokens and multiples must be positive")
     for spec in cfg.policies:
         try:
-            parse_policy_spec(spec)
+            check_spec(spec)
         except ValueError as exc:
             p.error(str(exc))
     return cfg
@@ -243,7 +240,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from longread.assets import default_book_path
     from longread.models import load_model
 
-    model, tokenizer = load_model(None if cfg.model == "default" else cfg.model)
+    model, tokenizer = load_model(cfg.model)
     book_path = cfg.book or default_book_path()
     book = list(tokenizer(book_path.read_text(encoding="utf-8"), add_special_tokens=False)["input_ids"])
     trials = build_trials(cfg, tokenizer, book)

@@ -1,0 +1,272 @@
+"""What a stream program sees: prompts in the chat frame, feeding under the token limit, asking, rows.
+
+Contract:
+
+* A task's per-stream function is a *stream program* (``longread.scheduler``): a generator that yields
+  requests (``Feed``, ``Ask``, ``AskMany``, ``Inspect``) and returns the stream's rows. Programs never touch
+  the engine: ``TaskContext`` turns each step into requests, used as ``yield from ctx.feed(ids)`` and
+  ``result = yield from ctx.ask(...)``. So the same program runs on the single-stream engine
+  (``run_program``) or batched with other streams.
+* ``StreamEnv`` is what all streams of one worker share: the tokenizer, the chat frame, the generation
+  settings, the token limit and the row columns that describe the job (model, policy, stride, worker).
+  ``env.context(info)`` starts one stream's ``TaskContext``, and ``ctx.run(program)`` wraps a program so
+  it opens the chat frame first and stamps ``truncated`` on its rows at the end.
+* Prompts follow the tokenizer's chat template: the stream opens a user message (system prompt included),
+  the document flows inside it, and each instruction ends that message and opens the assistant's turn
+  (``chat_frame``); models without a template get a plain "instruction / Answer:" suffix. An ``Ask``
+  continues from a copy of the stream's state, so an instruction and its answer never enter the stream.
+* The token limit (``input.max_tokens_per_stream``) is applied in one place, ``ctx.fit``; ``ctx.feed``
+  counts document tokens and times them around the yielded request.
+* ``ctx.row`` builds an output row with the identity, model, policy, cache (from ``Inspect``) and timing
+  columns filled in; tasks add their own columns (see ``pipeline.schema``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import time
+from collections.abc import Generator, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cache_policies import CachePolicy
+from longread.generation import GenerationResult, GenerationSettings
+from longread.scheduler import Ask, AskMany, Feed, Inspect, Program, Request, StreamState
+from pipeline.config import BaseJobConfig
+
+#: Stop strings besides EOS: chat models sometimes open a new turn instead of ending theirs.
+STOP_STRINGS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "</s>")
+
+Row = dict[str, Any]
+
+_MARK = "\u2063LONGREAD-CONTENT\u2063"
+
+
+def chat_frame(tokenizer: Any, system_prompt: str | None = None) -> tuple[str, str]:
+    """``(prefix, suffix)`` that put a streamed document inside one user message of the chat template.
+
+    The prefix (system prompt, start of the user turn) is fed before the document; every instruction is
+    appended to the user message and followed by the suffix (end of turn, start of the assistant's), so
+    the model answers about text it was given as the user's. Models without a chat template get
+    ``("", "\n\nAnswer:")``.
+    """
+    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+    messages.append({"role": "user", "content": _MARK})
+    template = getattr(tokenizer, "chat_template", None)
+    if template:
+        try:
+            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # a template that rejects this message list: fall back to plain text
+            text = ""
+        if isinstance(text, str) and text.count(_MARK) == 1:
+            prefix, suffix = text.split(_MARK)
+            return prefix, suffix
+    return (f"{system_prompt}\n\n" if system_prompt else ""), "\n\nAnswer:"
+
+
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def drop_repeated_sentences(text: str) -> str:
+    """Drop verbatim repeats of an earlier sentence: small models under greedy decoding loop on one."""
+    seen: set[str] = set()
+    kept = []
+    for sentence in _SENTENCE_END.split(text):
+        key = " ".join(sentence.lower().split())
+        if key and key in seen:
+            continue
+        seen.add(key)
+        kept.append(sentence)
+    return " ".join(kept)
+
+
+@dataclass
+class StreamInfo:
+    """Identity of the stream being processed (goes into every row)."""
+
+    stream_id: str
+    source_uri: str
+    part_index: int = 0
+    part_count: int = 1
+    record_id: str | None = None
+
+
+@dataclass
+class StreamEnv:
+    """What every stream of one worker shares (see the module docstring). Holds no engine."""
+
+    cfg: BaseJobConfig
+    job_id: str
+    tokenizer: Any
+    #: the row columns that describe how the job runs: model, policy, policy_params, budget, stride, worker
+    columns: dict[str, Any]
+    prefix_ids: list[int] = field(default_factory=list)
+    suffix: str = "\n\nAnswer:"
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+    @classmethod
+    def create(
+        cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, policy: CachePolicy, device: object
+    ) -> StreamEnv:
+        """The environment of a worker whose engine runs ``policy`` (bound to the model) on ``device``."""
+        columns = {
+            "model": cfg.model.display_name,
+            "policy": policy.name,
+            "policy_params": json.dumps(policy.params(), sort_keys=True),
+            "budget": policy.budget,
+            "stride": cfg.policy.stride,
+            "worker": f"{socket.gethostname()}:{os.getpid()}:{device}",
+        }
+        env = cls(cfg, job_id, tokenizer, columns, generation=cfg.generation.sampling(stop=STOP_STRINGS))
+        prefix, env.suffix = chat_frame(tokenizer, cfg.generation.system_prompt)
+        env.prefix_ids = env.encode(prefix) if prefix else []
+        return env
+
+    @property
+    def limit(self) -> int | None:
+        return self.cfg.input.max_tokens_per_stream
+
+    @property
+    def stride(self) -> int:
+        return int(self.columns["stride"])
+
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def context(self, info: StreamInfo) -> TaskContext:
+        return TaskContext(self, info)
+
+
+class TaskContext:
+    """One stream's view for its program: counters, requests, rows (see the module docstring)."""
+
+    def __init__(self, env: StreamEnv, info: StreamInfo) -> None:
+        self.env = env
+        self.info = info
+        self.tokens = 0  # document tokens streamed (the chat frame's are not counted)
+        self.truncated = False
+        self.feed_seconds = 0.0
+        self.started = time.perf_counter()
+
+    # ------------------------------------------------------------------ text
+    @property
+    def stride(self) -> int:
+        return self.env.stride
+
+    def encode(self, text: str) -> list[int]:
+        return self.env.encode(text)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return self.env.encode_batch(texts)
+
+    # ------------------------------------------------------------------ the token limit
+    @property
+    def room(self) -> int | None:
+        """Tokens left before ``max_tokens_per_stream`` (None: no limit)."""
+        return self._left(0)
+
+    def _left(self, pending: int) -> int | None:
+        limit = self.env.limit
+        return None if limit is None else max(0, limit - self.tokens - pending)
+
+    def fit(self, ids: list[int], pending: int = 0) -> tuple[list[int], bool]:
+        """``ids`` cut to what the token limit leaves, and whether the limit is then reached.
+
+        ``pending``: tokens the program has accepted but not fed yet. Without a limit: ``(ids, False)``.
+        """
+        left = self._left(pending)
+        if left is None:
+            return ids, False
+        return ids[:left], len(ids) >= left
+
+    # ------------------------------------------------------------------ requests
+    def run(self, program: Program[list[Row]]) -> Program[list[Row]]:
+        """``program`` inside the chat frame; its rows get ``truncated`` (known only at the end)."""
+        if self.env.prefix_ids:
+            yield Feed(list(self.env.prefix_ids))  # the frame's tokens are not document tokens
+        rows = yield from program
+        for row in rows:
+            row["truncated"] = self.truncated
+        return rows
+
+    def feed(self, ids: Sequence[int]) -> Generator[Request, Any, float]:
+        """Stream ``ids`` (cut to the limit by the caller, see ``fit``); returns the seconds it took."""
+        if not ids:
+            return 0.0
+        t0 = time.perf_counter()
+        yield Feed(list(ids))
+        dt = time.perf_counter() - t0
+        self.tokens += len(ids)
+        self.feed_seconds += dt
+        return dt
+
+    def prompt(self, instruction: str) -> str:
+        """The instruction closing the user's message, up to where the assistant's answer starts."""
+        return f"\n\n{instruction}{self.env.suffix}"
+
+    def _finish(self, result: GenerationResult) -> GenerationResult:
+        result.text = result.text.strip()
+        if self.env.cfg.generation.drop_repeated_sentences:
+            result.text = drop_repeated_sentences(result.text)
+        return result
+
+    def ask(self, instruction: str, max_new_tokens: int) -> Generator[Request, Any, GenerationResult]:
+        """Answer ``instruction`` about what was streamed; the stream itself stays as it was."""
+        settings = self.env.generation.with_(max_new_tokens=max_new_tokens)
+        result = yield Ask(self.prompt(instruction), settings)
+        return self._finish(result)
+
+    def ask_many(
+        self, instructions: list[str], max_new_tokens: int
+    ) -> Generator[Request, Any, list[GenerationResult]]:
+        """Several answers, each from the same state of the stream (none sees another)."""
+        settings = self.env.generation.with_(max_new_tokens=max_new_tokens)
+        prompts: list[str | list[int]] = [self.prompt(text) for text in instructions]
+        results = yield AskMany(prompts, settings)
+        return [self._finish(result) for result in results]
+
+    # ------------------------------------------------------------------ rows
+    def _row(self, row_kind: str, **fields: Any) -> Row:
+        elapsed = time.perf_counter() - self.started
+        row: Row = {
+            "job_id": self.env.job_id,
+            "stream_id": self.info.stream_id,
+            "source_uri": self.info.source_uri,
+            "task": self.env.cfg.task,
+            "row_kind": row_kind,
+            "part_index": self.info.part_index,
+            "part_count": self.info.part_count,
+            "record_id": self.info.record_id,
+            **self.env.columns,
+            "tokens_streamed": self.tokens,
+            "truncated": self.truncated,
+            "stream_seconds": elapsed,
+            "tokens_per_second": self.tokens / self.feed_seconds if self.feed_seconds > 0 else None,
+            "created_at": datetime.now(UTC),
+        }
+        row.update(fields)
+        return row
+
+    def row(self, row_kind: str, **fields: Any) -> Generator[Request, Any, Row]:
+        """A result row, with what the cache holds now (``Inspect``): ``row = yield from ctx.row(...)``."""
+        state: StreamState = yield Inspect()
+        cache = {
+            "cache_tokens": state.cache_tokens,
+            "cache_bytes": state.cache_bytes,
+            "cache_oldest_position": state.cache_oldest_position,
+            "policy_stats": state.policy_stats,
+        }
+        return self._row(row_kind, **cache, **fields)
+
+    def error_row(self, kind: str, message: str) -> Row:
+        """The one row of a stream that failed (no cache columns: the state may be anything)."""
+        return self._row("error", error_kind=kind, error=message, tokens_streamed=self.tokens)

@@ -1,0 +1,133 @@
+"""The task contract: what one kind of job (summarize, qa, logs) owns, in one module per task.
+
+A task subclasses ``Task`` and sets:
+
+* ``name`` (the config's ``task:`` value and the name of its settings section), ``job_name`` (``python -m
+  jobs.<job_name>``, the default output folder), ``Settings`` (its pydantic section), ``row_kinds`` (what
+  its rows are; ``preview_kind`` is the one the final report shows), ``default_config`` (the YAML a job
+  runs without ``--config``, if any);
+* ``add_flags(parser)``: its own command-line flags (``dest`` = the dotted setting they override);
+* ``plan(sources)``: how its inputs become ``StreamTask`` descriptors (default: a file or part of a file,
+  records as streams), or ``line_grouping()`` for streams that need a shuffle first;
+* ``streams(unit, lines)``: the streams of one descriptor, each a ``Stream(info, program)`` whose
+  ``program(ctx)`` is the stream program (see ``actors.context``) that returns the stream's rows.
+
+A task object is built per process from the job's config and storage (``Task(cfg, storage)``); the
+constructor is where a task checks what it reads besides its inputs (a questions file), so the driver
+fails fast before Ray. The registry is ``actors.tasks.TASKS``; ``actors.tasks.JobConfig`` has one
+settings section per registered task.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import string
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from actors.context import Row, StreamInfo, TaskContext
+from longread.scheduler import Program
+from pipeline.config import BaseJobConfig, Section
+from pipeline.fs import Storage
+from pipeline.readers import Document, iter_documents
+from pipeline.sharding import StreamTask, plan_files
+from pipeline.shuffle import LineGrouping
+from pipeline.sources import ReadOptions, SourceFile
+
+ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
+
+
+@dataclass
+class Stream:
+    """One stream of a descriptor: who it is, and the program that processes it."""
+
+    info: StreamInfo
+    program: ProgramFactory
+
+
+class Task:
+    name: ClassVar[str]
+    job_name: ClassVar[str]
+    Settings: ClassVar[type[Section]]
+    row_kinds: ClassVar[tuple[str, ...]]
+    preview_kind: ClassVar[str]
+    default_config: ClassVar[str | None] = None
+    #: False when the task has inputs of its own to fall back on (``inputs()``)
+    needs_input_paths: ClassVar[bool] = True
+    #: JSONL/Parquet records are streams of their own (else a file of records is one stream)
+    records_are_streams: ClassVar[bool] = True
+
+    def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
+        self.cfg = cfg
+        self.storage = storage
+
+    @property
+    def settings(self) -> Any:
+        """This task's section of the config (typed by each task's own ``settings`` property)."""
+        return getattr(self.cfg, self.name)
+
+    # ------------------------------------------------------------------ command line
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        """Flags of this task's job (``dest`` = the dotted setting each overrides)."""
+
+    # ------------------------------------------------------------------ planning (driver)
+    def inputs(self) -> list[str]:
+        return list(self.cfg.input.paths)
+
+    def read_options(self) -> ReadOptions:
+        return self.cfg.input.read_options()
+
+    def plan(self, sources: list[SourceFile]) -> list[StreamTask]:
+        i = self.cfg.input
+        return plan_files(
+            self.name,
+            sources,
+            storage=self.storage,
+            split_parts=i.split_parts,
+            min_split_bytes=i.min_split_bytes,
+            records_are_streams=self.records_are_streams,
+        )
+
+    def line_grouping(self) -> LineGrouping | None:
+        """Set when each stream gathers the lines that share a key (the driver shuffles them first)."""
+        return None
+
+    # ------------------------------------------------------------------ streams (actors)
+    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+        raise NotImplementedError
+
+    def documents(self, unit: StreamTask) -> Iterator[tuple[StreamInfo, Document]]:
+        """The documents of a descriptor (a file, a part of one, or its records), each with its identity.
+
+        A file that cannot be read raises ``InputError`` here (the worker writes one error row for it);
+        a bad record comes as a document carrying its error (its program raises it).
+        """
+        src = unit.sources[0]
+        groups = unit.extra.get("row_groups")
+        row_groups = (int(groups[0]), int(groups[1])) if groups else None
+        opts = self.read_options()
+        for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups):
+            yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record), doc
+
+
+# ---------------------------------------------------------------------------------- settings helpers
+def check_template(text: str, allowed: set[str], name: str, required: frozenset[str] = frozenset()) -> None:
+    """A prompt template may use only ``allowed`` placeholders and must use the ``required`` ones."""
+    fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}
+    unknown = fields - allowed
+    if unknown:
+        raise ValueError(f"{name} uses unknown placeholders {sorted(unknown)}; available: {sorted(allowed)}")
+    missing = required - fields
+    if missing:
+        raise ValueError(f"{name} must contain {', '.join('{' + m + '}' for m in sorted(missing))}")
+
+
+def check_regex(value: str | None, name: str) -> None:
+    if value:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"{name} is not a valid regex: {exc}") from None

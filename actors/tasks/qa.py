@@ -1,0 +1,162 @@
+"""Task ``qa``: answers to questions about each document, streamed once (``python -m jobs.answer_questions``).
+
+Contract: the document is streamed through the bounded cache (up to ``max_tokens_per_stream``), then every
+question is answered from its own copy of that state (one ``AskMany``), so an answer (or its question)
+never influences the next one. One ``answer`` row per question, in order. Questions come from the record
+(``qa.question_column``), from ``qa.questions`` (every document) and from ``qa.questions_file`` (read once
+per process; a missing or malformed file fails the job before Ray starts). A document without questions
+raises ``InputError('no_questions')``; one without text raises ``InputError('empty')``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import posixpath
+from collections.abc import Iterator
+from functools import partial
+
+import yaml
+from pydantic import Field, field_validator
+
+from actors.context import Row, TaskContext
+from actors.tasks.base import Stream, Task, check_template
+from longread.scheduler import Program
+from pipeline.config import BaseJobConfig, Section
+from pipeline.fs import Storage, display_uri, get_fs
+from pipeline.readers import Document, parse_questions
+from pipeline.sharding import ChapterSplitter, StreamTask
+from pipeline.sources import InputError, ReadOptions
+
+Questions = list[str] | dict[str, list[str]]
+
+
+class QASettings(Section):
+    questions: list[str] = Field(default_factory=list, description="asked of every document")
+    questions_file: str | None = Field(
+        default=None, description="YAML/JSON list, mapping document -> list, or .txt lines"
+    )
+    question_column: str | None = Field(
+        default="questions", description="JSONL/Parquet field with the record's questions"
+    )
+    question_field: str = Field(default="question_text", description="key of the question in mapping items")
+    prompt: str = "Answer the question about the text above in one or two sentences.\nQuestion: {question}"
+    max_new_tokens: int = Field(default=64, ge=1)
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, value: str) -> str:
+        check_template(value, {"question"}, "prompt", required=frozenset({"question"}))
+        return value
+
+
+def load_questions_file(uri: str, storage: Storage | None, field_name: str) -> Questions:
+    """A list of questions for every document, or a mapping document -> questions (YAML, JSON or .txt)."""
+    fs, path = get_fs(uri, storage)
+    try:
+        text = fs.cat_file(path).decode("utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"qa.questions_file {display_uri(uri)} does not exist") from None
+    if path.endswith(".txt"):
+        return [line.strip() for line in text.splitlines() if line.strip()]
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ValueError(f"qa.questions_file {display_uri(uri)} is not valid YAML/JSON: {exc}") from None
+    if isinstance(data, list):
+        return parse_questions(data, field_name)
+    if isinstance(data, dict):
+        return {str(k): parse_questions(v, field_name) for k, v in data.items()}
+    raise ValueError(f"qa.questions_file {display_uri(uri)} must hold a list, or a mapping document -> list")
+
+
+class QA(Task):
+    name = "qa"
+    job_name = "answer_questions"
+    Settings = QASettings
+    row_kinds = ("answer",)
+    preview_kind = "answer"
+
+    def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
+        super().__init__(cfg, storage)
+        s = self.settings
+        self.file_questions: Questions | None = None
+        if s.questions_file:
+            self.file_questions = load_questions_file(s.questions_file, storage, s.question_field)
+
+    @property
+    def settings(self) -> QASettings:
+        return self.cfg.qa  # type: ignore[attr-defined]
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        add = parser.add_argument
+        add("--question", action="append", dest="qa.questions", help="repeatable; asked of every document")
+        add("--questions-file", dest="qa.questions_file")
+        add("--question-column", dest="qa.question_column")
+
+    def read_options(self) -> ReadOptions:
+        s = self.settings
+        return self.cfg.input.read_options(question_column=s.question_column, question_field=s.question_field)
+
+    def questions_for(self, doc: Document) -> list[str]:
+        out = list(doc.questions) + list(self.settings.questions)
+        file_questions = self.file_questions
+        if isinstance(file_questions, list):
+            out += file_questions
+        elif isinstance(file_questions, dict):
+            name = posixpath.basename(doc.source_uri.split("#", 1)[0])
+            keys = [doc.stream_id, doc.source_uri, name]
+            if doc.record is not None:
+                keys += [doc.record, f"{name}#{doc.record}"]
+            for key in keys:
+                if key in file_questions:
+                    out += file_questions[key]
+                    break
+        return out
+
+    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+        for info, doc in self.documents(unit):
+            yield Stream(info, partial(self.program, doc=doc, questions=self.questions_for(doc)))
+
+    def program(self, ctx: TaskContext, doc: Document, questions: list[str]) -> Program[list[Row]]:
+        if doc.error is not None:
+            raise doc.error
+        if not questions:
+            raise InputError(
+                "no_questions",
+                f"{doc.source_uri}: no questions for this document; set qa.questions, qa.questions_file or "
+                "qa.question_column.",
+            )
+        has_text = False
+        pieces = ChapterSplitter(None).pieces(doc.iter_lines())
+        for piece in pieces:
+            has_text = has_text or bool(piece.text.strip())
+            ids = ctx.encode(piece.text)
+            fit, full = ctx.fit(ids)
+            yield from ctx.feed(fit)
+            if full:
+                ctx.truncated = len(fit) < len(ids) or any(p.text.strip() for p in pieces)
+                break
+        if not has_text:
+            raise InputError(
+                "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
+            )
+        s = self.settings
+        feed_seconds = ctx.feed_seconds
+        # Every answer starts from the same streamed state: none sees another question or answer.
+        results = yield from ctx.ask_many([s.prompt.format(question=q) for q in questions], s.max_new_tokens)
+        rows = []
+        for index, (question, result) in enumerate(zip(questions, results)):
+            row = yield from ctx.row(
+                "answer",
+                segment_index=index,
+                token_start=0,
+                token_end=ctx.tokens,
+                question=question,
+                output_text=result.text,
+                stop_reason=result.stop_reason,
+                feed_seconds=feed_seconds,
+                generate_seconds=result.seconds,
+            )
+            rows.append(row)
+        return rows

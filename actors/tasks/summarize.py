@@ -1,0 +1,168 @@
+"""Task ``summarize``: progressive summaries of each book (``python -m jobs.summarize_books``).
+
+Contract: the document is streamed once, in order, through the bounded cache. A segment ends at a chapter
+heading (once it holds ``min_segment_tokens``; shorter chapters merge into the next) or after exactly
+``segment_tokens`` tokens. At the end of every segment the model summarizes "the passage above" from a
+copy of the stream's state, so the summary never enters the stream. At the end of the stream the model
+writes a summary of the whole text from what the cache still holds plus the segment summaries (fed as part
+of the instruction). Rows: one ``segment`` row per segment, then one ``final`` row. An input with no text
+at all raises ``InputError('empty')``. Without ``input.paths`` the job reads the sample books.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Iterator
+from functools import partial
+
+from pydantic import Field, model_validator
+
+from actors.context import Row, TaskContext
+from actors.tasks.base import Stream, Task, check_regex, check_template
+from longread.scheduler import Program
+from pipeline.config import Section
+from pipeline.readers import Document
+from pipeline.sharding import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece, StreamTask
+from pipeline.sources import InputError
+
+MAX_TITLES = 3
+
+
+class SummarizeSettings(Section):
+    chapters: bool = True
+    chapter_pattern: str | None = Field(
+        default=None, description="regex of a heading line; None: the built-in one"
+    )
+    segment_tokens: int = Field(
+        default=1024, ge=8, description="a segment ends at a chapter or after this many tokens"
+    )
+    min_segment_tokens: int = Field(default=256, ge=0, description="shorter chapters merge with the next")
+    segment_prompt: str = "Summarize the passage above in 2 sentences."
+    final_prompt: str = (
+        "Summaries of the parts of the text above, in order:\n{summaries}\n\n"
+        "Now summarize the whole text in 3 to 5 sentences."
+    )
+    segment_max_new_tokens: int = Field(default=64, ge=1)
+    final_max_new_tokens: int = Field(default=128, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> SummarizeSettings:
+        if self.min_segment_tokens > self.segment_tokens:
+            raise ValueError(
+                f"min_segment_tokens={self.min_segment_tokens} > segment_tokens={self.segment_tokens}"
+            )
+        check_regex(self.chapter_pattern, "chapter_pattern")
+        check_template(self.final_prompt, {"summaries"}, "final_prompt")
+        return self
+
+
+class _Segment:
+    def __init__(self, index: int, start: int) -> None:
+        self.index = index
+        self.start = start
+        self.tokens = 0
+        self.titles: list[str] = []
+        self.feed_seconds = 0.0
+
+
+class Summarize(Task):
+    name = "summarize"
+    job_name = "summarize_books"
+    Settings = SummarizeSettings
+    row_kinds = ("segment", "final")
+    preview_kind = "final"
+    default_config = "summarize_books.yaml"
+    needs_input_paths = False
+
+    @property
+    def settings(self) -> SummarizeSettings:
+        return self.cfg.summarize  # type: ignore[attr-defined]
+
+    @classmethod
+    def add_flags(cls, parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--segment-tokens", type=int, dest="summarize.segment_tokens")
+
+    def inputs(self) -> list[str]:
+        if self.cfg.input.paths:
+            return list(self.cfg.input.paths)
+        from longread.assets import sample_books  # the main job's sample corpus, fetched at set-up
+
+        return [str(p) for p in sample_books()]
+
+    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+        for info, doc in self.documents(unit):
+            yield Stream(info, partial(self.program, doc=doc))
+
+    def program(self, ctx: TaskContext, doc: Document) -> Program[list[Row]]:
+        if doc.error is not None:
+            raise doc.error
+        s = self.settings
+        splitter = ChapterSplitter((s.chapter_pattern or DEFAULT_CHAPTER_PATTERN) if s.chapters else None)
+        rows: list[Row] = []
+        summaries: list[str] = []
+        seg = _Segment(0, 0)
+        has_text = False
+
+        def close() -> Program[None]:
+            nonlocal seg
+            result = yield from ctx.ask(s.segment_prompt, s.segment_max_new_tokens)
+            row = yield from ctx.row(
+                "segment",
+                segment_index=seg.index,
+                segment_title=" / ".join(seg.titles) or None,
+                token_start=seg.start,
+                token_end=seg.start + seg.tokens,
+                output_text=result.text,
+                stop_reason=result.stop_reason,
+                feed_seconds=seg.feed_seconds,
+                generate_seconds=result.seconds,
+            )
+            rows.append(row)
+            summaries.append(result.text)
+            seg = _Segment(seg.index + 1, ctx.tokens)
+
+        pieces: Iterator[Piece] = splitter.pieces(doc.iter_lines())
+        for piece in pieces:
+            has_text = has_text or bool(piece.text.strip())
+            if piece.heading and seg.tokens >= max(1, s.min_segment_tokens):
+                yield from close()
+            if piece.heading and len(seg.titles) < MAX_TITLES:
+                seg.titles.append(piece.heading)
+            ids = ctx.encode(piece.text)
+            while ids:
+                fit, _ = ctx.fit(ids)
+                if not fit:
+                    break
+                n = min(len(fit), s.segment_tokens - seg.tokens)
+                seg.feed_seconds += yield from ctx.feed(ids[:n])
+                seg.tokens += n
+                ids = ids[n:]
+                if seg.tokens >= s.segment_tokens:
+                    yield from close()
+            if ctx.room == 0:
+                # Stop reading (a 10 GB file is not read to its end); flag the stream if text was left over.
+                ctx.truncated = bool(ids) or any(p.text.strip() for p in pieces)
+                break
+        if not has_text:
+            raise InputError(
+                "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
+            )
+        if seg.tokens > 0:
+            yield from close()
+        t0 = time.perf_counter()
+        listing = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(summaries))
+        result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_max_new_tokens)
+        row = yield from ctx.row(
+            "final",
+            segment_index=len(summaries),
+            segment_title="whole text" + (" (truncated)" if ctx.truncated else ""),
+            token_start=0,
+            token_end=ctx.tokens,
+            output_text=result.text,
+            stop_reason=result.stop_reason,
+            feed_seconds=ctx.feed_seconds,
+            generate_seconds=time.perf_counter() - t0,
+        )
+        rows.append(row)
+        return rows

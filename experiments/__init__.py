@@ -1,0 +1,1 @@
+"""Research experiments on the streaming engine and its cache policies: ``python -m experiments.NAME``."""

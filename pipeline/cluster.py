@@ -1,0 +1,102 @@
+"""Ray for the driver: join or start a cluster, size the actor pool, keep Ray Data's console quiet.
+
+Contract:
+
+* ``init_ray`` joins ``resources.ray_address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts
+  Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
+* ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
+  GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from pipeline.config import BaseJobConfig, ResourceSettings
+from pipeline.fs import is_remote
+
+log = logging.getLogger(__name__)
+
+
+def cluster_address(res: ResourceSettings) -> str | None:
+    return res.ray_address or os.environ.get("RAY_ADDRESS")
+
+
+def is_remote_cluster(res: ResourceSettings) -> bool:
+    """True when the job runs on a cluster this machine joins (its nodes may differ from this one)."""
+    return cluster_address(res) not in (None, "local")
+
+
+def init_ray(res: ResourceSettings) -> bool:
+    """Join ``resources.ray_address`` / ``RAY_ADDRESS``, else start Ray here. True if this call
+    initialized Ray (the caller then shuts it down); False if the process already had Ray."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    address = cluster_address(res)
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if address in (None, "local"):  # "local" always starts a new instance; None joins a `ray start` one
+        kwargs["num_cpus"] = res.num_cpus
+        if res.include_dashboard is not None:
+            kwargs["include_dashboard"] = res.include_dashboard
+    ray.init(**kwargs)
+    return True
+
+
+def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[str, float]]:
+    """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs)."""
+    import ray
+
+    res = cfg.resources
+    cluster = ray.cluster_resources()
+    gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
+    use_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and gpus > 0)
+    if use_gpu:
+        n = res.actors or int(gpus // res.gpus_per_actor)
+        if n < 1:
+            raise ValueError(
+                "model.device=cuda but the Ray cluster has no GPU yet; set resources.actors so the "
+                "autoscaler can start GPU nodes, or use model.device: auto."
+            )
+        ask = {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
+    else:
+        fit = max(1, int(cpus // res.threads_per_actor))
+        n = res.actors or fit
+        if n > fit and not is_remote_cluster(res):
+            log.warning(
+                "%d actors x %d threads exceed the %d local CPUs; using %d",
+                n,
+                res.threads_per_actor,
+                cpus,
+                fit,
+            )
+            n = fit
+        ask = {"num_cpus": float(res.threads_per_actor)}
+    if streams is not None:
+        n = max(1, min(n, streams))
+    return n, ask
+
+
+def quiet_ray_data() -> None:
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False  # the driver shows its own bar (streams, tokens/s)
+    ctx.print_on_execution_start = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    # ... and do not warn that Ray Data's own bars are off: that is the point.
+    logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)
+
+
+def warn_if_output_is_node_local(output: str) -> None:
+    import ray
+
+    if len([n for n in ray.nodes() if n.get("Alive")]) > 1 and not is_remote(output):
+        log.warning(
+            "output %s is a local path on a multi-node cluster: each node writes to its own disk. Use an "
+            "s3:// output (or a shared mount) on clusters.",
+            output,
+        )
