@@ -7,9 +7,13 @@ Contract:
   job's task (``actors.tasks``); ``__call__(batch)`` takes a batch of ``StreamTask`` JSON strings (column
   ``task``; for line-grouped logs also column ``lines``) and returns one status row per stream. It needs
   no Ray: tests construct it directly, optionally with an already loaded ``model``/``tokenizer``.
-* Each stream is the task's stream program, run whole on the engine (``longread.scheduler.run_program``);
-  then its rows are written atomically as one Parquet part by the worker itself (so results never pass
-  through the driver). Streams whose part already exists are skipped.
+* Each stream is the task's stream program. The worker runs ``resources.streams_per_actor`` of them at once
+  on one batched engine (``longread.engine.BatchEngine`` with two rows per stream: one for the stream, one
+  spare for answering questions in parallel), through a ``longread.scheduler.Batcher`` thread: concurrent
+  calls (Ray Data runs that many per actor) and the records of one file all feed the same batches, and a
+  stream that ends hands its row to the next at once. Each stream's rows are written atomically as one
+  Parquet part by the worker itself (so results never pass through the driver). Streams whose part
+  already exists are skipped.
 * Any failure of one stream -- a bad input (``InputError``) or an unexpected exception -- becomes that
   stream's error row; the worker goes on with the next stream. Only output write failures propagate.
 * Under Ray, per-stream metrics go to the Ray dashboard (``pipeline.metrics``).
@@ -20,12 +24,15 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections import deque
+from concurrent.futures import Future
+from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
-from longread.scheduler import run_program
+from longread.scheduler import Batcher
 from pipeline.config import BaseJobConfig
 from pipeline.metrics import StreamMetrics
 from pipeline.sharding import StreamTask
@@ -59,10 +66,12 @@ class StreamWorker:
         import torch
         import transformers
 
-        from longread.engine import StreamingEngine
+        from longread.engine import BatchEngine
         from longread.models import load_model
 
-        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # actors are single-stream: no fork warnings
+        os.environ.setdefault(
+            "TOKENIZERS_PARALLELISM", "false"
+        )  # tokenizers run in threads: no fork warnings
         transformers.utils.logging.disable_progress_bar()  # no weight-loading bars in the driver's output
 
         self.cfg = config if isinstance(config, BaseJobConfig) else JobConfig.model_validate(config)
@@ -82,14 +91,17 @@ class StreamWorker:
                 attn_implementation=cfg.model.attn_implementation,
                 trust_remote_code=cfg.model.trust_remote_code,
             )
-        self.engine = StreamingEngine(
+        self.streams = cfg.resources.streams(gpu=device.startswith("cuda"))
+        self.engine = BatchEngine(
             model,
             cfg.policy.build(),
+            rows=2 * self.streams,
             stride=cfg.policy.stride,
             rope_mode=cfg.policy.rope_mode,
             tokenizer=tokenizer,
         )
-        self.env = StreamEnv.create(cfg, job_id, tokenizer, self.engine.policy, self.engine.device)
+        self.batcher = Batcher(self.engine, max_streams=self.streams)
+        self.env = StreamEnv.create(cfg, job_id, tokenizer, self.engine.prototype, self.engine.device)
         self.storage = cfg.storage.to_storage()
         assert cfg.output.path is not None
         self.writer = PartWriter(cfg.output.path, self.storage)
@@ -97,7 +109,13 @@ class StreamWorker:
         self.task = make_task(cfg, self.storage)
         self._done: set[str] | None = None
         self.metrics = StreamMetrics()
-        log.info("stream worker ready: %s, %s on %s", cfg.model.display_name, self.engine.policy, device)
+        log.info(
+            "stream worker ready: %s, %s on %s, %d streams at once",
+            cfg.model.display_name,
+            self.engine.prototype,
+            device,
+            self.streams,
+        )
 
     # ------------------------------------------------------------------ Ray Data entry point
     def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
@@ -115,36 +133,47 @@ class StreamWorker:
         return self._done
 
     def process(self, unit: StreamTask, lines: list[str] | None = None) -> list[dict[str, Any]]:
-        """All streams of one descriptor; returns one status per stream (``ok``, ``error`` or ``skipped``)."""
+        """All streams of one descriptor, up to ``streams_per_actor`` at once; one status per stream
+        (``ok``, ``error`` or ``skipped``), in the descriptor's order."""
         src = unit.sources[0]
-        statuses = []
+        statuses: list[dict[str, Any]] = []
+        started: deque[_Started] = deque()
         try:
             for stream in self.task.streams(unit, lines):
-                statuses.append(self._stream(stream))
+                started.append(self._start(stream))
+                while len(started) >= self.streams:  # a bounded window: a huge file is read as it goes
+                    statuses.append(self._finish(started.popleft()))
         except InputError as exc:
             # The file itself failed (e.g. missing, corrupt gzip while reading records): one error row
             # for the file; records already written stay written.
             base = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
-            statuses.append(self._stream(Stream(base, partial(_fail, exc)), check_done=False))
+            started.append(self._start(Stream(base, partial(_fail, exc)), check_done=False))
+        while started:
+            statuses.append(self._finish(started.popleft()))
         return statuses
 
-    def _stream(self, stream: Stream, check_done: bool = True) -> dict[str, Any]:
+    def _start(self, stream: Stream, check_done: bool = True) -> _Started:
         info = stream.info
-        status: dict[str, Any] = {"stream_id": info.stream_id, "source_uri": info.source_uri}
         if check_done and stream_key(info.stream_id) in self.done():
-            return {**status, "status": "skipped", "rows": 0, "tokens": 0, "seconds": 0.0}
+            return _Started(info, None, None, 0.0)
         ctx = self.env.context(info)
-        t0 = time.perf_counter()
+        return _Started(info, ctx, self.batcher.submit(ctx.run(stream.program(ctx))), time.perf_counter())
+
+    def _finish(self, started: _Started) -> dict[str, Any]:
+        info, ctx = started.info, started.ctx
+        status: dict[str, Any] = {"stream_id": info.stream_id, "source_uri": info.source_uri}
+        if ctx is None or started.result is None:
+            return {**status, "status": "skipped", "rows": 0, "tokens": 0, "seconds": 0.0}
         rows: list[Row]
         try:
-            rows = run_program(self.engine, ctx.run(stream.program(ctx)))
+            rows = started.result.result()
             state = "ok"
         except InputError as exc:
             log.info("%s: %s", exc.kind, exc.message)  # a result (error row), reported by the driver
             rows = [ctx.error_row(exc.kind, exc.message)]
             state = "error"
         except Exception as exc:  # one stream's failure must not take the others down
-            log.exception("stream %s failed", info.stream_id)
+            log.error("stream %s failed", info.stream_id, exc_info=exc)
             message = (
                 f"{type(exc).__name__}: {exc} (while processing {info.source_uri}); see the actor's log."
             )
@@ -152,7 +181,7 @@ class StreamWorker:
             state = "error"
         path = self.writer.write(info.stream_id, rows)
         self.done().add(stream_key(info.stream_id))
-        seconds = time.perf_counter() - t0
+        seconds = time.perf_counter() - started.t0
         speed = ctx.tokens / ctx.feed_seconds if ctx.feed_seconds > 0 else None
         self.metrics.record(self.job_id, self.cfg.task, state, ctx.tokens, seconds, speed)
         error = rows[0] if state == "error" else {}
@@ -166,6 +195,16 @@ class StreamWorker:
             "error": error.get("error"),
             "path": path,
         }
+
+
+@dataclass
+class _Started:
+    """A stream handed to the batcher (``result`` None: skipped, already written)."""
+
+    info: StreamInfo
+    ctx: TaskContext | None
+    result: Future[list[Row]] | None
+    t0: float
 
 
 def _fail(exc: Exception, ctx: TaskContext) -> Any:

@@ -235,6 +235,7 @@ class BatchEngine:
         stream.policy.reset()
         stream.last_logits = None
 
+    @torch.inference_mode()
     def fork(self, stream: Stream) -> Stream:
         """A new stream in a free row with a copy of ``stream``'s whole state."""
         row = self._take_row()
@@ -243,15 +244,18 @@ class BatchEngine:
         self.kv.copy_row(stream.row, row)
         return child
 
+    @torch.inference_mode()
     def snapshot(self, stream: Stream) -> Snapshot:
         return Snapshot(self.kv.save_row(stream.row), copy.deepcopy(stream.policy), stream.last_logits)
 
+    @torch.inference_mode()
     def restore(self, stream: Stream, snap: Snapshot) -> None:
         """Continue ``stream`` from ``snap`` (which stays untouched and can be restored again)."""
         self.kv.load_row(stream.row, snap.cache)
         stream.policy = copy.deepcopy(snap.policy)
         stream.last_logits = None if snap.last_logits is None else snap.last_logits.to(self.device)
 
+    @torch.inference_mode()
     def _swap(self, i: int, j: int) -> None:
         self.kv.swap_rows(i, j)
         self.owner[i], self.owner[j] = self.owner[j], self.owner[i]

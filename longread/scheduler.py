@@ -22,15 +22,20 @@ Contract:
   so neither pays for the other's shape.
 * ``Ask`` runs in place (snapshot, prompt, generate, restore); ``AskMany`` answers in place and in rows
   forked from the stream while free rows last, so the questions of one document decode together.
+* ``Batcher`` runs a scheduler in a thread of its own, so that callers on other threads (a Ray actor's
+  concurrent calls) each hand it a program and wait for its result while it batches them all.
 * ``run_program(engine, program)`` runs one program to its end.
 """
 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar, Union
 
@@ -132,6 +137,11 @@ class Scheduler:
     def __init__(self, engine: BatchEngine, max_streams: int | None = None) -> None:
         self.engine = engine
         self.max_streams = max(1, min(max_streams or engine.rows, engine.rows))
+        self.running: list[_Running] = []
+        self.waiting: deque[tuple[int, Program[Any]]] = deque()
+        #: whether more programs may still be submitted: then free rows are kept for them, not for forks
+        self.more_coming = False
+        self._submitted = 0
 
     # ------------------------------------------------------------------ requests
     def _ids(self, prompt: str | list[int]) -> list[int]:
@@ -237,53 +247,78 @@ class Scheduler:
 
     def _reserve(self, run: _Running) -> int:
         """Free rows to leave for programs that may still start (one each, up to ``max_streams``)."""
-        return 0 if self._exhausted else max(0, self.max_streams - self._active)
+        if not (self.waiting or self.more_coming):
+            return 0
+        return max(0, self.max_streams - len(self.running))
 
     # ------------------------------------------------------------------ loop
-    def run(self, programs: Iterable[Program[Any]]) -> Iterator[Finished]:
-        engine = self.engine
-        source = iter(enumerate(programs))
-        running: list[_Running] = []
-        self._active, self._exhausted = 0, False
-        while True:
-            # Admit new programs while rows and the stream limit allow.
-            while not self._exhausted and len(running) < self.max_streams and engine.free_rows > 0:
-                try:
-                    index, program = next(source)
-                except StopIteration:
-                    self._exhausted = True
-                    break
-                run = _Running(index, program, engine.open())
-                running.append(run)
-                self._active = len(running)
-                done = self._advance(run, None)
-                if done is not None:
-                    yield self._finish(run, running, done)
-            if not running:
-                if self._exhausted:
-                    return
-                continue
-            self._tick(running)
-            for run in list(running):
-                done = None
-                if run.waiting and not run.feed:
-                    run.waiting = False
-                    done = self._advance(run, None)
-                elif run.results and not run.answers and not run.prompts:
-                    results, run.results = run.results, []
-                    done = self._advance(run, results if run.many else results[0])
-                if done is not None:
-                    yield self._finish(run, running, done)
-                elif run.prompts:
-                    self._fill(run)
+    def submit(self, program: Program[Any]) -> int:
+        """Queue ``program``; it starts once a row and the stream limit allow. Returns its index."""
+        index = self._submitted
+        self._submitted += 1
+        self.waiting.append((index, program))
+        return index
 
-    def _finish(self, run: _Running, running: list[_Running], done: Finished) -> Finished:
+    @property
+    def idle(self) -> bool:
+        return not self.running and not self.waiting
+
+    def step(self) -> list[Finished]:
+        """Start what can start, run one tick (at most a feed forward and a decode forward), and return
+        the programs that ended. If a forward fails, every running program ends with that error (their
+        rows' state is unknown) and the engine's rows are freed."""
+        finished: list[Finished] = []
+        engine = self.engine
+        while self.waiting and len(self.running) < self.max_streams and engine.free_rows > 0:
+            index, program = self.waiting.popleft()
+            run = _Running(index, program, engine.open())
+            self.running.append(run)
+            done = self._advance(run, None)
+            if done is not None:
+                finished.append(self._finish(run, done))
+        if not self.running:
+            return finished
+        try:
+            self._tick(self.running)
+        except Exception as exc:
+            for run in list(self.running):
+                finished.append(self._finish(run, Finished(run.index, error=exc)))
+            return finished
+        for run in list(self.running):
+            done = None
+            if run.waiting and not run.feed:
+                run.waiting = False
+                done = self._advance(run, None)
+            elif run.results and not run.answers and not run.prompts:
+                results, run.results = run.results, []
+                done = self._advance(run, results if run.many else results[0])
+            if done is not None:
+                finished.append(self._finish(run, done))
+            elif run.prompts:
+                self._fill(run)
+        return finished
+
+    def run(self, programs: Iterable[Program[Any]]) -> Iterator[Finished]:
+        """Run ``programs`` (taken from the iterable only as rows free up) and yield each as it ends."""
+        source = iter(programs)
+        self.more_coming = True
+        while True:
+            while self.more_coming and len(self.waiting) + len(self.running) < self.max_streams:
+                program = next(source, None)
+                if program is None:
+                    self.more_coming = False
+                    break
+                self.submit(program)
+            if self.idle and not self.more_coming:
+                return
+            yield from self.step()
+
+    def _finish(self, run: _Running, done: Finished) -> Finished:
         for answer in run.answers:
             if answer.snapshot is None:
                 self.engine.close(answer.stream)
         self.engine.close(run.stream)
-        running.remove(run)
-        self._active = len(running)
+        self.running.remove(run)
         run.program.close()
         return done
 
@@ -317,6 +352,55 @@ class Scheduler:
                 engine.close(answer.stream)
 
 
+class Batcher:
+    """A ``Scheduler`` in a daemon thread: ``run(program)`` from any thread returns the program's value (or
+    raises its error) while the thread batches every submitted program together."""
+
+    def __init__(self, engine: BatchEngine, max_streams: int | None = None) -> None:
+        self.scheduler = Scheduler(engine, max_streams)
+        self.scheduler.more_coming = True  # callers may submit at any time: keep rows for them
+        self._inbox: queue.Queue[tuple[Program[Any], Future[Any]]] = queue.Queue()
+        self._futures: dict[int, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def max_streams(self) -> int:
+        return self.scheduler.max_streams
+
+    def submit(self, program: Program[Any]) -> Future[Any]:
+        future: Future[Any] = Future()
+        self._inbox.put((program, future))
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="longread-batcher", daemon=True)
+                self._thread.start()
+        return future
+
+    def run(self, program: Program[T]) -> T:
+        return self.submit(program).result()
+
+    def _take(self, block: bool) -> None:
+        while True:
+            try:
+                program, future = self._inbox.get(block=block)
+            except queue.Empty:
+                return
+            self._futures[self.scheduler.submit(program)] = future
+            block = False
+
+    def _loop(self) -> None:
+        scheduler = self.scheduler
+        while True:
+            self._take(block=scheduler.idle)
+            for done in scheduler.step():
+                future = self._futures.pop(done.index)
+                if done.error is not None:
+                    future.set_exception(done.error)
+                else:
+                    future.set_result(done.value)
+
+
 def run_program(engine: BatchEngine, program: Program[T]) -> T:
     """Run ``program`` to its end on a fresh stream of ``engine``; its exception propagates."""
     from longread.engine import StreamingEngine
@@ -338,6 +422,7 @@ def run_program(engine: BatchEngine, program: Program[T]) -> T:
 __all__ = [
     "Ask",
     "AskMany",
+    "Batcher",
     "Feed",
     "Finished",
     "Inspect",

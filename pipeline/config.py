@@ -117,6 +117,11 @@ class OutputSettings(Section):
     )
 
 
+#: Defaults of ``resources.streams_per_actor``, from benchmarks/bench_batch.py (BENCHMARKS.md).
+STREAMS_PER_CPU_ACTOR = 4
+STREAMS_PER_GPU_ACTOR = 16
+
+
 class ResourceSettings(Section):
     actors: int | None = Field(
         default=None, ge=1, description="default: one per GPU, or CPUs // threads_per_actor"
@@ -129,6 +134,16 @@ class ResourceSettings(Section):
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a Ray instance started in-process")
     include_dashboard: bool | None = None
+    streams_per_actor: int | None = Field(
+        default=None,
+        ge=1,
+        description="streams one actor runs at once on its batched engine; default "
+        f"{STREAMS_PER_CPU_ACTOR} on CPU, {STREAMS_PER_GPU_ACTOR} on GPU (measured, docs/pipeline.md)",
+    )
+
+    def streams(self, gpu: bool) -> int:
+        """Streams per actor: the setting, else the measured default for the device."""
+        return self.streams_per_actor or (STREAMS_PER_GPU_ACTOR if gpu else STREAMS_PER_CPU_ACTOR)
 
 
 class GenerationSettings(Section):

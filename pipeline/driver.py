@@ -10,8 +10,9 @@ Contract:
   (``RAY_ADDRESS`` points at the cluster): it checks the model and policy, expands the inputs, plans
   ``StreamTask`` descriptors, drops streams already written to the output (resume), and runs
   ``ray.data.from_items(descriptors).map_batches(worker, batch_size=1, compute=ActorPoolStrategy(size=N,
-  max_tasks_in_flight_per_actor=1))``: N actors with one GPU each (or ``threads_per_actor`` CPUs each),
-  every one loading the model once and taking whole streams one at a time.
+  max_concurrent_calls_per_actor=S, ...))``: N actors with one GPU each (or ``threads_per_actor`` CPUs
+  each), every one loading the model once and running ``resources.streams_per_actor`` = S streams at once
+  on its batched engine, a new one starting as soon as one ends.
 * Only descriptors and one small status row per stream pass through the driver: actors read their inputs
   themselves and write each stream's Parquet part themselves, and Ray Data's streaming executor applies
   backpressure, so driver memory does not grow with the corpus.
@@ -163,12 +164,21 @@ def _execute(
     n, ask = actor_resources(cfg, units)
     report.actors, report.actor_resources = n, ask
     log.info("%s: %s streams on %d actors (%s each)", job_id, total if total is not None else "?", n, ask)
+    # Each actor serves `streams` descriptors at once (concurrent calls into one batched engine); a call
+    # that ends hands its place to the next descriptor at once: continuous batching across the job.
+    streams = cfg.resources.streams(gpu="num_gpus" in ask)
+    strategy = ray.data.ActorPoolStrategy(
+        size=n,
+        max_tasks_in_flight_per_actor=streams,
+        max_concurrent_calls_per_actor=streams,
+        enable_true_multi_threading=True,
+    )
     results = ds.map_batches(
         worker,
         fn_constructor_kwargs={"config": cfg, "job_id": job_id},
         batch_size=1,
         batch_format="numpy",
-        compute=ray.data.ActorPoolStrategy(size=n, max_tasks_in_flight_per_actor=1),
+        compute=strategy,
         **ask,
     )
     metrics = DriverMetrics(job_id)

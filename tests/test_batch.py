@@ -206,3 +206,28 @@ def test_batch_snapshot_refuses_other_policy_settings():
 
     with pytest.raises(ValueError, match="same policy settings"):
         Snapshot.from_bytes(a.snapshot().to_bytes(), make_policy("streaming_llm", budget=64))
+
+
+def test_batch_batcher_serves_concurrent_callers():
+    """Threads each hand a program to one Batcher (as a Ray actor's concurrent calls do): every caller
+    gets its own program's answer, the same as alone, while the programs share forwards."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from longread.scheduler import Batcher
+
+    model = tiny_model("llama")
+    model.generation_config.eos_token_id = None
+    settings = GenerationSettings(max_new_tokens=5)
+    gen = torch.Generator().manual_seed(4)
+    jobs = [
+        (torch.randint(0, 97, (30 + 11 * i,), generator=gen).tolist(), [[1 + i, 2]], settings)
+        for i in range(6)
+    ]
+    single = StreamingEngine(model, build("lacache"), stride=STRIDE)
+    expected = [run_program(single, qa_program(*job)) for job in jobs]
+    engine = BatchEngine(model, build("lacache"), rows=6, stride=STRIDE)
+    batcher = Batcher(engine, max_streams=3)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda job: batcher.run(qa_program(*job)), jobs))
+    assert got == expected
+    assert engine.stats.forwards < sum(len(j[0]) // STRIDE + 1 + 5 for j in jobs)  # streams shared forwards

@@ -18,7 +18,8 @@ from helpers_pipeline import (
 from actors.context import drop_repeated_sentences
 from actors.stream_worker import StreamWorker
 from cache_policies import POLICIES
-from longread.engine import StreamingEngine
+from longread.engine import Snapshot, StreamingEngine
+from longread.scheduler import Save
 from pipeline.logstats import LogParser
 from pipeline.readers import iter_lines
 from pipeline.sharding import ChapterSplitter, plan_files
@@ -78,23 +79,35 @@ def test_summarize_segments_chapters_and_final_under_every_policy(tmp_path, mode
 
 
 def test_summaries_never_enter_the_stream(tmp_path, model_dir):
-    """After summarizing (and restoring), the cache is exactly that of streaming the document alone."""
+    """After summarizing (each summary from a copy), the stream's state is exactly that of streaming the
+    document alone."""
     files = write_good_corpus(tmp_path / "in")
     cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "out"), model_dir,
                      generation={"temperature": 1.0})  # fmt: skip
     worker = StreamWorker(cfg, "t")
-    [status] = run(worker)
-    summarized = worker.engine.cache
-    env = worker.env
+    task, env = worker.task, worker.env
+    [src] = expand_inputs([str(files["book_a"])], None, cfg.input)
+    [unit] = task.plan([src])
+    [stream] = list(task.streams(unit, None))
+    ctx = env.context(stream.info)
+
+    def summarize_then_save():
+        rows = yield from ctx.run(stream.program(ctx))
+        state = yield Save()
+        return rows, state
+
+    rows, state = worker.batcher.run(summarize_then_save())
+    assert any(r["row_kind"] == "segment" for r in rows)
+    summarized = Snapshot.from_bytes(state, worker.engine.prototype).cache
     plain = StreamingEngine(worker.engine.model, cfg.policy.build(), stride=16, tokenizer=env.tokenizer)
     plain.feed(env.prefix_ids)
-    [src] = expand_inputs([str(files["book_a"])], None, cfg.input)
     for piece in ChapterSplitter().pieces(iter_lines(src)):
         plain.feed(env.encode(piece.text))
-    assert plain.cache.seen == summarized.seen == len(env.prefix_ids) + status["tokens"]
-    assert torch.equal(plain.cache.positions(), summarized.positions())
-    for a, b in zip(plain.cache.slots, summarized.slots):
-        assert torch.equal(a.keys[..., : a.length, :], b.keys[..., : b.length, :])
+    alone = plain.snapshot().cache
+    assert alone["seen"] == summarized["seen"] == len(env.prefix_ids) + ctx.tokens
+    assert torch.equal(alone["pos"], summarized["pos"])
+    torch.testing.assert_close(alone["keys"], summarized["keys"], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(alone["values"], summarized["values"], atol=1e-5, rtol=1e-5)
 
 
 def test_answers_come_from_copies_of_the_state(tmp_path, model_dir):

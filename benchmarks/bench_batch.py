@@ -1,0 +1,270 @@
+"""Many streams per accelerator: aggregate feed and decode tokens/s of the batched engine, per policy and
+batch size, side by side with the bare model step (transformers' DynamicCache at the same batch, context
+and chunk) measured in the same run.
+
+    python benchmarks/bench_batch.py --batches 1 2 4 8                       # CPU, the embedded SmolLM2
+    python benchmarks/bench_batch.py --device cuda --geometry llama-3.1-8b --dtype bfloat16 \\
+        --budget 2048 --stride 512 --batches 1 8 32                           # GPU, random weights
+
+For each policy and batch size B: B streams are opened in one ``BatchEngine``, warmed up until their caches
+are full (``budget + stride`` tokens each, untimed), then fed ``--feed-chunks`` more chunks of ``stride``
+random tokens each, all B in one forward per chunk (aggregate feed tokens/s), then generate
+``--decode-tokens`` tokens each, all B in one forward per step (aggregate decode tokens/s). The engine's
+device timers give the shares of compaction and of attention-score work; ``kv/stream`` is the cache memory
+per stream and ``peak`` the process's peak memory (GPU: allocated; CPU: RSS).
+
+The bare model step is what a batch-B engine could reach at best: one forward of a ``stride``-token chunk
+(or one token) for B rows over a DynamicCache holding ``budget`` tokens per row, cropped back after every
+step so the context stays the same. Random weights built from a config (``--geometry``) time the same as
+real ones; nothing is downloaded. Prints a table and writes JSON (``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+from cache_policies import from_spec
+from longread.engine import BatchEngine
+from longread.generation import GenerationSettings
+
+log = logging.getLogger("bench_batch")
+
+GEOMETRIES: dict[str, dict[str, Any]] = {
+    # Llama-3.2-1B and Llama-3.1-8B, from their published configs (no download; random weights).
+    "llama-3.2-1b": dict(
+        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
+        rope_theta=500000.0, max_position_embeddings=131072,
+    ),
+    "llama-3.1-8b": dict(
+        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+        num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
+        rope_theta=500000.0, max_position_embeddings=131072,
+    ),
+    # For checking this script on a CPU in seconds.
+    "tiny": dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, vocab_size=97, tie_word_embeddings=False,
+        max_position_embeddings=4096,
+    ),
+}  # fmt: skip
+#: lacache without a span gets the paper's span = layers / 2 (15 on SmolLM2, 8 on 1B, 16 on 8B).
+DEFAULT_POLICIES = ["streaming_llm", "lacache", "cascading:cascades=4", "full"]
+
+
+def random_model(geometry: str, dtype: torch.dtype, device: str, attn: str) -> Any:
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    config = LlamaConfig(**GEOMETRIES[geometry], attn_implementation=attn)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.02, generator=gen)
+    for name, module in list(model.named_modules()):  # rotary buffers: rebuild what to_empty left undefined
+        if name.endswith("rotary_emb"):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, type(module)(module.config).to(device))
+    return model.eval()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_bytes(device: torch.device) -> int:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    return int(psutil.Process().memory_info().rss)
+
+
+def spec_params(spec: str, budget: int, layers: int) -> dict[str, Any]:
+    name = spec.split(":")[0]
+    params: dict[str, Any] = {} if name == "full" else {"budget": budget}
+    if name == "lacache" and "span=" not in spec:
+        params["span"] = layers // 2
+    return params
+
+
+def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    device = next(model.parameters()).device
+    layers = model.config.get_text_config().num_hidden_layers
+    policy = from_spec(spec, **spec_params(spec, args.budget, layers), sink=args.sink)
+    engine = BatchEngine(model, policy, rows=batch, stride=args.stride)
+    vocab = engine.vocab_size
+    gen = torch.Generator().manual_seed(batch)
+    streams = [engine.open() for _ in range(batch)]
+
+    def chunk() -> list[torch.Tensor]:
+        return [torch.randint(0, vocab, (args.stride,), generator=gen) for _ in streams]
+
+    warm = -(-(args.budget + args.stride) // args.stride)
+    for _ in range(warm):  # fill every cache to its steady state (and warm up kernels)
+        engine.forward(streams, chunk())
+    sync(device)
+    engine.stats = type(engine.stats)()
+    t0 = time.perf_counter()
+    for _ in range(args.feed_chunks):
+        engine.forward(streams, chunk())
+    sync(device)
+    feed_s = time.perf_counter() - t0
+    stats = engine.stats
+    total = stats.seconds
+    feed = {
+        "feed_tokens_per_s": batch * args.stride * args.feed_chunks / feed_s,
+        "compact_share": stats.compact_seconds / total if total else 0.0,
+        "score_share": stats.extra["score_seconds"] / total if total else 0.0,
+    }
+    settings = GenerationSettings(max_new_tokens=args.decode_tokens + 1)
+    decoders = [engine.decoder(settings) for _ in streams]
+    for d in decoders:
+        d.eos = set()  # random weights: never stop early
+    engine.decode(streams, decoders)  # warm-up step
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.decode_tokens - 1):
+        engine.decode(streams, decoders)
+    sync(device)
+    decode_s = time.perf_counter() - t0
+    out = {
+        "policy": spec,
+        "batch": batch,
+        **feed,
+        "decode_tokens_per_s": batch * (args.decode_tokens - 1) / decode_s,
+        "kv_bytes_per_stream": engine.kv.nbytes() // batch,
+        "peak_bytes": peak_bytes(device),
+    }
+    return out
+
+
+@torch.inference_mode()
+def bench_bare(model: Any, batch: int, args: argparse.Namespace) -> dict[str, Any]:
+    """transformers' own step: DynamicCache of ``budget`` tokens per row, a ``stride`` chunk or one token."""
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    vocab = model.config.vocab_size
+    gen = torch.Generator().manual_seed(0)
+    past = DynamicCache(config=model.config)
+    ids = torch.randint(0, vocab, (batch, args.budget), generator=gen).to(device)
+    model(input_ids=ids, cache=past, use_cache=True, logits_to_keep=1)
+
+    def step(width: int) -> None:
+        x = torch.randint(0, vocab, (batch, width), generator=gen).to(device)
+        model(input_ids=x, cache=past, use_cache=True, logits_to_keep=1)
+        past.crop(-width)  # back to `budget` cached tokens: the same context at every step
+
+    step(args.stride)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.feed_chunks):
+        step(args.stride)
+    sync(device)
+    feed = batch * args.stride * args.feed_chunks / (time.perf_counter() - t0)
+    step(1)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(args.decode_tokens - 1):
+        step(1)
+    sync(device)
+    decode = batch * (args.decode_tokens - 1) / (time.perf_counter() - t0)
+    return {
+        "policy": "bare model step",
+        "batch": batch,
+        "feed_tokens_per_s": feed,
+        "decode_tokens_per_s": decode,
+    }
+
+
+def format_table(rows: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'policy':<28} {'B':>3} {'feed tok/s':>10} {'x bare':>6} {'compact%':>8} {'score%':>6} "
+        f"{'decode tok/s':>12} {'x bare':>6} {'kv/stream MiB':>13} {'peak MiB':>9}"
+    )
+    lines = [head, "-" * len(head)]
+    bare = {r["batch"]: r for r in rows if r["policy"] == "bare model step"}
+    for r in rows:
+        b = bare.get(r["batch"])
+        fx = r["feed_tokens_per_s"] / b["feed_tokens_per_s"] if b else float("nan")
+        dx = r["decode_tokens_per_s"] / b["decode_tokens_per_s"] if b else float("nan")
+        extra = (
+            f"{100 * r['compact_share']:>7.1f}% {100 * r['score_share']:>5.1f}%"
+            if "compact_share" in r
+            else f"{'':>8} {'':>6}"
+        )
+        mem = (
+            f"{r['kv_bytes_per_stream'] / 2**20:>13.1f} {r['peak_bytes'] / 2**20:>9.0f}"
+            if "kv_bytes_per_stream" in r
+            else f"{'':>13} {'':>9}"
+        )
+        lines.append(
+            f"{r['policy']:<28} {r['batch']:>3} {r['feed_tokens_per_s']:>10.0f} {fx:>6.2f} {extra} "
+            f"{r['decode_tokens_per_s']:>12.1f} {dx:>6.2f} {mem}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--model", default="default", help="'default' (SmolLM2) or a model folder; see --geometry")
+    p.add_argument("--geometry", choices=sorted(GEOMETRIES), help="random weights of this geometry")
+    p.add_argument("--dtype", default=None, help="default: float32 on CPU, bfloat16 on CUDA")
+    p.add_argument("--attn", default="sdpa")
+    p.add_argument("--policy", action="append", dest="policies", help="repeatable spec; default: all four")
+    p.add_argument("--budget", type=int, default=512)
+    p.add_argument("--sink", type=int, default=4)
+    p.add_argument("--stride", type=int, default=256)
+    p.add_argument("--batches", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--feed-chunks", type=int, default=4)
+    p.add_argument("--decode-tokens", type=int, default=32)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-bare", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("bench_batch.json"))
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    dtype = getattr(torch, args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32"))
+    if args.geometry:
+        model = random_model(args.geometry, dtype, args.device, args.attn)
+        name = f"{args.geometry} (random weights)"
+    else:
+        from longread.models import load_model
+
+        model, _ = load_model(args.model, dtype=dtype, device=args.device, attn_implementation=args.attn)
+        name = args.model
+    device = next(model.parameters()).device
+    rows: list[dict[str, Any]] = []
+    for batch in args.batches:
+        if not args.no_bare:
+            rows.append(bench_bare(model, batch, args))
+            log.info("%s", rows[-1])
+        for spec in args.policies or DEFAULT_POLICIES:
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            rows.append(bench_engine(model, spec, batch, args))
+            log.info("%s", rows[-1])
+            gc.collect()
+    print(f"{name}, {device}, {dtype}, budget {args.budget}, stride {args.stride}, attention {args.attn}")
+    print(format_table(rows))
+    meta = {k: str(v) for k, v in vars(args).items()}
+    if device.type == "cuda":
+        meta["gpu"] = torch.cuda.get_device_name(device)
+    args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
