@@ -104,6 +104,16 @@ class ForwardContext:
     device: torch.device
     scores: ScoreSink | None = None
     _packing: tuple[torch.Tensor, ...] | None = None
+    _layout: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def device_layout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-row lengths and sizes as int32 device tensors (sent once per forward, without a sync)."""
+        if self._layout is None:
+            from longread.cache import to_device
+
+            lens = to_device(torch.tensor(self.lengths, dtype=torch.int32), self.device)
+            self._layout = (lens, to_device(torch.tensor(self.sizes, dtype=torch.int32), self.device))
+        return self._layout
 
     @property
     def uniform(self) -> bool:
@@ -112,15 +122,18 @@ class ForwardContext:
     def packing(self) -> tuple[torch.Tensor, ...]:
         """Indices of real queries and keys, and cumulative lengths, for varlen kernels (built once)."""
         if self._packing is None:
-            dev = self.device
-            q_rows = torch.cat([torch.full((s,), i) for i, s in enumerate(self.sizes)]).to(dev)
-            q_pos = torch.cat([torch.arange(s) for s in self.sizes]).to(dev)
+            from longread.cache import to_device
+
             spans = [n + s for n, s in zip(self.lengths, self.sizes)]
-            k_rows = torch.cat([torch.full((k,), i) for i, k in enumerate(spans)]).to(dev)
-            k_pos = torch.cat([torch.arange(k) for k in spans]).to(dev)
-            cu_q = torch.tensor([0, *torch.tensor(self.sizes).cumsum(0).tolist()], dtype=torch.int32)
-            cu_k = torch.tensor([0, *torch.tensor(spans).cumsum(0).tolist()], dtype=torch.int32)
-            self._packing = (q_rows, q_pos, k_rows, k_pos, cu_q.to(dev), cu_k.to(dev))
+            host = (
+                torch.cat([torch.full((s,), i) for i, s in enumerate(self.sizes)]),
+                torch.cat([torch.arange(s) for s in self.sizes]),
+                torch.cat([torch.full((k,), i) for i, k in enumerate(spans)]),
+                torch.cat([torch.arange(k) for k in spans]),
+                torch.tensor([0, *torch.tensor(self.sizes).cumsum(0).tolist()], dtype=torch.int32),
+                torch.tensor([0, *torch.tensor(spans).cumsum(0).tolist()], dtype=torch.int32),
+            )
+            self._packing = tuple(to_device(t, self.device) for t in host)
         return self._packing
 
 
@@ -222,6 +235,7 @@ def batched_column_sums(
     scaling: float | None,
     block: int = SCORE_BLOCK,
     use_triton: bool | None = None,
+    layout: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Column sums of a block of rows, ``(n, H_q, K)`` float32; see the module docstring. Triton on CUDA
     (``use_triton=None``: when available), else one exact torch pass per row."""
@@ -231,10 +245,13 @@ def batched_column_sums(
     if use_triton and kernel is None:
         raise RuntimeError("Triton column sums need CUDA and the triton package")
     if kernel is not None and dim >= 16 and not dim & (dim - 1):
-        dev = query.device
-        lens = torch.tensor(lengths, dtype=torch.int32, device=dev)
-        news = torch.tensor(sizes, dtype=torch.int32, device=dev)
-        return kernel(query, key, lens, news, weights.float().contiguous(), scale)
+        if layout is None:
+            dev = query.device
+            layout = (
+                torch.tensor(lengths, dtype=torch.int32, device=dev),
+                torch.tensor(sizes, dtype=torch.int32, device=dev),
+            )
+        return kernel(query, key, *layout, weights.float().contiguous(), scale)
     out = torch.zeros(n, hq, key.shape[2], device=query.device)
     for i, (length, size) in enumerate(zip(lengths, sizes)):
         span = length + size
@@ -269,8 +286,9 @@ def _record(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: d
     with sink.timer.measure(query.device):
         if ctx is not None:
             sums = batched_column_sums(
-                query, key, ctx.lengths, ctx.sizes, sink.weights, kwargs.get("scaling"), sink.block
-            )
+                query, key, ctx.lengths, ctx.sizes, sink.weights, kwargs.get("scaling"), sink.block,
+                layout=ctx.device_layout(),
+            )  # fmt: skip
             sink.on_layer(int(layer), sums)
         else:
             assert observed is not None

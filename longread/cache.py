@@ -46,6 +46,14 @@ RopeMode = Literal["delta", "read"]
 COMPACT_TEMP_BYTES = 256 << 20
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the device's queue: a copy from
+    pageable memory would synchronize, one from pinned memory is queued like a kernel."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 @dataclass
 class Buffers:
     """Everything the cache stores, plus the current forward's block of rows (see the module docstring)."""
@@ -255,10 +263,10 @@ class BatchCache(Cache):
         b.uniform = len(set(lengths)) == 1
         device = b.device
         steps = torch.arange(width, device=device)
-        start = torch.tensor(lengths, device=device)[:, None]  # (n, 1)
+        start = to_device(torch.tensor(lengths), device)[:, None]  # (n, 1)
         slots = start + steps  # (n, S)
         b.write_index = None if b.uniform else slots[:, None, :, None]
-        seen = torch.tensor(b.seen[row0 : row0 + n], device=device)[:, None] + steps  # (n, S)
+        seen = to_device(torch.tensor(b.seen[row0 : row0 + n]), device)[:, None] + steps  # (n, S)
         rows = slice(row0, row0 + n)
         shape = (b.num_layers, n, b.heads, width)
         index = slots[None, :, None, :].expand(shape)
@@ -284,9 +292,9 @@ class BatchCache(Cache):
             return
         n, width = len(rows), index.shape[-1]
         source = max(b.length[r] for r in rows)
-        index = index.to(b.device)
+        index = to_device(index, b.device)
         block = slice(rows[0], rows[0] + n) if list(rows) == list(range(rows[0], rows[0] + n)) else None
-        picked = torch.tensor(list(rows), device=b.device)
+        picked = to_device(torch.tensor(list(rows)), b.device)
 
         def take(t: torch.Tensor) -> torch.Tensor:
             return t[:, block] if block is not None else t[:, picked]

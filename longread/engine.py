@@ -48,7 +48,7 @@ from longread.attention import (
     is_flash,
     use_engine_attention,
 )
-from longread.cache import BatchCache, BatchLayer, RopeMode
+from longread.cache import BatchCache, BatchLayer, RopeMode, to_device
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
 from longread.rope import Rope
 
@@ -58,6 +58,8 @@ log = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 
 Logits = Literal["last", "all"]
+#: CUDA graphs kept for decode steps (keyed by row block and cached length)
+MAX_GRAPHS = 8
 
 
 @dataclass(eq=False)
@@ -157,6 +159,7 @@ class BatchEngine:
         stride: int = 512,
         rope_mode: RopeMode = "delta",
         tokenizer: Any = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if stride < 1:
             raise ValueError(f"stride={stride} must be >= 1 (1 = token-by-token).")
@@ -196,6 +199,9 @@ class BatchEngine:
         self.flash = is_flash(model)
         self.owner: list[Stream | None] = [None] * rows
         self.stats = EngineStats()
+        #: replay one-token steps from captured CUDA graphs (CUDA, policies without scores, SDPA)
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     # ----------------------------------------------------------------- streams
     @property
@@ -283,7 +289,7 @@ class BatchEngine:
         q = torch.arange(width)[None, :]  # (1, S)
         last = torch.tensor(lengths)[:, None] + torch.minimum(q, torch.tensor(sizes)[:, None] - 1)  # (n, S)
         visible = torch.arange(keys)[None, None, :] <= last[:, :, None]  # (n, S, K)
-        return visible[:, None].to(self.device)
+        return to_device(visible[:, None], self.device)
 
     @torch.inference_mode()
     def forward(
@@ -313,29 +319,35 @@ class BatchEngine:
         batch = torch.zeros(n, width, dtype=torch.long)
         for j, i in enumerate(order):
             batch[j, : sizes[j]] = ids_list[i]
-        position_ids = (torch.tensor(lengths)[:, None] + torch.arange(width)).to(self.device)
+        position_ids = to_device(torch.tensor(lengths)[:, None] + torch.arange(width), self.device)
         uniform = len(set(lengths)) == 1 and all(s == width for s in sizes)
         mask = None if uniform or self.flash else self._mask(lengths, sizes, width)
         sink, sums = self._score_sink(ordered, sizes, width)
         ctx = ForwardContext(lengths, sizes, width, self.device, scores=sink)
+        ctx.device_layout()  # per-row lengths and sizes on the device once, for every layer
         if logits == "all":
             keep: int | torch.Tensor = 0
             picks = list(range(width))
         else:
             last = sorted({s - 1 for s in sizes})
-            keep = 1 if len(last) == 1 and last[0] == width - 1 else torch.tensor(last, device=self.device)
+            keep = (
+                1 if len(last) == 1 and last[0] == width - 1 else to_device(torch.tensor(last), self.device)
+            )
             picks = [width - 1] if isinstance(keep, int) else last
         self.kv.begin(row0, sizes, width)
         try:
             with self.stats.forward.measure(self.device), forward_context(ctx):
-                out = self.model(
-                    input_ids=batch.to(self.device),
-                    position_ids=position_ids,
-                    attention_mask=mask,
-                    cache=self.kv,
-                    use_cache=True,
-                    logits_to_keep=keep,
-                )
+                if self._graphable(uniform, width, lengths[0]):
+                    out_logits = self._replay(row0, n, lengths[0], batch)
+                else:
+                    out_logits = self.model(
+                        input_ids=to_device(batch, self.device),
+                        position_ids=position_ids,
+                        attention_mask=mask,
+                        cache=self.kv,
+                        use_cache=True,
+                        logits_to_keep=keep,
+                    ).logits
         except BaseException:
             self.kv.end(commit=False)  # the rows keep what they held before this chunk
             raise
@@ -344,7 +356,7 @@ class BatchEngine:
         self.stats.forwards += 1
         results: list[torch.Tensor] = [torch.empty(0)] * n
         for j, stream in enumerate(ordered):
-            row_logits = out.logits[j]
+            row_logits = out_logits[j]
             last_logits = row_logits[picks.index(sizes[j] - 1)]
             stream.last_logits = last_logits.float()
             results[order[j]] = row_logits[: sizes[j]] if logits == "all" else last_logits
@@ -354,6 +366,51 @@ class BatchEngine:
         with self.stats.compact.measure(self.device):
             self._compact(ordered)
         return results
+
+    # ----------------------------------------------------------------- CUDA graphs (decode)
+    def _graphable(self, uniform: bool, width: int, length: int) -> bool:
+        """A one-token step of rows that all hold the same number of tokens has static shapes: with
+        ``cuda_graphs`` on, it replays a captured graph instead of launching every kernel from Python."""
+        return (
+            self.cuda_graphs
+            and width == 1
+            and uniform
+            and length > 0
+            and self.device.type == "cuda"
+            and self.prototype.bounded  # buffers never reallocated: the graph's addresses stay valid
+            and not self.prototype.needs_scores
+            and not self.flash
+        )
+
+    def _replay(self, row0: int, n: int, length: int, batch: torch.Tensor) -> torch.Tensor:
+        """Logits ``(n, 1, V)`` of one decode step of rows ``[row0, row0 + n)`` at ``length`` cached tokens,
+        from a CUDA graph captured on first use (keyed by the block and the length; a few are kept)."""
+        key = (row0, n, length)
+        graph = self._graphs.pop(key, None)
+        if graph is None:
+            ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
+            positions = torch.full((n, 1), length, dtype=torch.long, device=self.device)
+
+            def step() -> torch.Tensor:
+                out = self.model(input_ids=ids, position_ids=positions, cache=self.kv, use_cache=True)
+                return out.logits
+
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up outside the graph (lazy inits, autotuning)
+                step()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            cuda_graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(cuda_graph):
+                logits = step()
+            graph = (cuda_graph, ids, logits)
+            if len(self._graphs) >= MAX_GRAPHS:
+                self._graphs.pop(next(iter(self._graphs)))
+        self._graphs[key] = graph  # most recently used last
+        cuda_graph, ids, logits = graph
+        ids.copy_(to_device(batch, self.device))
+        cuda_graph.replay()
+        return logits
 
     def _score_sink(
         self, streams: Sequence[Stream], sizes: list[int], width: int
@@ -401,6 +458,7 @@ class BatchEngine:
         if not rows:
             return
         width = max(kept)
+        # Index tensors from the host (most policies) are stacked there and sent once.
         device = picks[0].device if all(p.device == picks[0].device for p in picks) else self.device
         padded = [
             torch.cat([p.to(device), p[..., -1:].to(device).expand(*shape, width - p.shape[-1])], dim=-1)

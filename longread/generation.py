@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 import torch
 
+from longread.cache import to_device
+
 StopReason = Literal["eos", "stop_string", "max_new_tokens", "sentence_end", "trimmed"]
 
 #: The text ends a sentence: terminal punctuation, optionally closed by quotes or brackets.
@@ -144,19 +146,20 @@ class Decoder:
             bans = dec.banned()
             if bans:
                 banned.append((row, bans))
+        dev = logits.device
         if rows:
             width = max(len(s) for s in seen)
-            ids = torch.tensor([s + s[-1:] * (width - len(s)) for s in seen], device=logits.device)  # (R, W)
-            penalty = torch.tensor(
-                [decoders[r].settings.repetition_penalty for r in rows], device=logits.device
-            )[:, None]
-            index = torch.tensor(rows, device=logits.device)
+            ids = to_device(torch.tensor([s + s[-1:] * (width - len(s)) for s in seen]), dev)  # (R, W)
+            penalty = to_device(torch.tensor([decoders[r].settings.repetition_penalty for r in rows]), dev)[
+                :, None
+            ]
+            index = to_device(torch.tensor(rows), dev)
             sub = logits[index].gather(1, ids)  # (R, W)
             sub = torch.where(sub > 0, sub / penalty.to(sub.dtype), sub * penalty.to(sub.dtype))
             logits[index] = logits[index].scatter(1, ids, sub)
         if banned:
-            r = torch.tensor([row for row, bans in banned for _ in bans], device=logits.device)
-            c = torch.tensor([t for _, bans in banned for t in bans], device=logits.device)
+            r = to_device(torch.tensor([row for row, bans in banned for _ in bans]), dev)
+            c = to_device(torch.tensor([t for _, bans in banned for t in bans]), dev)
             logits[r, c] = float("-inf")
 
     @staticmethod
