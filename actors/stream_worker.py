@@ -32,7 +32,7 @@ from typing import Any
 
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
-from longread.scheduler import Batcher
+from longread.scheduler import Batcher, Program
 from pipeline.config import BaseJobConfig
 from pipeline.metrics import StreamMetrics
 from pipeline.sharding import StreamTask
@@ -157,7 +157,12 @@ class StreamWorker:
         if check_done and stream_key(info.stream_id) in self.done():
             return _Started(info, None, None, 0.0)
         ctx = self.env.context(info)
-        return _Started(info, ctx, self.batcher.submit(ctx.run(stream.program(ctx))), time.perf_counter())
+
+        def program() -> Program[list[Row]]:
+            # Building a program may already fail on a bad input: let it fail inside, as the stream's error.
+            return (yield from ctx.run(stream.program(ctx)))
+
+        return _Started(info, ctx, self.batcher.submit(program()), time.perf_counter())
 
     def _finish(self, started: _Started) -> dict[str, Any]:
         info, ctx = started.info, started.ctx

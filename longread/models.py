@@ -11,6 +11,7 @@ through transformers' ``AutoConfig``).
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 from pathlib import Path
@@ -21,7 +22,12 @@ import torch
 log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-ATTENTION = ("sdpa", "eager", "flash_attention_2")
+ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_4")
+#: FlashAttention generations: the package each needs, and the oldest GPU it runs on (compute capability).
+FLASH = {
+    "flash_attention_2": ("FlashAttention 2", "flash-attn (the `gpu` extra; compiles from source)", 8),
+    "flash_attention_4": ("FlashAttention 4", "flash-attn-4 (the `fa4` extra; prebuilt wheels)", 9),
+}
 #: Names of the embedded model; every other source is a path.
 DEFAULT_MODEL_NAMES = ("default", "smollm2")
 
@@ -101,11 +107,20 @@ def load_model(
     device = device or default_device()
     if attn_implementation not in ATTENTION:
         raise ValueError(f"attn_implementation={attn_implementation!r}; use one of {ATTENTION}.")
-    if attn_implementation == "flash_attention_2":
+    if attn_implementation in FLASH:
+        name, package, major = FLASH[attn_implementation]
         if not device.startswith("cuda"):
-            raise ValueError("FlashAttention 2 needs a CUDA device; use attn_implementation='sdpa' on CPU.")
+            raise ValueError(f"{name} needs a CUDA device; use attn_implementation='sdpa' on CPU.")
         if torch_dtype == torch.float32:
-            raise ValueError("FlashAttention 2 needs dtype='bfloat16' or 'float16'.")
+            raise ValueError(f"{name} needs dtype='bfloat16' or 'float16'.")
+        if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < major:
+            raise ValueError(
+                f"{name} needs a GPU of compute capability {major}.0 or newer (this one is "
+                f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}); use "
+                "attn_implementation='sdpa' or another FlashAttention."
+            )
+        if importlib.util.find_spec("flash_attn") is None:
+            raise ValueError(f"{name} needs the package {package}; or use attn_implementation='sdpa'.")
 
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,

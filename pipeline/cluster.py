@@ -80,10 +80,20 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
     return n, ask
 
 
-def quiet_ray_data() -> None:
+#: Seconds a local run waits for all its actors to load the model before it hands out streams.
+ACTOR_START_TIMEOUT_S = 600
+
+
+def quiet_ray_data(local: bool = False) -> None:
+    """Ray Data settings for the datasets made next (a dataset copies the context when it is made)."""
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
+    if local:
+        # Every local actor starts at once: wait for all before handing out work, or the first one up
+        # would take `streams_per_actor` descriptors while the others load (on a cluster the autoscaler
+        # may take long, so there work starts with whichever actors are up).
+        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
     ctx.enable_progress_bars = False  # the driver shows its own bar (streams, tokens/s)
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -37,7 +37,7 @@ class ModelSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: one GPU per actor when the cluster has GPUs"
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2"] = "sdpa"
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_4"] = "sdpa"
     trust_remote_code: bool = False
 
     @property

@@ -105,6 +105,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     if pending or grouping is not None:
         started = init_ray(cfg.resources)
         try:
+            quiet_ray_data(local=not is_remote_cluster(cfg.resources))
             if grouping is not None:
                 dataset, total = _grouped(grouping, sources, storage, opts)
             else:
@@ -131,7 +132,6 @@ def _planned(pending: list[StreamTask]) -> tuple[Any, tuple[int, int | None]]:
     """The descriptors as a dataset; (units of work, streams if known upfront)."""
     import ray.data
 
-    quiet_ray_data()
     items = [{"task": t.to_json()} for t in pending]
     ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
     # A file of records is one unit of work but several streams: then the total is unknown upfront.
@@ -142,7 +142,6 @@ def _planned(pending: list[StreamTask]) -> tuple[Any, tuple[int, int | None]]:
 def _grouped(
     grouping: LineGrouping, sources: list[SourceFile], storage: Storage, opts: ReadOptions
 ) -> tuple[Any, tuple[int, int | None]]:
-    quiet_ray_data()
     ds = line_grouped_dataset(grouping, sources, storage, opts)
     units = ds.count()
     return ds, (units, units)

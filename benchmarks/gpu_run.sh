@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# One prepared GPU session (the device tool's H100/H200): what CI cannot run, in one call.
+#   carry: .whl (transformers wheel matching pyproject's pin; see BENCHMARKS.md "GPU runs")
+# Writes everything under $OUT (default ./gpu_out) as it goes, so a cut-short run still returns what it did.
+set -u
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site:$PWD || exit 1
+else
+  export PYTHONPATH=$PWD
+fi
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import torch, transformers, triton; print('torch', torch.__version__, 'transformers', transformers.__version__, 'triton', triton.__version__)" | tee -a "$OUT/gpu.txt"
+step() { echo "=== $*"; "$@" 2>&1 | tee -a "$OUT/log.txt" | tail -n 40; }
+step timeout 100 python3 -m pytest -q -p no:cacheprovider -x tests/test_gpu.py -o addopts=""
+step timeout 150 python3 benchmarks/bench_batch.py --device cuda --geometry llama-3.1-8b --budget 2048 --stride 512 \
+  --batches 1 8 32 --policy streaming_llm --policy lacache --policy cascading:cascades=4 \
+  --feed-chunks 6 --decode-tokens 24 --cuda-graphs --out "$OUT/batch_8b.json"
+step timeout 80 python3 benchmarks/bench_batch.py --device cuda --geometry llama-3.2-1b --budget 1024 --stride 256 \
+  --batches 1 8 32 --policy streaming_llm --policy lacache --policy cascading:cascades=4 \
+  --feed-chunks 6 --decode-tokens 24 --cuda-graphs --out "$OUT/batch_1b.json"
+if [ -f benchmarks/bench_bf16_rope.py ]; then
+  step timeout 100 python3 benchmarks/bench_bf16_rope.py --device cuda --geometry llama-3.2-1b --tokens 65536 \
+    --budget 2048 --stride 512 --out "$OUT/bf16_rope.json"
+fi
+echo "=== done"
