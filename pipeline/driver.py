@@ -35,9 +35,11 @@ from tqdm import tqdm
 
 from jobs.config import JobConfig
 from pipeline.fs import Storage, display_uri, get_fs, is_remote
+from pipeline.raylog import absorb_actor_restart_warning
 from pipeline.sharding import StreamTask, plan_tasks
 from pipeline.sources import ReadOptions, SourceFile, expand_inputs
-from pipeline.writer import PartWriter, stream_key
+from pipeline.submit import check_output_path, submitted_job
+from pipeline.writer import PartWriter, read_part, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -295,6 +297,7 @@ def run_job(cfg: JobConfig) -> JobReport:
         cfg = cfg.model_copy(deep=True)
         cfg.storage.endpoint_url, cfg.storage.region = storage.endpoint_url, storage.region
     assert cfg.output.path is not None
+    check_output_path(cfg.output.path, submitted_job())  # under `ray job submit`, relative means nothing
     writer = PartWriter(cfg.output.path, storage)
     report = JobReport(job_id, cfg.task, cfg.job_name, writer.output)
     remote_cluster = (cfg.resources.ray_address or os.environ.get("RAY_ADDRESS")) not in (None, "local")
@@ -361,6 +364,7 @@ def _execute(
     from actors.stream_worker import StreamWorker
 
     _quiet_ray_data()
+    absorb_actor_restart_warning()  # Ray Data's own false alarm about restarts: see pipeline.raylog
     if len([n for n in ray.nodes() if n.get("Alive")]) > 1 and not is_remote(report.output):
         log.warning(
             "output %s is a local path on a multi-node cluster: each node writes to its own disk. Use an "
@@ -451,10 +455,6 @@ def _job_record(cfg: JobConfig, job_id: str, state: str, report: JobReport) -> d
 
 
 def _preview(paths: list[str], storage: Storage, task: str, limit: int = 3) -> list[dict[str, Any]]:
-    import io
-
-    import pyarrow.parquet as pq
-
     kind = {"summarize": "final", "qa": "answer", "logs": "window"}[task]
     out: list[dict[str, Any]] = []
     for uri in paths:
@@ -465,7 +465,7 @@ def _preview(paths: list[str], storage: Storage, task: str, limit: int = 3) -> l
         fs, path = get_fs(uri, storage)
         try:
             with fs.open(path, "rb") as fh:
-                rows = pq.read_table(io.BytesIO(fh.read())).to_pylist()
+                rows = read_part(fh.read()).to_pylist()  # not via a file object: see pipeline.writer
         except OSError:
             continue
         for row in rows:
