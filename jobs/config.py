@@ -36,7 +36,7 @@ from pydantic import (
 )
 
 from cache_policies import POLICIES, CachePolicy, PolicyConfigError, make_policy
-from pipeline.fs import Storage
+from pipeline.fs import DEFAULT_S3_RETRIES, Storage
 from pipeline.sources import ReadOptions, check_encoding
 
 log = logging.getLogger("jobs")
@@ -108,6 +108,9 @@ class StorageSettings(_Section):
     secret: SecretStr | None = None
     token: SecretStr | None = None
     anon: bool = False
+    retries: int = Field(
+        default=DEFAULT_S3_RETRIES, ge=1, le=100, description="attempts per S3 request (botocore backoff)"
+    )
 
     def to_storage(self) -> Storage:
         def reveal(value: SecretStr | None) -> str | None:
@@ -120,6 +123,7 @@ class StorageSettings(_Section):
             secret=reveal(self.secret),
             token=reveal(self.token),
             anon=self.anon,
+            retries=self.retries,
         )
 
 
