@@ -14,11 +14,12 @@ Contract:
   ``part-`` file is in place.
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
-* Reading parts back (``read_part``) decodes from an Arrow buffer in the calling thread. Handing pyarrow a
-  Python file object instead (``io.BytesIO``, an fsspec file) lets its thread pool finish closing that file
-  after ``read_table`` returned; if the interpreter exits meanwhile, that thread needs the GIL during
-  finalization and the process aborts (``terminate called without an active exception``, exit 134: the
-  driver's reported abort after writing all results, reproduced with pyarrow alone about once in 100 exits).
+* Reading parts back (``read_part``) decodes from an Arrow buffer in the calling thread. Handed a Python
+  file object (``io.BytesIO``, an fsspec file), pyarrow's thread pool can still be cleaning up after
+  ``read_table`` returned (apache/arrow#33975); when the interpreter exits right then, the process aborts
+  (``terminate called without an active exception``, exit 134). That was the driver's abort after writing
+  all its results: its preview reads parts just before exiting. ``benchmarks/bench_parquet_exit.py``
+  counts it (BENCHMARKS.md).
 """
 
 from __future__ import annotations

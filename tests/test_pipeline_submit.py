@@ -69,6 +69,15 @@ def test_submit_relative_output_is_refused_naming_the_fix():
     assert submitted_job({}) is None
 
 
+def test_submit_entrypoint_with_a_python_lacking_the_dependencies_names_the_fix():
+    # -S: no site-packages, as a bare `python` outside the project's environment would be.
+    proc = subprocess.run(
+        [sys.executable, "-S", "-m", "jobs.summarize_books"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert proc.returncode == 1 and "No module named" not in proc.stderr
+    assert "lacks torch" in proc.stderr and "scripts/ray_head.sh" in proc.stderr
+
+
 def test_ray_restart_warning_pattern_and_stderr_capture_lose_nothing():
     other = b"(pid=12) a worker's line\n[2026-11-26 14:24:06,700 E 1 1] core_worker.cc:99: a real error\n"
     first, second = other.splitlines(keepends=True)
