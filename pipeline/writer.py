@@ -14,9 +14,10 @@ Contract:
   ``part-`` file is in place.
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
-* Reading parts back (``read_part``) decodes from an Arrow buffer in the calling thread. Handed a Python
-  file object (``io.BytesIO``, an fsspec file), pyarrow's thread pool can still be cleaning up after
-  ``read_table`` returned (apache/arrow#33975); when the interpreter exits right then, the process aborts
+* Reading parts back (``read_part``) is synchronous, in the calling thread, from an Arrow-owned copy of the
+  bytes. ``pq.read_table`` (a dataset scan) can leave work on pyarrow's threads after it returned
+  (apache/arrow#33975), and work that touches Python memory (a Python file object, a buffer over
+  ``bytes``) needs the GIL; if the interpreter is exiting by then, that thread aborts the process
   (``terminate called without an active exception``, exit 134). That was the driver's abort after writing
   all its results: its preview reads parts just before exiting. ``benchmarks/bench_parquet_exit.py``
   counts it (BENCHMARKS.md).
@@ -51,7 +52,10 @@ def stream_key(stream_id: str) -> str:
 
 def read_part(data: bytes) -> pa.Table:
     """One Parquet file's table from its bytes, decoded entirely in this thread (see the contract)."""
-    return pq.read_table(pa.BufferReader(data), use_threads=False)
+    sink = pa.BufferOutputStream()  # an Arrow-owned copy: freeing it never needs the GIL
+    sink.write(data)
+    # ParquetFile.read is the synchronous reader: no dataset scan, no read-ahead, nothing left running.
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read(use_threads=False)
 
 
 class PartWriter:
