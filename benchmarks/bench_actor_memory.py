@@ -30,6 +30,7 @@ import ctypes
 import gc
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -143,7 +144,6 @@ def make_corpus(folder: Path, streams: int) -> list[Path]:
 def run_variant(variant: str, streams: int, max_tokens: int, diagnose: bool) -> dict[str, Any]:
     import torch
 
-    from actors.stream_worker import StreamWorker
     from jobs.config import CONFIG_DIR, config_from_dict, read_yaml
     from pipeline.sharding import plan_tasks
     from pipeline.sources import expand_inputs
@@ -164,6 +164,15 @@ def run_variant(variant: str, streams: int, max_tokens: int, diagnose: bool) -> 
     sources = expand_inputs(cfg.input.paths, storage, cfg.read_options())
     tasks = plan_tasks("summarize", sources, storage=storage)
     assert len(tasks) == streams, (len(tasks), streams)
+
+    try:
+        return _measure(variant, cfg, tasks, diagnose, streams, max_tokens)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _measure(variant: str, cfg: Any, tasks: list[Any], diagnose: bool, streams: int, max_tokens: int) -> Any:
+    from actors.stream_worker import StreamWorker
 
     rss_start = rss_mb()
     worker = StreamWorker(cfg, job_id=f"bench-{variant}")

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -29,6 +30,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -86,18 +88,9 @@ def write_parts(folder: Path, files: int) -> list[str]:
     return paths
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--files", type=int, default=30)
-    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
-    parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
-    parser.add_argument("--out", type=Path, default=Path("results/bench_parquet_exit.json"))
-    args = parser.parse_args()
-    folder = Path(tempfile.mkdtemp(prefix="bench-parquet-exit-"))
-    paths = write_parts(folder, args.files)
+def run_modes(args: argparse.Namespace, paths: list[str]) -> list[dict[str, Any]]:
     code = CHILD.format(root=str(ROOT))
-    results = []
+    results: list[dict[str, Any]] = []
     for mode in args.modes:
         codes: Counter[int] = Counter()
         messages: Counter[str] = Counter()
@@ -125,6 +118,22 @@ def main() -> None:
             }
         )
         print(f"  {mode}: {failed}/{args.runs} failed {dict(codes)}", file=sys.stderr, flush=True)
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--files", type=int, default=30)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    parser.add_argument("--jobs", type=int, default=2, help="processes at a time")
+    parser.add_argument("--out", type=Path, default=Path("results/bench_parquet_exit.json"))
+    args = parser.parse_args()
+    folder = Path(tempfile.mkdtemp(prefix="bench-parquet-exit-"))
+    try:
+        results = run_modes(args, write_parts(folder, args.files))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
     print("| how pyarrow gets the bytes | runs | failed exits | exit codes | first stderr line of failures |")
     print("|---|---|---|---|---|")
     for r in results:
