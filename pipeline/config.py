@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from cache_policies import POLICIES, CachePolicy, PolicyConfigError, make_policy, policy_kwargs
 from longread.generation import GenerationSettings as Sampling
 from longread.models import model_name
-from pipeline.fs import Storage
+from pipeline.fs import DEFAULT_S3_RETRIES, Storage
 from pipeline.sources import TextFormat
 
 
@@ -80,6 +80,9 @@ class StorageSettings(Section):
     secret: SecretStr | None = None
     token: SecretStr | None = None
     anon: bool = False
+    retries: int = Field(
+        default=DEFAULT_S3_RETRIES, ge=1, le=100, description="attempts per S3 request (botocore backoff)"
+    )
 
     def to_storage(self) -> Storage:
         def reveal(value: SecretStr | None) -> str | None:
@@ -92,6 +95,7 @@ class StorageSettings(Section):
             secret=reveal(self.secret),
             token=reveal(self.token),
             anon=self.anon,
+            retries=self.retries,
         )
 
 

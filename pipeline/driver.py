@@ -42,10 +42,12 @@ from pipeline.config import BaseJobConfig
 from pipeline.fs import Storage, display_uri
 from pipeline.metrics import DriverMetrics
 from pipeline.preflight import check_model, check_policy_fits_model
+from pipeline.raylog import absorb_actor_restart_warning
 from pipeline.report import JobReport, job_record, new_job_id, preview
 from pipeline.sharding import StreamTask
 from pipeline.shuffle import MAX_BLOCKS, LineGrouping, line_grouped_dataset
 from pipeline.sources import ReadOptions, SourceFile, expand_inputs
+from pipeline.submit import check_output_path, submitted_job
 from pipeline.writer import PartWriter, stream_key
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
         cfg = cfg.model_copy(deep=True)
         cfg.storage.endpoint_url, cfg.storage.region = storage.endpoint_url, storage.region
     assert cfg.output.path is not None
+    check_output_path(cfg.output.path, submitted_job())  # under `ray job submit`, relative means nothing
     writer = PartWriter(cfg.output.path, storage)
     check_model(cfg, is_remote_cluster(cfg.resources))
     check_policy_fits_model(cfg)
@@ -158,6 +161,7 @@ def _execute(
     import ray.data
 
     warn_if_output_is_node_local(report.output)
+    absorb_actor_restart_warning()  # Ray Data's own false alarm about restarts: see pipeline.raylog
     units, total = counts
     # No more actors than units of work (the records of one unit go through one actor, in order).
     n, ask = actor_resources(cfg, units)

@@ -8,6 +8,10 @@ Contract:
   botocore's own credential chain (``AWS_ACCESS_KEY_ID`` ..., profiles, instance roles) for credentials.
 * Credentials never reach a log line, an exception message, a result row or a ``repr``: ``Storage.__repr__``
   redacts them and ``display_uri`` strips any ``user:password@`` part of a URI.
+* Transient S3 failures (connection refused or reset, timeouts, throttling, 5xx) are retried by botocore
+  itself: ``Storage.retries`` attempts per request in botocore's ``standard`` retry mode (exponential
+  backoff with jitter, at most 20 s between attempts; the default of 10 attempts rides out about a minute
+  and a half of outage). Errors that retrying cannot fix (no such key, access denied) fail at once.
 * ``get_fs(uri)`` returns ``(filesystem, path)`` where ``path`` is what the filesystem's methods take; paths
   without a protocol are local and made absolute.
 """
@@ -24,6 +28,8 @@ from fsspec.core import split_protocol
 from fsspec.spec import AbstractFileSystem
 
 REMOTE_PROTOCOLS = ("s3", "s3a", "gs", "gcs", "az", "abfs", "memory")
+#: Attempts per S3 request (the first one included) before a transient error is raised.
+DEFAULT_S3_RETRIES = 10
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,11 @@ class Storage:
     secret: str | None = field(default=None, repr=False)
     token: str | None = field(default=None, repr=False)
     anon: bool = False
+    retries: int = DEFAULT_S3_RETRIES
+
+    def __post_init__(self) -> None:
+        if self.retries < 1:
+            raise ValueError(f"storage retries must be at least 1 (a single attempt), not {self.retries}")
 
     @classmethod
     def from_env(cls, **explicit: Any) -> Storage:
@@ -59,6 +70,9 @@ class Storage:
             client["region_name"] = self.region
         if client:
             opts["client_kwargs"] = client
+        # botocore's own retry loop: "standard" mode retries connection errors, timeouts, throttling and
+        # 5xx responses with capped exponential backoff, and counts the first attempt in max_attempts.
+        opts["config_kwargs"] = {"retries": {"max_attempts": self.retries, "mode": "standard"}}
         if self.anon:
             opts["anon"] = True
         if self.key:
@@ -71,7 +85,10 @@ class Storage:
 
     def __repr__(self) -> str:
         creds = "explicit credentials" if self.key or self.secret or self.token else "default credentials"
-        return f"Storage(endpoint_url={self.endpoint_url!r}, region={self.region!r}, {creds})"
+        return (
+            f"Storage(endpoint_url={self.endpoint_url!r}, region={self.region!r}, {creds}, "
+            f"retries={self.retries})"
+        )
 
     __str__ = __repr__
 

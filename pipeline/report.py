@@ -15,8 +15,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.config import BaseJobConfig
-from pipeline.fs import Storage, display_uri
-from pipeline.writer import read_parquet
+from pipeline.fs import Storage, display_uri, get_fs
+from pipeline.writer import read_part
 
 MAX_REPORTED_ERRORS = 1000
 MAX_KEPT_PATHS = 20
@@ -96,7 +96,9 @@ def preview(paths: list[str], storage: Storage | None, kind: str, limit: int = 3
         if "/err-" in uri:
             continue
         try:
-            rows = read_parquet([uri], storage).to_pylist()
+            fs, path = get_fs(uri, storage)
+            with fs.open(path, "rb") as fh:
+                rows = read_part(fh.read()).to_pylist()
         except (OSError, ValueError):  # gone or unreadable since it was written: preview the others
             continue
         for row in rows:

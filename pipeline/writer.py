@@ -15,7 +15,12 @@ Contract:
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
 * Reading back (``read``, ``read_results``, ``read_parquet``) goes through ``pyarrow.dataset`` with the
-  output schema, so columns come in schema order whatever the files.
+  output schema, so columns come in schema order whatever the files. The driver's preview, read just
+  before the process exits, uses ``read_part``: synchronous, in the calling thread, from an Arrow-owned
+  copy of the bytes. A scan can leave work on pyarrow's threads after it returned (apache/arrow#33975),
+  and work that touches Python memory needs the GIL; if the interpreter is exiting by then, that thread
+  aborts the process (``terminate called without an active exception``, exit 134: the driver's abort
+  after writing all its results). ``benchmarks/bench_parquet_exit.py`` counts it (BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -44,6 +49,14 @@ JOBS_DIR = "_jobs"
 
 def stream_key(stream_id: str) -> str:
     return hashlib.sha1(stream_id.encode("utf-8")).hexdigest()[:24]
+
+
+def read_part(data: bytes) -> pa.Table:
+    """One Parquet file's table from its bytes, decoded entirely in this thread (see the contract)."""
+    sink = pa.BufferOutputStream()  # an Arrow-owned copy: freeing it never needs the GIL
+    sink.write(data)
+    # ParquetFile.read is the synchronous reader: no dataset scan, no read-ahead, nothing left running.
+    return pq.ParquetFile(pa.BufferReader(sink.getvalue())).read(use_threads=False)
 
 
 class PartWriter:

@@ -7,10 +7,19 @@ import io
 import json
 import logging
 import os
+import threading
+import time
 
 import pyarrow.parquet as pq
 import pytest
-from helpers_pipeline import build_tiny_model, job_config, log_lines, read_output, write_good_corpus
+from helpers_pipeline import (
+    book_text,
+    build_tiny_model,
+    job_config,
+    log_lines,
+    read_output,
+    write_good_corpus,
+)
 
 from jobs.run import run_job
 from pipeline.fs import Storage
@@ -20,16 +29,40 @@ from pipeline.schema import SCHEMA
 pytestmark = pytest.mark.ray
 
 SECRET = "fake-secret-do-not-log-8c1f"
+OUTAGE_SECONDS = 6.0  # longer than a stream of the tiny model takes: the next S3 request meets the gap
 KEY_ID = "FAKEKEYIDDONOTLOG"
 
 
+class Moto:
+    """moto's S3 on one loopback port that can go away (connections refused) and come back (same state:
+    moto keeps its buckets in this process, whichever server thread answers)."""
+
+    def __init__(self) -> None:
+        self.module = pytest.importorskip("moto.server")
+        self.server = self.module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server._server.server_close()  # close the listening socket too: refused, not hanging
+
+    def start(self) -> None:
+        self.server = self.module.ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
+        self.server.start()
+
+
 @pytest.fixture(scope="module")
-def s3_server():
+def moto():
+    server = Moto()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def s3_server(moto):
     """moto's S3 on a free loopback port; AWS_* variables set before Ray starts, so actors inherit them."""
-    moto_server = pytest.importorskip("moto.server")
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
+    host, port = moto.host, moto.port
     env = {
         "AWS_ENDPOINT_URL": f"http://{host}:{port}",
         "AWS_ACCESS_KEY_ID": KEY_ID,
@@ -49,7 +82,6 @@ def s3_server():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
-    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -118,3 +150,55 @@ def test_logs_glob_over_a_bucket(s3_server, ray_local, model_dir, tmp_path):
         "s3://corpus/logs/db-1.log": 40,
         "s3://corpus/logs/web-1.log.gz": 60,
     }
+
+
+def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
+    moto, s3_server, ray_local, model_dir, tmp_path
+):
+    """The S3 endpoint goes away once the first stream is written, for longer than a stream takes, then
+    comes back: botocore's retries (storage.retries) carry every request over the gap."""
+    fs = s3_server
+    names = [f"book{i}.txt" for i in range(6)]
+    for i, name in enumerate(names):
+        fs.pipe_file(f"corpus/outage/{name}", book_text(repeat=2 + i % 3).encode())
+    cfg = job_config("summarize", ["s3://corpus/outage/"], "s3://results/outage", model_dir,
+                     resources={"actors": 1, "threads_per_actor": 1})  # fmt: skip
+    outage: dict[str, float | int] = {}
+
+    def take_s3_away() -> None:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            fs.invalidate_cache()
+            if fs.exists("results/outage") and any("/part-" in k for k in fs.find("results/outage")):
+                break
+            time.sleep(0.05)
+        outage["parts_before"] = len([k for k in fs.find("results/outage") if "/part-" in k])
+        moto.stop()
+        outage["down"] = time.time()
+        time.sleep(OUTAGE_SECONDS)
+        moto.start()
+        outage["up"] = time.time()
+
+    thread = threading.Thread(target=take_s3_away, daemon=True)
+    thread.start()
+    try:
+        report = run_job(cfg)
+    finally:
+        thread.join(timeout=OUTAGE_SECONDS + 310)
+        if "up" not in outage and "down" in outage:
+            moto.start()
+    assert "up" in outage, "the outage did not happen"
+    assert (report.streams_ok, report.streams_error) == (6, 0), report.errors
+    assert outage["parts_before"] < 6  # the server went away mid-run, with streams left to write
+
+    fs.invalidate_cache()
+    keys = sorted(k.split("/", 2)[2] for k in fs.find("results/outage") if "/_jobs/" not in k)
+    assert len(keys) == 6 and all(k.startswith("part-") for k in keys)  # one file per stream, no error
+    written_after = [
+        k for k in keys if fs.info(f"results/outage/{k}")["LastModified"].timestamp() > outage["up"]
+    ]
+    assert written_after, "no stream was written after the endpoint came back"
+    rows = read_output("s3://results/outage", Storage.from_env())
+    finals = rows[rows.row_kind == "final"]
+    assert sorted(finals.stream_id) == [f"s3://corpus/outage/{n}" for n in names]
+    assert not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()

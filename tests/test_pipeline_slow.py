@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,6 +37,9 @@ def test_main_job_summarizes_the_sample_books(set_up, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # A normal run is quiet: no error-level line (Ray's C++ "[... E pid tid]" or logging's ERROR).
+    error_line = re.compile(r"^\[[^\]]* [EF] \d+ \d+\]|^\S+ \S+\s+(?:ERROR|CRITICAL)\s", re.M)
+    assert not error_line.search(proc.stderr), proc.stderr
     assert f"Results: {out}" in proc.stdout and "Preview:" in proc.stdout
     assert "3 streams processed (3 ok, 0 errors)" in proc.stdout
     rows = pd.read_parquet(out)

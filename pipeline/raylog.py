@@ -1,0 +1,87 @@
+"""One known false alarm in Ray's log, dealt with where it starts (and nothing else hidden).
+
+Contract:
+
+* Ray Data creates the actors of an actor pool (``map_batches`` with a class, as the driver does) with
+  ``max_restarts=-1`` and passes each one its ``DataContext`` and UDF as ObjectRefs (``ray.put`` by Ray
+  Data itself, whatever the UDF's arguments). Ray core then logs once per process, at ERROR level,
+  "Actor ... has constructor arguments in the object store and max_restarts > 0" (ray-project/ray#53727;
+  for Ray Data, #57733, open). It warns that a restart would fail if those objects were lost. For Ray Data
+  they are not: the driver's operator owns both refs for the whole execution and their primary copies are
+  pinned on the driver's node, so a restarted actor gets them back. The restarts themselves are wanted:
+  they are how a killed (e.g. out-of-memory) actor's stream is retried. Turning them off
+  (``max_restarts=0``) would silence the line and lose that.
+* ``absorb_actor_restart_warning()`` lets Ray emit its once-per-process line for a probe actor created
+  with the same shape (restarts, an ObjectRef argument, no resources), while this process's stderr (file
+  descriptor 2, where Ray's C++ log writes) goes to a temporary file for the duration of that one call.
+  Everything else written meanwhile is written back to stderr; the probe is killed at once. Later actor
+  pools then start without the line. If Ray stops emitting it (or changes it), nothing is hidden: the
+  captured output is written back unchanged. It never fails a job (any error: the line stays).
+  Idempotent per process.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+#: The one line this module absorbs (Ray's C++ log format: "[time E pid tid] core_worker.cc:N: Actor ...").
+RESTART_WARNING = re.compile(
+    rb"^[^\n]*core_worker\.cc:\d+: Actor [^\n]*has constructor arguments in the object store and "
+    rb"max_restarts > 0\.[^\n]*(?:\n|$)",
+    re.MULTILINE,
+)
+
+_attempted = False
+
+
+def capture_stderr_fd(fn: Callable[[], T]) -> tuple[T, bytes]:
+    """Run ``fn`` with file descriptor 2 redirected to a temporary file; return its result and the bytes."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        return result, tmp.read()
+
+
+def absorb_actor_restart_warning() -> bool:
+    """See the contract; True if Ray's line was absorbed by this call (one probe per process at most)."""
+    global _attempted
+    if _attempted:
+        return False
+    _attempted = True
+    import ray
+
+    @ray.remote(num_cpus=0, max_restarts=1)
+    class _RestartProbe:
+        def __init__(self, arg: Any) -> None:
+            pass
+
+    try:
+        arg = ray.put(None)  # by reference, like Ray Data's DataContext and UDF
+        probe, captured = capture_stderr_fd(lambda: _RestartProbe.remote(arg))  # type: ignore[attr-defined]
+        ray.kill(probe, no_restart=True)
+    except Exception as exc:  # cosmetic only: never let it stop a job
+        log.debug("could not absorb Ray's actor-restart warning: %s", exc)
+        return False
+    rest, found = RESTART_WARNING.subn(b"", captured)
+    if rest:
+        os.write(2, rest)
+    log.debug("Ray's actor-restart warning %s", "absorbed" if found else "not emitted")
+    return found > 0
