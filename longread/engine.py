@@ -28,7 +28,7 @@ from torch import nn
 from cache_policies.base import CachePolicy
 from longread.cache import BoundedCache, RopeMode
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
-from longread.rope import Rope
+from longread.rope import Rope, default_rope_mode
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +70,7 @@ class StreamingEngine:
         policy: CachePolicy,
         *,
         stride: int = 512,
-        rope_mode: RopeMode = "delta",
+        rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
     ) -> None:
         if stride < 1:
@@ -92,9 +92,10 @@ class StreamingEngine:
         self.num_kv_heads = int(getattr(config, "num_key_value_heads", None) or config.num_attention_heads)
         policy.bind(self.num_layers, self.num_kv_heads)
         self.rope = Rope.from_model(model)
-        self.rope_mode: RopeMode = rope_mode
+        # None: the faithful implementation for the cache's dtype (longread.rope.default_rope_mode).
+        self.rope_mode: RopeMode = rope_mode or default_rope_mode(next(model.parameters()).dtype)
         capacity = None if policy.budget is None else policy.budget + stride
-        self.cache = BoundedCache(self.num_layers, self.rope, capacity, rope_mode)
+        self.cache = BoundedCache(self.num_layers, self.rope, capacity, self.rope_mode)
         self.device = next(model.parameters()).device
         self.last_logits: torch.Tensor | None = None  # (V,) logits after the last token fed
         self.stats = StreamStats()
