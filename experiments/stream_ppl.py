@@ -48,7 +48,7 @@ class StreamPPLConfig(BaseModel):
     budgets: list[int] = Field(default_factory=lambda: [256, 512])
     strides: list[int] = Field(default_factory=lambda: [256])
     sink: int = Field(4, ge=0)
-    rope_mode: str = "delta"
+    rope_mode: str | None = Field(None, description="'delta' or 'read'; default: the faithful one for dtype")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     checkpoints: list[int] = Field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
     out: Path | None = None
@@ -132,6 +132,7 @@ def run_one(
         "params": policy.params(),
         "budget": policy.budget,
         "stride": stride,
+        "rope_mode": engine.rope_mode,
         "tokens": total,
         "ppl": math.exp(nll_sum / count),
         "ppl_at": ppl_at,

@@ -50,7 +50,7 @@ from longread.attention import (
 )
 from longread.cache import BatchCache, BatchLayer, RopeMode, to_device
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
-from longread.rope import Rope
+from longread.rope import Rope, default_rope_mode
 
 log = logging.getLogger(__name__)
 
@@ -157,7 +157,7 @@ class BatchEngine:
         *,
         rows: int = 1,
         stride: int = 512,
-        rope_mode: RopeMode = "delta",
+        rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
         cuda_graphs: bool = False,
     ) -> None:
@@ -180,10 +180,11 @@ class BatchEngine:
         self.vocab_size = int(config.vocab_size)
         policy.bind(self.num_layers, self.num_kv_heads)
         self.rope = Rope.from_model(model)
-        self.rope_mode: RopeMode = rope_mode
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
+        # None: the faithful implementation for the cache's dtype (longread.rope.default_rope_mode).
+        self.rope_mode: RopeMode = rope_mode or default_rope_mode(self.dtype)
         self.kv = BatchCache(
             self.num_layers,
             self.rope,
@@ -191,7 +192,7 @@ class BatchEngine:
             heads=self.num_kv_heads,
             head_dim=head_dim,
             capacity=None if policy.budget is None else policy.budget + stride,
-            rope_mode=rope_mode,
+            rope_mode=self.rope_mode,
             dtype=self.dtype,
             device=self.device,
         )
@@ -516,6 +517,10 @@ class RowView:
     def layers(self) -> list[BatchLayer]:
         return self.engine.kv.slots
 
+    @property
+    def rope_mode(self) -> RopeMode:
+        return self.engine.kv.rope_mode
+
     def positions(self) -> torch.Tensor:
         """Original stream positions of the cached tokens, ``(L, H, length)``."""
         return self.engine.kv.positions(self.stream.row)
@@ -545,7 +550,7 @@ class StreamingEngine(BatchEngine):
         policy: CachePolicy,
         *,
         stride: int = 512,
-        rope_mode: RopeMode = "delta",
+        rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
     ) -> None:
         super().__init__(model, policy, rows=1, stride=stride, rope_mode=rope_mode, tokenizer=tokenizer)

@@ -4,13 +4,29 @@ Transformers rotates keys by their position before they reach the cache. Pos-shi
 sit at its *slot index*, which changes whenever the cache is compacted. RoPE rotations compose
 (R(j) = R(j - p) R(p)), so a key rotated at position p is moved to position j by rotating it by j - p.
 This module does that rotation, exactly as the model's own rotary embedding would (half-split layout,
-partial rotary dims honoured), always in float32 so repeated re-rotation does not accumulate rounding.
+partial rotary dims honoured), computed in float32. The result is stored in the cache's dtype, so in bf16
+or fp16 every re-rotation rounds again: ``default_rope_mode`` picks the implementation that is faithful for
+a cache dtype (measured in BENCHMARKS.md, "Pos-shift in bf16").
 """
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import nn
+
+
+def default_rope_mode(dtype: torch.dtype) -> Literal["delta", "read"]:
+    """The pos-shift implementation to use for a KV cache of ``dtype`` when none is asked for.
+
+    float32/float64: ``"delta"`` (rotate moved keys once per compaction; equal to ``"read"`` to float
+    tolerance and a little faster). bf16/fp16: ``"read"``: a stored key keeps its insertion rotation and is
+    rounded once per read, never accumulating; ``"delta"`` re-rounds it at every move, which measurably
+    moves the next-token distribution away from a float32 run where keys move often (small strides,
+    long-lived keys).
+    """
+    return "delta" if dtype in (torch.float32, torch.float64) else "read"
 
 
 class Rope:
