@@ -29,6 +29,11 @@ def default_rope_mode(dtype: torch.dtype) -> Literal["delta", "read"]:
     return "delta" if dtype in (torch.float32, torch.float64) else "read"
 
 
+def unexpanded(t: torch.Tensor) -> torch.Tensor:
+    """``t`` with every expanded (stride-0) dimension cut to size 1: same values under broadcasting."""
+    return t[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in zip(t.stride(), t.shape))]
+
+
 class Rope:
     """Rotates ``(B, H, T, D)`` key tensors by per-slot position deltas."""
 
@@ -48,15 +53,17 @@ class Rope:
         )
 
     def rotate(self, x: torch.Tensor, delta: torch.Tensor) -> torch.Tensor:
-        """Rotate keys ``x`` (B, H, T, D) by ``delta`` positions: (T,) for all heads or (H, T) per head."""
+        """Rotate keys ``x`` (..., T, D) by ``delta`` positions, broadcastable to ``x.shape[:-1]``: (T,) for
+        all heads, (H, T) per head, (L, B, H, T) per layer and row. Dimensions along which ``delta`` is
+        an expanded view (stride 0) are computed once, not once per element."""
+        base = unexpanded(delta)
         inv = self.inv_freq.to(x.device)
-        angle = delta.to(device=x.device, dtype=torch.float32)[..., None] * inv  # (..., T, D_rot/2)
-        angle = torch.cat([angle, angle], dim=-1)  # (..., T, D_rot)
+        angle = base.to(device=x.device, dtype=torch.float32)[..., None] * inv  # (..., T, D_rot/2)
         cos, sin = angle.cos(), angle.sin()
-        xr = x[..., : self.rot_dim].float()
         half = self.rot_dim // 2
-        rotated_half = torch.cat([-xr[..., half:], xr[..., :half]], dim=-1)
-        out = xr * cos + rotated_half * sin
-        if self.rot_dim == x.shape[-1]:
-            return out.to(x.dtype)
-        return torch.cat([out.to(x.dtype), x[..., self.rot_dim :]], dim=-1)
+        x1, x2 = x[..., :half].float(), x[..., half : self.rot_dim].float()
+        # (x1, x2) -> (x1 cos - x2 sin, x2 cos + x1 sin): the model's rotate_half, without building it.
+        parts = [(x1 * cos - x2 * sin).to(x.dtype), (x2 * cos + x1 * sin).to(x.dtype)]
+        if self.rot_dim < x.shape[-1]:
+            parts.append(x[..., self.rot_dim :])
+        return torch.cat(parts, dim=-1)
