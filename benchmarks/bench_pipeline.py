@@ -95,8 +95,8 @@ def main() -> None:
     for r in rows:
         print(
             f"{r['actors']:>6} {r['streams_per_actor']:>9} {r['streams']:>7} {r['tokens']:>7} "
-            f"{r['generations']:>5} {r['wall_s']:>7.1f} {r['streams_per_s']:>9.4f} {r['tokens_per_s']:>8.1f} {base / r['wall_s']:>6.2f}x "
-            f"{r['feed_tokens_per_s_per_actor']:>16.1f} {r['load_avg_1m']:>5.1f}"
+            f"{r['generations']:>5} {r['wall_s']:>7.1f} {r['streams_per_s']:>9.4f} {r['tokens_per_s']:>8.1f} "
+            f"{base / r['wall_s']:>6.2f}x {r['feed_tokens_per_s_per_actor']:>16.1f} {r['load_avg_1m']:>5.1f}"
         )
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))
