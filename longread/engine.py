@@ -160,6 +160,7 @@ class BatchEngine:
         rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
         cuda_graphs: bool = False,
+        decode_compaction: Literal["chunk", "token"] = "chunk",
     ) -> None:
         if stride < 1:
             raise ValueError(f"stride={stride} must be >= 1 (1 = token-by-token).")
@@ -200,7 +201,11 @@ class BatchEngine:
         self.flash = is_flash(model)
         self.owner: list[Stream | None] = [None] * rows
         self.stats = EngineStats()
-        #: replay one-token steps from captured CUDA graphs (CUDA, policies without scores, SDPA)
+        if decode_compaction not in ("chunk", "token"):
+            raise ValueError(f"decode_compaction={decode_compaction!r}: use 'chunk' or 'token'.")
+        #: when generation compacts: once per `stride` tokens ("chunk") or after every token ("token")
+        self.decode_compaction = decode_compaction
+        #: replay one-token steps from captured CUDA graphs (CUDA, "token" compaction, no scores, SDPA)
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
@@ -298,11 +303,14 @@ class BatchEngine:
         streams: Sequence[Stream],
         chunks: Sequence[torch.Tensor | Sequence[int]],
         logits: Logits = "last",
+        defer: bool = False,
     ) -> list[torch.Tensor]:
         """Feed ``chunks[i]`` (1..stride token ids) to ``streams[i]`` in one model forward, then compact.
 
         Returns per stream its logits: the last position's ``(V,)`` (``"last"``) or every position's
         ``(size, V)`` (``"all"``), in the model's dtype. ``stream.last_logits`` is updated either way.
+        ``defer``: leave the chunk waiting in the cache; a row is compacted once it has no room for the
+        next chunk, and before any forward that does not defer (generation uses this: see ``decode``).
         """
         if len({id(s) for s in streams}) != len(streams) or len(streams) != len(chunks) or not streams:
             raise ValueError("forward takes distinct streams, one chunk each")
@@ -310,6 +318,17 @@ class BatchEngine:
         for ids in ids_list:
             if not 1 <= ids.numel() <= self.stride:
                 raise ValueError(f"a chunk holds 1..{self.stride} token ids, got {ids.numel()}")
+        budget = self.prototype.budget
+        if budget is not None:  # rows holding deferred tokens make room first
+            full = [
+                s
+                for s, ids in zip(streams, ids_list)
+                if self.kv.length(s.row) > budget
+                and (not defer or self.kv.length(s.row) + ids.numel() > self.kv.capacity)
+            ]
+            if full:
+                with self.stats.compact.measure(self.device):
+                    self._compact(full)
         row0 = self._arrange(streams)
         order = sorted(range(len(streams)), key=lambda i: streams[i].row)
         ordered = [streams[i] for i in order]
@@ -364,8 +383,9 @@ class BatchEngine:
         if sums is not None:
             for j, stream in enumerate(ordered):
                 stream.policy.observe(sums[0][:, j, :, : lengths[j] + sizes[j]], sizes[j])
-        with self.stats.compact.measure(self.device):
-            self._compact(ordered)
+        if not defer:
+            with self.stats.compact.measure(self.device):
+                self._compact(ordered)
         return results
 
     # ----------------------------------------------------------------- CUDA graphs (decode)
@@ -374,6 +394,7 @@ class BatchEngine:
         ``cuda_graphs`` on, it replays a captured graph instead of launching every kernel from Python."""
         return (
             self.cuda_graphs
+            and self.decode_compaction == "token"  # deferred compaction changes the length every step
             and width == 1
             and uniform
             and length > 0
@@ -484,7 +505,14 @@ class BatchEngine:
     def decode(self, streams: Sequence[Stream], decoders: Sequence[Decoder], feed_last: bool = False) -> None:
         """One generation step for each stream: choose a token from its last logits (its decoder's rules),
         record it, and feed it unless the stream is done (``feed_last``: also feed the final token, so
-        the stream continues after everything generated)."""
+        the stream continues after everything generated).
+
+        ``decode_compaction="chunk"`` (default): generated tokens wait in the cache's ``stride`` spare slots
+        and are compacted together once those are used up -- exactly as if they had been fed as one
+        chunk, so every token sees at least ``budget`` tokens and the cache never holds more than
+        ``budget + stride``, while compaction (a pass over the whole cache) runs once per ``stride``
+        tokens instead of once per token. ``"token"`` compacts after every token (static shapes: the
+        mode CUDA graphs can replay)."""
         logits = torch.stack([s.last_logits for s in streams if s.last_logits is not None])
         if logits.shape[0] != len(streams):
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
@@ -498,7 +526,14 @@ class BatchEngine:
                 feed.append(stream)
                 chunks.append([token])
         if feed:
-            self.forward(feed, chunks)
+            self.forward(feed, chunks, defer=self.decode_compaction == "chunk")
+
+    def flush(self, stream: Stream) -> None:
+        """Compact tokens that generation left waiting, so the stream holds at most ``budget`` again."""
+        budget = self.prototype.budget
+        if budget is not None and self.kv.length(stream.row) > budget:
+            with self.stats.compact.measure(self.device):
+                self._compact([stream])
 
     def decoder(self, settings: GenerationSettings) -> Decoder:
         return Decoder(settings, self.tokenizer, eos_ids(self.model, self.tokenizer))
@@ -674,6 +709,7 @@ class StreamingEngine(BatchEngine):
         decoder = self.decoder(settings)
         while not decoder.done:
             self.decode([self.stream], [decoder], feed_last=True)
+        self.flush(self.stream)
         return decoder.result(time.perf_counter() - t0)
 
 
