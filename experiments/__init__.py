@@ -1,0 +1,1 @@
+"""Experiments: evaluations and plots that measure longread's output quality, run from the command line."""
