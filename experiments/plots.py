@@ -55,6 +55,7 @@ def plot_eval(summary: list[dict[str, Any]], path: Path, title: str = "", metric
             if s["fraction"] is None:
                 label = "full cache" if s["system"] == "longread" else f"{s['system']}: full"
                 ax.axhline(s[metric], color="black", linestyle=":", label=label)
+        ax.set_xlim(0, 105)
         ax.set_xlabel("budget (% of the story's tokens)")
         ax.set_title(variant, fontsize=9)
         ax.grid(alpha=0.3)
@@ -158,6 +159,25 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
+def merge_eval(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """One summary over several evaluation JSONs (longread-eval, bench_kvpress), restricted to the stories
+    that every (system, policy, budget) answered, so every row is measured on the same questions."""
+    from experiments.evaluate import summarize
+
+    rows = [r for res in results for r in res["rows"] if variants is None or r["variant"] in variants]
+    runs = [r for res in results for r in res["runs"]]
+    stories: dict[tuple, set[str]] = {}
+    for r in rows:
+        stories.setdefault((r["system"], r["policy"], r["fraction"]), set()).add(r["story"])
+    common = set.intersection(*stories.values()) if stories else set()
+    if stories and not common:
+        raise SystemExit("error: the files share no story; run them on the same --data/--stories/--skip")
+    summary = summarize([r for r in rows if r["story"] in common], [r for r in runs if r["story"] in common])
+    for s in summary:
+        s["common_stories"] = len(common)
+    return summary
+
+
 def _load(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
@@ -181,11 +201,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("json", type=Path, nargs="+" if kind == "eval" else 1)
         s.add_argument("--out", type=Path, required=True, help="PNG to write")
         s.add_argument("--title", default="")
+        if kind == "eval":
+            s.add_argument("--variant", action="append", help="only these generation variants (repeatable)")
     args = p.parse_args(argv)
     if args.kind == "eval":
         from experiments.evaluate import format_table
 
-        summary = [row for path in args.json for row in _load(path)["summary"]]
+        summary = merge_eval([_load(path) for path in args.json], args.variant)
         print(format_table(summary))
         plot_eval(summary, args.out, args.title)
     elif args.kind == "ppl":

@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from actors.common import drop_repeated_sentences
 from cache_policies import make_policy
 from experiments.evaluate import (
     BUDGET_ALIGN,
@@ -177,21 +178,30 @@ def test_whole_run_on_a_tiny_model(tiny_llama, data, tmp_path):
         policies=["streaming_llm", "cascading:cascades=2"],
         budgets=[0.25, 0.5],
         stride=32,
-        variants=["a:max_new_tokens=4", "b:max_new_tokens=6,repetition_penalty=1.3"],
+        variants=[
+            "a:max_new_tokens=4",
+            "b:max_new_tokens=6,repetition_penalty=1.3",
+            "a_raw:max_new_tokens=4,clean=false",
+        ],
         chat=False,
         progress=False,
     )
     rows, runs = evaluate(cfg, tiny_llama, CharTokenizer(), stories)
     assert len(runs) == 2 * 5  # stories x (full + 2 policies x 2 budgets)
-    assert len(rows) == len(runs) * 2 * 2  # x variants x questions
+    assert len(rows) == len(runs) * 3 * 2  # x variants x questions
     for run in runs:
         if run["fraction"] is None:
             assert run["kept_fraction"] == 1.0
         else:  # the cache ends within budget: the story plus the question is more than the budget
             assert run["kept_fraction"] * run["context_tokens"] <= run["budget"] + cfg.stride
     assert {r["new_tokens"] for r in rows if r["variant"] == "a"} == {4}
+    # a and a_raw differ only in post-processing: one generation serves both.
+    raw = [r["answer"] for r in rows if r["variant"] == "a_raw"]
+    assert [r["answer"] for r in rows if r["variant"] == "a"] == [
+        drop_repeated_sentences(t.strip()) for t in raw
+    ]
     summary = summarize(rows, runs)
-    assert len(summary) == 5 * 2
+    assert len(summary) == 5 * 3
     for s in summary:
         assert s["n"] == 4 and s["stories"] == 2
         assert 0 <= s["rougeL"] <= 1 and 0 <= s["degenerate"] <= 1
@@ -203,11 +213,20 @@ def test_whole_run_on_a_tiny_model(tiny_llama, data, tmp_path):
         json.loads(json.dumps(out, default=str))["config"]["variant_settings"][1]["repetition_penalty"] == 1.3
     )
 
-    from experiments.plots import plot_eval
+    from experiments.plots import merge_eval, plot_eval
 
     png = tmp_path / "eval.png"
     plot_eval(summary, png, title="tiny")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # Merging with a second file that answered only story p1 restricts every row to p1.
+    other_rows = [{**r, "system": "peer"} for r in rows if r["story"] == "p1" and r["policy"] == "full"]
+    other_runs = [{**r, "system": "peer"} for r in runs if r["story"] == "p1" and r["policy"] == "full"]
+    merged = merge_eval([out, {"rows": other_rows, "runs": other_runs}], variants=["a"])
+    assert {(m["system"], m["n"], m["stories"]) for m in merged} == {("longread", 2, 1), ("peer", 2, 1)}
+    peer = next(m for m in merged if m["system"] == "peer")
+    mine = next(m for m in merged if m["system"] == "longread" and m["policy"] == "full")
+    assert peer["rougeL"] == mine["rougeL"]
 
 
 def test_ppl_curve_windows_recombine_to_the_overall_perplexity(tiny_llama, tmp_path):
