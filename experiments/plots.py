@@ -56,9 +56,9 @@ def plot_eval(summary: list[dict[str, Any]], path: Path, title: str = "", metric
                 label = "full cache" if s["system"] == "longread" else f"{s['system']}: full"
                 ax.axhline(s[metric], color="black", linestyle=":", label=label)
         ax.set_xlim(0, 105)
-        ax.set_xlabel("budget (% of the story's tokens)")
         ax.set_title(variant, fontsize=9)
         ax.grid(alpha=0.3)
+    fig.supxlabel("budget (% of the story's tokens)", fontsize=9)
     axes[0][0].set_ylabel(f"{metric} F1")
     axes[0][-1].legend(fontsize=7, loc="best")
     if title:
