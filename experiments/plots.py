@@ -5,7 +5,7 @@
     python -m experiments.plots passkey passkey.json --out docs/passkey_heatmap.png
 
 Contract: each ``plot_*`` takes what the experiment wrote (``longread-eval``'s summary, ``stream_ppl``'s
-rows recorded with ``--curve``, ``passkey``'s rows) and writes one PNG of at most ~1000 px wide at 100 dpi.
+rows recorded with ``--curve``, ``passkey``'s rows) and writes one PNG, about 1,100 px wide at most (100 dpi).
 ``eval`` given several JSON files merges their summaries (e.g. longread's and kvpress's) and prints the
 merged table.
 """
@@ -97,9 +97,11 @@ def plot_passkey(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
     specs = list(dict.fromkeys(r["spec"] for r in rows))
     lengths = sorted({r["multiple"] for r in rows})
     depths = sorted({r["depth_bin"] for r in rows})
-    cols = min(3, len(specs))
+    cols = min(4, len(specs))
     nrows = math.ceil(len(specs) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(3.2 * cols, 2.6 * nrows + 0.4), squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(2.5 * cols + 1, 2.5 * nrows + 0.5), squeeze=False, layout="constrained"
+    )
     image = None
     for ax, spec in zip(axes.flat, specs, strict=False):
         grid = []
