@@ -47,8 +47,13 @@ log = logging.getLogger("experiments.evaluate")
 DEFAULT_DATA = Path("../shared/data/squality/dev.jsonl")
 DEFAULT_POLICIES = ["streaming_llm", "lacache:span=15,overlap=0", "cascading:cascades=4"]
 DEFAULT_BUDGETS = [0.25, 0.5]
-#: The pipeline's QA prompt is "qa"; --prompt NAME=TEMPLATE adds more.
-PROMPTS: dict[str, str] = {"qa": QASettings().prompt}
+#: "qa" is the pipeline's QA prompt; "paragraph" the one tuned on SQuALITY dev (BENCHMARKS.md, issue 11).
+#: --prompt NAME=TEMPLATE adds more.
+PROMPTS: dict[str, str] = {
+    "qa": QASettings().prompt,
+    "paragraph": "Answer the question about the text above in a short paragraph of three to five sentences.\n"
+    "Question: {question}",
+}
 #: Budgets are rounded down so that budget - sink is a multiple of this: every policy then accepts the same
 #: budget (cascading needs budget - sink divisible by its number of cascades: 1, 2, 4, 8 or 16).
 BUDGET_ALIGN = 16
