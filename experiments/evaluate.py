@@ -402,9 +402,18 @@ def frame(tokenizer: Any, chat: bool, system_prompt: str | None) -> tuple[str, s
 
 
 def evaluate(
-    cfg: EvalConfig, model: Any, tokenizer: Any, stories: list[Story], on_story: Any = None
+    cfg: EvalConfig,
+    model: Any,
+    tokenizer: Any,
+    stories: list[Story],
+    on_story: Any = None,
+    errors: list[dict[str, Any]] | None = None,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Run every story through every policy run; returns (answer rows, run rows)."""
+    """Run every story through every policy run; returns (answer rows, run rows).
+
+    A run that cannot be set up for a story (e.g. a budget too small for the policy on a short story) is
+    logged and appended to ``errors``; the other runs go on.
+    """
     from tqdm import tqdm
 
     from jobs.stream_ppl import RssSampler
@@ -434,9 +443,17 @@ def evaluate(
         for run in plan:
             budget = None if run.fraction is None else budget_tokens(run.fraction, len(doc), cfg.sink)
             kwargs = run.params if budget is None else {"budget": budget, "sink": cfg.sink, **run.params}
-            policy = make_policy(run.name, **kwargs)
+            try:
+                policy = make_policy(run.name, **kwargs)
+                engine = StreamingEngine(model, policy, stride=cfg.stride, tokenizer=tokenizer)
+            except ValueError as exc:  # PolicyConfigError included
+                message = f"story {story.id} ({len(doc)} tokens), {run.label} at {run.fraction}: {exc}"
+                log.warning("skipped: %s", message)
+                if errors is not None:
+                    errors.append({"where": story.id, "policy": run.label, "error": message})
+                bar.update(1)
+                continue
             bar.set_description(f"{story.id} {policy.describe()}"[:60])
-            engine = StreamingEngine(model, policy, stride=cfg.stride, tokenizer=tokenizer)
             t0 = time.perf_counter()
             with RssSampler() as rss:
                 state, answers = run_program(engine, story_program(context, questions, variants))
@@ -601,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg.out.write_text(json.dumps(payload(cfg, rows, runs, errors), indent=1, default=str))
 
     log.info("%d stories, %d questions", len(stories), sum(len(s.questions) for s in stories))
-    rows, runs = evaluate(cfg, model, tokenizer, stories, on_story=save)
+    rows, runs = evaluate(cfg, model, tokenizer, stories, on_story=save, errors=errors)
     save(rows, runs)
     summary = summarize(rows, runs)
     print(format_table(summary))

@@ -259,3 +259,20 @@ def test_passkey_heatmap(tmp_path):
     png = tmp_path / "passkey.png"
     plot_passkey(rows, png)
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama, data):
+    stories, _ = load_stories(data, max_stories=1)
+    cfg = EvalConfig(
+        policies=["cascading:cascades=32", "streaming_llm"],
+        budgets=[0.05],  # 5% of a ~280-token story: 16 slots, not divisible into 32 cascades
+        full=False,
+        stride=32,
+        variants=["a:max_new_tokens=2"],
+        chat=False,
+        progress=False,
+    )
+    errors: list = []
+    rows, runs = evaluate(cfg, tiny_llama, CharTokenizer(), stories, errors=errors)
+    assert [r["policy"] for r in runs] == ["streaming_llm"] and len(rows) == 2
+    assert len(errors) == 1 and "cascades=32" in errors[0]["error"] and "divisible" in errors[0]["error"]
