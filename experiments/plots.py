@@ -37,7 +37,7 @@ def plot_eval(summary: list[dict[str, Any]], path: Path, title: str = "", metric
     plt = _pyplot()
     variants = list(dict.fromkeys(s["variant"] for s in summary))
     fig, axes = plt.subplots(
-        1, len(variants), figsize=(min(10, 1 + 4.2 * len(variants)), 3.6), squeeze=False, sharey=True
+        1, len(variants), figsize=(min(10, 2.5 + 4.5 * len(variants)), 3.8), squeeze=False, sharey=True
     )
     for ax, variant in zip(axes[0], variants, strict=True):
         rows = [s for s in summary if s["variant"] == variant]
