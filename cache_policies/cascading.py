@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from cache_policies.base import CachePolicy, PolicyConfigError
+from cache_policies.base import CachePolicy, PolicyConfigError, to_device
 
 
 class Cascading(CachePolicy):
@@ -187,7 +187,7 @@ class Cascading(CachePolicy):
             count = m + int(starts.sum())
             cand = torch.cat([entries, arrivals], dim=1)  # (LH, m+K)
             cand_score = scores.gather(1, cand)
-            groups = entry_of.to(cand.device).expand(rows, -1)
+            groups = to_device(entry_of, cand.device).expand(rows, -1)  # no host wait
             best = cand_score.new_full((rows, count), float("-inf"))
             best = best.scatter_reduce(1, groups, cand_score, "amax")
             order = torch.arange(cand.shape[1], device=cand.device).expand(rows, -1)

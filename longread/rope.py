@@ -11,6 +11,8 @@ a cache dtype (measured in BENCHMARKS.md, "Pos-shift in bf16").
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import cache
 from typing import Literal
 
 import torch
@@ -34,12 +36,28 @@ def unexpanded(t: torch.Tensor) -> torch.Tensor:
     return t[tuple(slice(0, 1) if st == 0 and n > 1 else slice(None) for st, n in zip(t.stride(), t.shape))]
 
 
+@cache
+def _triton_rotate() -> Callable[..., torch.Tensor] | None:
+    try:
+        from longread.rope_triton import rotate_to_slots_triton
+    except ImportError:  # no Triton (CPU builds of torch): the torch path serves
+        return None
+    return rotate_to_slots_triton
+
+
 class Rope:
     """Rotates ``(B, H, T, D)`` key tensors by per-slot position deltas."""
 
     def __init__(self, inv_freq: torch.Tensor) -> None:
         self.inv_freq = inv_freq.detach().float().flatten()  # (D_rot / 2,)
         self.rot_dim = 2 * self.inv_freq.numel()
+        # One copy per device, made once: a host-to-device copy per call would make the host wait.
+        self._inv_on: dict[torch.device, torch.Tensor] = {}
+
+    def inv_freq_on(self, device: torch.device) -> torch.Tensor:
+        if device not in self._inv_on:
+            self._inv_on[device] = self.inv_freq.to(device)
+        return self._inv_on[device]
 
     @classmethod
     def from_model(cls, model: nn.Module) -> Rope:
@@ -57,7 +75,7 @@ class Rope:
         all heads, (H, T) per head, (L, B, H, T) per layer and row. Dimensions along which ``delta`` is
         an expanded view (stride 0) are computed once, not once per element."""
         base = unexpanded(delta)
-        inv = self.inv_freq.to(x.device)
+        inv = self.inv_freq_on(x.device)
         angle = base.to(device=x.device, dtype=torch.float32)[..., None] * inv  # (..., T, D_rot/2)
         cos, sin = angle.cos(), angle.sin()
         half = self.rot_dim // 2
@@ -67,3 +85,19 @@ class Rope:
         if self.rot_dim < x.shape[-1]:
             parts.append(x[..., self.rot_dim :])
         return torch.cat(parts, dim=-1)
+
+    def rotate_to_slots(
+        self, x: torch.Tensor, ins: torch.Tensor, *, use_triton: bool | None = None
+    ) -> torch.Tensor:
+        """Keys ``x`` (n, H, T, D), each stored rotated at slot ``ins`` (n, H, T), rotated to their slot
+        index ``t`` instead (``rope_mode="read"``). On CUDA one fused Triton kernel when available
+        (``longread.rope_triton``; ``use_triton=None``: when available), else ``rotate`` by ``t - ins``."""
+        kernel = _triton_rotate() if (use_triton is not False and x.is_cuda) else None
+        fits = self.rot_dim == x.shape[-1] and not (self.rot_dim // 2) & (self.rot_dim // 2 - 1)
+        if use_triton and (kernel is None or not fits):
+            raise RuntimeError(
+                "the Triton rotation needs CUDA, the triton package and full-width rotary dims"
+            )
+        if kernel is not None and fits:
+            return kernel(x, ins, self.inv_freq_on(x.device))
+        return self.rotate(x, torch.arange(x.shape[-2], device=x.device) - ins)
