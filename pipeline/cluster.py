@@ -5,7 +5,8 @@ Contract:
 * ``init_ray`` joins ``resources.ray_address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts
   Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
 * ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
-  GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units.
+  GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units;
+  ``actor_runtime_env`` what their processes start with (``pipeline.memory``'s allocator settings).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from pipeline.config import BaseJobConfig, ResourceSettings
 from pipeline.fs import is_remote
+from pipeline.memory import ALLOCATOR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +80,13 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
     if streams is not None:
         n = max(1, min(n, streams))
     return n, ask
+
+
+def actor_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the stream actors: the allocator settings of ``pipeline.memory`` (Ray merges it
+    with the job's own runtime_env, e.g. the working_dir of ``ray job submit``; the job's own values for
+    these variables win, so a cluster can tune them)."""
+    return {"env_vars": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}}
 
 
 #: Seconds a local run waits for all its actors to load the model before it hands out streams.
