@@ -42,6 +42,7 @@ from actors.checkpoint import Checkpoint
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
 from longread.scheduler import Batcher, Program
+from pipeline.cluster import STOP_POLL_S, StopFlag
 from pipeline.config import BaseJobConfig
 from pipeline.metrics import StreamMetrics
 from pipeline.sharding import StreamTask
@@ -117,6 +118,7 @@ class StreamWorker:
         self.writer = PartWriter(cfg.output.path, self.storage)
         #: the message of the output failure that stopped this worker (then it starts no more streams)
         self.fatal: str | None = None
+        self.stop = StopFlag(job_id)  # raised by the driver when any actor met an output failure
         try:
             self.writer.prepare()
         except OutputError as exc:  # reported by the first call's statuses: one message, no traceback
@@ -163,15 +165,22 @@ class StreamWorker:
 
         def finish_some(block_until_below: int) -> Iterator[dict[str, Any]]:
             while len(running) >= block_until_below and running:
-                ended, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                ended, _ = wait(list(running), timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
                 for future in ended:
                     yield self._finish(running.pop(future))
+                if self.fatal is None and not ended:
+                    self.fatal = self.stop.get()  # the job stops: another actor could not write
+                if self.fatal is not None:  # end this call now; what still runs is abandoned
+                    while running:
+                        yield self._finish(running.popitem()[1], abandon=True)
 
         try:
             for stream in self.task.streams(unit, lines):
                 started = self._start(stream)
                 if started.result is None:
                     yield self._finish(started)  # skipped, or the output failed: nothing to run
+                    if self.fatal is not None:
+                        break  # the rest of the file would fail the same way: do not read it
                     continue
                 running[started.result] = started
                 yield from finish_some(self.streams)
@@ -192,6 +201,8 @@ class StreamWorker:
 
     def _start(self, stream: Stream, check_done: bool = True) -> _Started:
         info = stream.info
+        if self.fatal is None:
+            self.fatal = self.stop.get()
         if self.fatal is not None:
             return _Started(info, None, None, 0.0)
         if check_done and stream_key(info.stream_id) in self.done():
@@ -234,10 +245,10 @@ class StreamWorker:
         ctx.pending_write = self._io.submit(self.writer.write_checkpoint, ctx.info.stream_id, data)
 
     # ------------------------------------------------------------------ results
-    def _finish(self, started: _Started) -> dict[str, Any]:
+    def _finish(self, started: _Started, abandon: bool = False) -> dict[str, Any]:
         info, ctx = started.info, started.ctx
         status: dict[str, Any] = {"stream_id": info.stream_id, "source_uri": info.source_uri}
-        if ctx is None or started.result is None:
+        if ctx is None or started.result is None or abandon:
             if self.fatal is not None:
                 return {**status, "status": "fatal", "rows": 0, "tokens": 0, "error": self.fatal}
             return {**status, "status": "skipped", "rows": 0, "tokens": 0, "seconds": 0.0}

@@ -49,18 +49,13 @@ VARIANTS = ("none", "trim", "default", "ray_none", "ray_default")
 
 
 # ------------------------------------------------------------------------------------- measurements
-_MALLINFO_FIELDS = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
-                    "fordblks", "keepcost")  # fmt: skip
-
-
 def _libc() -> Any:
     """glibc, loaded when called: nothing ctypes lives at module level, so Ray can pickle the probe class."""
-
-    class Mallinfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO_FIELDS]
-
+    names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+             "keepcost")  # fmt: skip
+    mallinfo2 = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_size_t) for n in names]})
     libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = Mallinfo2
+    libc.mallinfo2.restype = mallinfo2
     return libc
 
 

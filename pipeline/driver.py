@@ -25,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -32,6 +33,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from pipeline.cluster import (
+    StopFlag,
     actor_resources,
     actor_runtime_env,
     init_ray,
@@ -54,6 +56,8 @@ from pipeline.writer import OutputError, PartWriter, stream_key
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 30.0
+#: Seconds the actors get to end their calls once the job stops for an output failure.
+STOP_DRAIN_S = 60.0
 
 
 class JobTask(Protocol):
@@ -212,11 +216,24 @@ def _execute(
     t0 = last_log = time.perf_counter()
     bar = tqdm(total=total, unit="stream", desc=report.job_name, disable=not cfg.progress, dynamic_ncols=True)
     rows = iter(results.iter_rows())
+    stop = StopFlag(job_id)
+    failure: str | None = None
+    drain_until = math.inf
     try:
         for status in rows:
-            if status["status"] == "fatal":  # the output cannot be written: stop here, one message
-                raise OutputError(str(status["error"]))
-            report.add(status)
+            if status["status"] == "fatal":
+                # The output cannot be written: every actor stops (StopFlag) and ends its calls, and the
+                # dataset runs out of work; then the job fails with this one message.
+                if failure is None:
+                    failure = str(status["error"])
+                    stop.set(failure)
+                    drain_until = time.monotonic() + STOP_DRAIN_S
+            elif status["status"] != "skipped" or failure is None:
+                report.add(status)
+            if time.monotonic() > drain_until:
+                break  # an actor that does not stop in time is torn down with the dataset
+            if failure is not None:
+                continue
             if status["status"] == "error":
                 # INFO: the final report lists every error; warnings would break the progress bar.
                 log.info(
@@ -241,3 +258,7 @@ def _execute(
         close = getattr(rows, "close", None)
         if close is not None:  # stops the execution (and its actors) when the job stops early
             close()
+        if failure is not None:
+            stop.clear()
+    if failure is not None:
+        raise OutputError(failure)

@@ -33,6 +33,7 @@ from pipeline.sources import (
     InputError,
     ReadOptions,
     SourceFile,
+    explain_forbidden,
     input_error,
 )
 
@@ -50,7 +51,7 @@ def _open(src: SourceFile, storage: Storage | None) -> BinaryIO:
     try:
         return fs.open(path, "rb")
     except ACCESS_ERRORS as exc:  # missing, access denied, no S3 credentials, ...: this input's error row
-        raise input_error(exc, src.display) from None
+        raise input_error(explain_forbidden(fs, path, exc), src.display) from None
 
 
 def _looks_binary(head: bytes) -> bool:

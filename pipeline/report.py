@@ -158,7 +158,7 @@ class JobRecorder:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.writer.write_job_record(self.job_id, self.record(state, error))
+        self.writer.write_job_record(self.job_id, self.record(state, error), last=True)
 
 
 def _heartbeat(record: dict[str, Any]) -> float:

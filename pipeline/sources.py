@@ -105,6 +105,18 @@ def s3_error_code(exc: BaseException) -> str | None:
     return None
 
 
+def explain_forbidden(fs: Any, path: str, exc: BaseException) -> BaseException:
+    """S3 answers a HEAD request (how s3fs opens a key) with a bare 403 and no error code: ask once more
+    with a one-byte GET, whose answer says whether the credentials or the permissions are at fault."""
+    if not isinstance(exc, PermissionError) or s3_error_code(exc) not in (None, "403"):
+        return exc
+    try:
+        fs.cat_file(path, start=0, end=1)
+    except ACCESS_ERRORS as better:
+        return better if s3_error_code(better) not in (None, "403") else exc
+    return exc
+
+
 def input_error(exc: BaseException, where: str) -> InputError:
     """What ``exc``, met while listing, opening or reading the input ``where``, means for that input."""
     if isinstance(exc, InputError):
@@ -267,7 +279,7 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
         except FileNotFoundError:
             info = None  # reported when the file is read, as that input's error row
         except ACCESS_ERRORS as exc:  # no credentials, access denied ...: this input's error row
-            error = input_error(exc, display_uri(uri))
+            error = input_error(explain_forbidden(fs, path, exc), display_uri(uri))
             add(uri, error=(error.kind, error.message))
             continue
         if info is not None and info.get("type") == "directory":

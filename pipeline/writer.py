@@ -95,9 +95,10 @@ def output_error(output: str, path: str | None, exc: BaseException, doing: str =
     else:
         cause, fix = " ".join(str(exc).split())[:300] or type(exc).__name__, "check the output location"
     name = f" ({posixpath.basename(path)})" if path else ""
+    fix = fix[:1].upper() + fix[1:]
     return OutputError(
-        f"cannot {doing} the output {where}{name}: {cause}. {fix.capitalize()}; streams already written "
-        "are kept, and a re-run resumes from them."
+        f"cannot {doing} the output {where}{name}: {cause}. {fix}; streams already written are kept, and a "
+        "re-run resumes from them."
     )
 
 
@@ -132,7 +133,10 @@ class PartWriter:
             return
         bucket = self.root.split("/", 1)[0]
         try:
-            exists = self.fs.exists(bucket)
+            self.fs.ls(bucket, detail=False)  # (fs.exists would say False for missing credentials too)
+            exists = True
+        except FileNotFoundError:
+            exists = False
         except PermissionError as exc:
             if s3_error_code(exc) in CREDENTIAL_CODES:
                 raise output_error(self.output, None, exc, "reach") from None
@@ -237,9 +241,21 @@ class PartWriter:
             self._remove(self.path_for(stream_id, error=True))
         return self.uri_for(path)
 
-    def write_job_record(self, job_id: str, record: dict[str, Any]) -> None:
+    def write_job_record(self, job_id: str, record: dict[str, Any], last: bool = False) -> None:
+        """Replace the run's record atomically. ``last``: a run's final record -- on a full disk, where no
+        temporary copy fits, it overwrites the old record in place (freeing its space first)."""
         path = f"{self.root}/{JOBS_DIR}/{job_id}.json"
-        self._put(path, json.dumps(record, indent=2, default=str).encode(), fsync=False)
+        data = json.dumps(record, indent=2, default=str).encode()
+        try:
+            self._put(path, data, fsync=False)
+        except OutputError:
+            if not (last and self.local and os.path.exists(path)):
+                raise
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:
+                raise output_error(self.output, path, exc) from None
 
     def job_records(self) -> list[dict[str, Any]]:
         folder = f"{self.root}/{JOBS_DIR}"
