@@ -74,7 +74,7 @@ class Cascading(CachePolicy):
         self.length = 0  # slots kept after the last select: sinks + sum(counts)
         self.counts = [0] * self.cascades  # entries per sub-cache, identical for every layer and head
         self.scores = torch.zeros(0)  # (L, H, budget + largest chunk): EMA per cache slot, in slot order
-        self._observed = False
+        self.pending = 0  # tokens observed (scored) since the last select, not inserted yet
 
     # ----------------------------------------------------------------- scores
     def query_weights(self, n_queries: int, device: torch.device) -> torch.Tensor:
@@ -87,13 +87,18 @@ class Cascading(CachePolicy):
 
     def observe(self, scores: torch.Tensor, n_new: int) -> None:
         """``scores``: (L, H_q, n) weighted column sums of every layer over the cache plus the ``n_new``
-        chunk tokens (``longread.attention`` computes them during the forward)."""
+        chunk tokens (``longread.attention`` computes them during the forward).
+
+        Tokens wait, scored like every other slot, until ``select`` inserts them: after each chunk when
+        the engine compacts after each forward, after several one-token steps when it defers compaction
+        during generation (then they are inserted like one chunk of those tokens)."""
         layers, _, n = scores.shape
-        if layers != self.num_layers or n - n_new != self.length:
+        old = n - n_new
+        if layers != self.num_layers or old != self.length + self.pending:
             raise RuntimeError(
-                f"cascading: scores for {layers} layers over {n - n_new} cached tokens, but the policy has "
-                f"{self.num_layers} layers and kept {self.length}; scores and cache are out of step (was the "
-                "cache modified outside the engine?)."
+                f"cascading: scores for {layers} layers over {old} cached tokens, but the policy has "
+                f"{self.num_layers} layers and {self.length} kept + {self.pending} waiting; scores and cache "
+                "are out of step (was the cache modified outside the engine?)."
             )
         grouped = scores.view(layers, self.num_kv_heads, -1, n).float()  # (L, H, G, n)
         reduced = grouped.amax(2) if self.reduce == "max" else grouped.mean(2)  # (L, H, n)
@@ -102,10 +107,10 @@ class Cascading(CachePolicy):
             grown[..., : self.length] = self.scores[..., : self.length].to(scores.device)
             self.scores = grown
         ema = self.scores[..., :n]  # (L, H, n)
-        ema[..., : self.length].mul_(self.beta**n_new)
-        ema[..., self.length :] = 0.0  # new tokens start with the attention they got within their chunk
+        ema[..., :old].mul_(self.beta**n_new)
+        ema[..., old:] = 0.0  # new tokens start with the attention they got within their chunk
         ema.add_(reduced)
-        self._observed = True
+        self.pending += n_new
 
     # ----------------------------------------------------------------- cascade
     def _is_open(self, steps: torch.Tensor, level: int) -> torch.Tensor:
@@ -117,12 +122,13 @@ class Cascading(CachePolicy):
         n_new = n - self.length
         if n_new == 0:
             return None
-        if not self._observed:
+        if n_new != self.pending:
             raise RuntimeError(
-                "cascading: no attention scores reached the policy for this chunk; run it through "
-                "longread.engine, which routes them from the attention (longread.attention)."
+                f"cascading: no attention scores reached the policy for {n_new - self.pending} of the "
+                f"{n_new} new tokens; run it through longread.engine, which routes them from the attention "
+                "(longread.attention)."
             )
-        self._observed = False
+        self.pending = 0
         device = self.scores.device
         layers, heads = self.num_layers, self.num_kv_heads
         new_sinks = min(max(self.sink - self.seen, 0), n_new)

@@ -6,12 +6,20 @@ Facts implemented (see ../shared/reference/lacache.md):
   keeps ``A = min(ceil(S / (S - O)), B)`` consecutive of them, so a compacted block frees ``R = B - A``.
   Layer ``i`` keeps block offsets ``[i mod (R+1), i mod (R+1) + A)`` -- an interleaved ladder that wraps
   every ``R + 1`` layers. All layers keep the same count, so the cache stays rectangular.
-* A cursor starts after the sinks. When the cache holds ``n > budget`` tokens, ``ceil((n - budget) / R)``
-  blocks at the cursor are compacted and the cursor moves past them. The newest L tokens are never
-  compacted; when no whole block fits before them the cursor starts over at the sinks and thins the
-  already-compacted region again, so density decays geometrically with age.
-* The budget is a hard cap (the official code's is an average), and a large one-shot compaction is done by
-  repeating the normal pass, never by the official code's wrap arithmetic.
+* The schedule is defined token by token and depends only on how many tokens have streamed, never on how
+  they were chunked. A cursor starts after the sinks. After each token, while the cache holds more than
+  ``budget`` tokens, one block is compacted: if the block at the cursor would reach into the newest L
+  tokens, the cursor first starts over at the sinks (a new sweep, thinning the already-compacted region
+  again, so density decays geometrically with age); then the layer's A offsets of the B tokens at the
+  cursor are kept and the cursor advances by A. The budget is therefore a hard cap (the official code's
+  is an average) and the newest L tokens are never compacted.
+* A chunk of s tokens leaves exactly what s one-token steps would. ``select`` computes that without a
+  per-token loop: a step's compaction always happens when the cache has just grown to ``budget + 1``, so
+  the newest-L guard is the same fixed slot ``budget + 1 - L`` for every compaction, and a chunk needs
+  ``ceil((n - budget) / R)`` of them. Consecutive compactions within one sweep take consecutive B-token
+  blocks of the cache as it was when the run began (tokens arriving later are appended after them), so
+  each run of compactions up to the next restart is one vectorized pass; a chunk costs one pass per sweep
+  it touches (one, mostly; more for chunks longer than a sweep).
 """
 
 from __future__ import annotations
@@ -78,20 +86,22 @@ class LaCache(CachePolicy):
         if n <= self.budget:
             return None
         self.compactions += 1
+        # Block compactions the chunk's steps owe: each fires when the cache reaches budget + 1, frees R.
+        due = math.ceil((n - self.budget) / self.frees)
+        # A block must end before the newest L tokens *of the step compacting it* (length budget + 1).
+        tail = self.budget + 1 - self.num_layers
         keep: torch.Tensor | None = None  # (L, T): composed across passes, indexes the cache as it was
-        while n > self.budget:
-            tail = n - self.num_layers  # first protected slot
-            fit = (tail - self.cursor) // self.block
-            if fit < 1:  # cursor reached the protected tail: start a new sweep over older regions
+        while due > 0:
+            if self.cursor + self.block > tail:  # the next block would reach the protected tail: new sweep
                 self.cursor = self.sink
                 self.sweeps += 1
-                fit = (tail - self.cursor) // self.block
-                assert fit >= 1, "bind() guarantees one block fits after the sinks"
-            blocks = min(fit, math.ceil((n - self.budget) / self.frees))
+            # Compactions left in this sweep: the j-th (0-based) starts at cursor + j*A in step coordinates.
+            blocks = min(due, (tail - self.block - self.cursor) // self.keep + 1)
             idx = self._pass(n, self.cursor, blocks)
             keep = idx if keep is None else torch.gather(keep, 1, idx)
             n -= blocks * self.frees
             self.cursor += blocks * self.keep
+            due -= blocks
         return keep
 
     def _pass(self, n: int, cursor: int, blocks: int) -> torch.Tensor:

@@ -1,1 +1,2 @@
-"""Research experiments on the streaming engine and its cache policies: ``python -m experiments.NAME``."""
+"""Research experiments on the streaming engine and its cache policies (``python -m experiments.NAME``):
+perplexity, passkey retrieval, the output-quality evaluation (``longread-eval``) and the plots."""

@@ -48,9 +48,12 @@ class StreamPPLConfig(BaseModel):
     budgets: list[int] = Field(default_factory=lambda: [256, 512])
     strides: list[int] = Field(default_factory=lambda: [256])
     sink: int = Field(4, ge=0)
-    rope_mode: str = "delta"
+    rope_mode: str | None = Field(None, description="'delta' or 'read'; default: the faithful one for dtype")
     threads: int | None = Field(None, ge=1, description="torch CPU threads (default: torch's choice)")
     checkpoints: list[int] = Field(default_factory=lambda: [1024, 2048, 4096, 8192, 16384])
+    curve: int | None = Field(
+        None, ge=1, description="also record perplexity per window of this many positions (row 'curve')"
+    )
     out: Path | None = None
 
     @field_validator("policies")
@@ -111,6 +114,7 @@ def run_one(
     nll_sum, count = 0.0, 0
     ppl_at: dict[str, float] = {}
     checkpoints = sorted(c for c in cfg.checkpoints if c < total)
+    nlls: list[torch.Tensor] | None = [] if cfg.curve else None
     bar = tqdm(total=total, desc=f"{policy.describe()} stride={stride}", unit="tok", leave=False)
     with RssSampler() as rss:
         for nll in engine.nll(ids):
@@ -120,18 +124,26 @@ def run_one(
                     ppl_at[str(c)] = math.exp((nll_sum + nll[: c - count].sum().item()) / c)
             nll_sum += nll.sum().item()
             count += nll.numel()
+            if nlls is not None:
+                nlls.append(nll)
             bar.update(engine.tokens_seen - bar.n)
             for mark, frac in marks.items():
                 if engine.tokens_seen >= mark and f"{int(frac * 100)}%" not in kv_at:
                     kv_at[f"{int(frac * 100)}%"] = engine.cache.nbytes() / 2**20
     bar.close()
     stats = engine.stats
+    curve = None
+    if nlls is not None and cfg.curve:
+        # Perplexity against position: window w covers the predictions of tokens w*curve+1 .. (w+1)*curve.
+        windows = torch.cat(nlls).split(cfg.curve)
+        curve = {"window": cfg.curve, "ppl": [math.exp(w.mean().item()) for w in windows if w.numel()]}
     return {
         "policy": policy.name,
         "spec": policy.describe(),
         "params": policy.params(),
         "budget": policy.budget,
         "stride": stride,
+        "rope_mode": engine.rope_mode,
         "tokens": total,
         "ppl": math.exp(nll_sum / count),
         "ppl_at": ppl_at,
@@ -143,6 +155,7 @@ def run_one(
         "rss_growth_mib": (rss.peak - rss.base) / 2**20,
         "policy_stats": policy.stats(),
         "layer_stats": engine.cache.layer_stats(policy.sink),
+        **({"curve": curve} if curve is not None else {}),
     }
 
 
@@ -176,6 +189,7 @@ def load_config(argv: list[str] | None = None) -> StreamPPLConfig:
     parser.add_argument("--sink", type=int)
     parser.add_argument("--rope-mode", dest="rope_mode", choices=["delta", "read"])
     parser.add_argument("--threads", type=int)
+    parser.add_argument("--curve", type=int, help="record perplexity per window of N positions in the JSON")
     parser.add_argument("--out", type=Path, help="write the rows as JSON here")
     args = parser.parse_args(argv)
     data: dict[str, Any] = {}

@@ -13,6 +13,7 @@ file lock, so concurrent Ray actors convert the model only once.
 from __future__ import annotations
 
 import importlib.util
+import json
 import logging
 import os
 import shutil
@@ -21,6 +22,7 @@ import sys
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from filelock import FileLock
 
@@ -73,8 +75,49 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    add_legacy_rope_keys(tmp / "config.json")
     tmp.rename(out)  # atomic: a half-written directory is never mistaken for a model
     return out
+
+
+def _legacy_rope_keys(config: dict[str, Any]) -> dict[str, Any]:
+    """The pre-``rope_parameters`` keys (``rope_theta``, ``rope_scaling``) that ``config`` lacks.
+
+    transformers 5 writes only ``rope_parameters``; older versions read ``rope_theta`` and silently fall
+    back to 10000 without it, so a converted folder must carry both to load the same everywhere.
+    """
+    params = config.get("rope_parameters")
+    if not isinstance(params, dict) or "rope_theta" not in params:
+        return {}
+    missing: dict[str, Any] = {}
+    if config.get("rope_theta") != params["rope_theta"]:
+        missing["rope_theta"] = params["rope_theta"]
+    if params.get("rope_type", "default") != "default" and not config.get("rope_scaling"):
+        missing["rope_scaling"] = {k: v for k, v in params.items() if k != "rope_theta"}
+    return missing
+
+
+def add_legacy_rope_keys(config_path: Path) -> bool:
+    """Write the legacy RoPE keys into ``config_path`` if missing (atomically); returns whether it changed."""
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    missing = _legacy_rope_keys(config)
+    if not missing:
+        return False
+    config.update(missing)
+    # Readers (other processes loading the model) see the old file or the new one, never a partial one.
+    fd, tmp = tempfile.mkstemp(dir=config_path.parent, prefix=f".{config_path.name}-")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(json.dumps(config, indent=2, sort_keys=True) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, config_path.stat().st_mode & 0o777)
+        os.replace(tmp, config_path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    log.info("added %s to %s", sorted(missing), config_path)
+    return True
 
 
 def default_model_path() -> Path:
@@ -83,14 +126,17 @@ def default_model_path() -> Path:
 
 
 def default_model_dir() -> Path:
-    """The converted default model's folder, converting it first if needed."""
+    """The converted default model; converts it once, and brings a folder converted earlier up to date."""
     out = default_model_path()
-    if (out / "config.json").exists():
+    config = out / "config.json"
+    if config.exists() and not _legacy_rope_keys(json.loads(config.read_text(encoding="utf-8"))):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(out) + ".lock"):
-        if not (out / "config.json").exists():
+        if not config.exists():
             convert_gguf(gguf_path(), out)
+        else:  # converted before the legacy keys were written
+            add_legacy_rope_keys(config)
     return out
 
 

@@ -38,7 +38,7 @@ from typing import Any, Literal
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from longread.rope import Rope
+from longread.rope import Rope, unexpanded
 
 RopeMode = Literal["delta", "read"]
 
@@ -314,7 +314,8 @@ class BatchCache(Cache):
                 src = take(getattr(b, name)[layers])[..., :source, :]  # (Lg, n, H, source, D)
                 new = src.gather(3, idx[..., None].expand(*idx.shape, dim))
                 if name == "keys" and b.rope_mode == "delta":
-                    new = b.rope.rotate(new, torch.arange(width, device=b.device) - idx)
+                    # delta in the index's own (unexpanded) shape: one angle per distinct value
+                    new = b.rope.rotate(new, torch.arange(width, device=b.device) - unexpanded(idx))
                 put(getattr(b, name)[layers], new)
         for name in ("pos", "ins") if b.rope_mode == "read" else ("pos",):
             t = getattr(b, name)

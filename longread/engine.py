@@ -50,7 +50,7 @@ from longread.attention import (
 )
 from longread.cache import BatchCache, BatchLayer, RopeMode, to_device
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
-from longread.rope import Rope
+from longread.rope import Rope, default_rope_mode
 
 log = logging.getLogger(__name__)
 
@@ -157,9 +157,10 @@ class BatchEngine:
         *,
         rows: int = 1,
         stride: int = 512,
-        rope_mode: RopeMode = "delta",
+        rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
         cuda_graphs: bool = False,
+        decode_compaction: Literal["chunk", "token"] = "chunk",
     ) -> None:
         if stride < 1:
             raise ValueError(f"stride={stride} must be >= 1 (1 = token-by-token).")
@@ -180,10 +181,11 @@ class BatchEngine:
         self.vocab_size = int(config.vocab_size)
         policy.bind(self.num_layers, self.num_kv_heads)
         self.rope = Rope.from_model(model)
-        self.rope_mode: RopeMode = rope_mode
         param = next(model.parameters())
         self.device = param.device
         self.dtype = param.dtype
+        # None: the faithful implementation for the cache's dtype (longread.rope.default_rope_mode).
+        self.rope_mode: RopeMode = rope_mode or default_rope_mode(self.dtype)
         self.kv = BatchCache(
             self.num_layers,
             self.rope,
@@ -191,7 +193,7 @@ class BatchEngine:
             heads=self.num_kv_heads,
             head_dim=head_dim,
             capacity=None if policy.budget is None else policy.budget + stride,
-            rope_mode=rope_mode,
+            rope_mode=self.rope_mode,
             dtype=self.dtype,
             device=self.device,
         )
@@ -199,7 +201,11 @@ class BatchEngine:
         self.flash = is_flash(model)
         self.owner: list[Stream | None] = [None] * rows
         self.stats = EngineStats()
-        #: replay one-token steps from captured CUDA graphs (CUDA, policies without scores, SDPA)
+        if decode_compaction not in ("chunk", "token"):
+            raise ValueError(f"decode_compaction={decode_compaction!r}: use 'chunk' or 'token'.")
+        #: when generation compacts: once per `stride` tokens ("chunk") or after every token ("token")
+        self.decode_compaction = decode_compaction
+        #: replay one-token steps from captured CUDA graphs (CUDA, "token" compaction, no scores, SDPA)
         self.cuda_graphs = cuda_graphs
         self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
@@ -297,11 +303,14 @@ class BatchEngine:
         streams: Sequence[Stream],
         chunks: Sequence[torch.Tensor | Sequence[int]],
         logits: Logits = "last",
+        defer: bool = False,
     ) -> list[torch.Tensor]:
         """Feed ``chunks[i]`` (1..stride token ids) to ``streams[i]`` in one model forward, then compact.
 
         Returns per stream its logits: the last position's ``(V,)`` (``"last"``) or every position's
         ``(size, V)`` (``"all"``), in the model's dtype. ``stream.last_logits`` is updated either way.
+        ``defer``: leave the chunk waiting in the cache; a row is compacted once it has no room for the
+        next chunk, and before any forward that does not defer (generation uses this: see ``decode``).
         """
         if len({id(s) for s in streams}) != len(streams) or len(streams) != len(chunks) or not streams:
             raise ValueError("forward takes distinct streams, one chunk each")
@@ -309,6 +318,17 @@ class BatchEngine:
         for ids in ids_list:
             if not 1 <= ids.numel() <= self.stride:
                 raise ValueError(f"a chunk holds 1..{self.stride} token ids, got {ids.numel()}")
+        budget = self.prototype.budget
+        if budget is not None:  # rows holding deferred tokens make room first
+            full = [
+                s
+                for s, ids in zip(streams, ids_list)
+                if self.kv.length(s.row) > budget
+                and (not defer or self.kv.length(s.row) + ids.numel() > self.kv.capacity)
+            ]
+            if full:
+                with self.stats.compact.measure(self.device):
+                    self._compact(full)
         row0 = self._arrange(streams)
         order = sorted(range(len(streams)), key=lambda i: streams[i].row)
         ordered = [streams[i] for i in order]
@@ -363,8 +383,9 @@ class BatchEngine:
         if sums is not None:
             for j, stream in enumerate(ordered):
                 stream.policy.observe(sums[0][:, j, :, : lengths[j] + sizes[j]], sizes[j])
-        with self.stats.compact.measure(self.device):
-            self._compact(ordered)
+        if not defer:
+            with self.stats.compact.measure(self.device):
+                self._compact(ordered)
         return results
 
     # ----------------------------------------------------------------- CUDA graphs (decode)
@@ -373,6 +394,7 @@ class BatchEngine:
         ``cuda_graphs`` on, it replays a captured graph instead of launching every kernel from Python."""
         return (
             self.cuda_graphs
+            and self.decode_compaction == "token"  # deferred compaction changes the length every step
             and width == 1
             and uniform
             and length > 0
@@ -437,7 +459,6 @@ class BatchEngine:
         rows: list[int] = []
         picks: list[torch.Tensor] = []
         kept: list[int] = []
-        shape = (self.num_layers, self.num_kv_heads)
         for stream in streams:
             n = self.kv.length(stream.row)
             if n == 0:
@@ -448,31 +469,50 @@ class BatchEngine:
             budget = stream.policy.budget
             if budget is not None and idx.shape[-1] > budget:
                 raise AssertionError(f"{stream.policy}: kept {idx.shape[-1]} tokens, over its budget")
-            if idx.ndim == 1:
-                idx = idx.expand(*shape, -1)
-            elif idx.ndim == 2:
-                idx = idx[:, None, :].expand(*shape, -1)
             rows.append(stream.row)
             picks.append(idx)
             kept.append(idx.shape[-1])
         if not rows:
             return
+        # Stack the rows' indices in their smallest common shape -- (T,) shared by layers and heads, (L, T)
+        # per layer, or (L, H, T) -- and expand to (L, n, H, T) only as a view on the device: a shared index
+        # materialized for every layer and head would be L*H times the bytes (134 MB a step for 32 rows of
+        # an 8B model), built on the host and copied over at every generated token.
+        ndim = max(p.ndim for p in picks)
+        layers, heads = self.num_layers, self.num_kv_heads
+        full = {1: (-1,), 2: (layers, -1), 3: (layers, heads, -1)}[ndim]
         width = max(kept)
-        # Index tensors from the host (most policies) are stacked there and sent once.
         device = picks[0].device if all(p.device == picks[0].device for p in picks) else self.device
-        padded = [
-            torch.cat([p.to(device), p[..., -1:].to(device).expand(*shape, width - p.shape[-1])], dim=-1)
-            if p.shape[-1] < width
-            else p.to(device)
-            for p in picks
-        ]
-        self.kv.compact(rows, torch.stack(padded, dim=1), kept)  # index (L, n, H, T)
+        padded = []
+        for p in picks:
+            p = p.to(device)
+            p = p.expand(*full) if p.ndim == 1 else (p[:, None, :].expand(*full) if p.ndim < ndim else p)
+            if p.shape[-1] < width:  # pad past the kept count (ignored) so the rows stack
+                p = torch.cat([p, p[..., -1:].expand(*p.shape[:-1], width - p.shape[-1])], dim=-1)
+            padded.append(p)
+        stacked = to_device(
+            torch.stack(padded, dim=0 if ndim == 1 else 1), self.device
+        )  # (n, T) | (L, n, ..)
+        if ndim == 1:
+            index = stacked[None, :, None, :].expand(layers, -1, heads, -1)
+        elif ndim == 2:
+            index = stacked[:, :, None, :].expand(-1, -1, heads, -1)
+        else:
+            index = stacked
+        self.kv.compact(rows, index, kept)  # index (L, n, H, T)
 
     # ----------------------------------------------------------------- generation
     def decode(self, streams: Sequence[Stream], decoders: Sequence[Decoder], feed_last: bool = False) -> None:
         """One generation step for each stream: choose a token from its last logits (its decoder's rules),
         record it, and feed it unless the stream is done (``feed_last``: also feed the final token, so
-        the stream continues after everything generated)."""
+        the stream continues after everything generated).
+
+        ``decode_compaction="chunk"`` (default): generated tokens wait in the cache's ``stride`` spare slots
+        and are compacted together once those are used up -- exactly as if they had been fed as one
+        chunk, so every token sees at least ``budget`` tokens and the cache never holds more than
+        ``budget + stride``, while compaction (a pass over the whole cache) runs once per ``stride``
+        tokens instead of once per token. ``"token"`` compacts after every token (static shapes: the
+        mode CUDA graphs can replay)."""
         logits = torch.stack([s.last_logits for s in streams if s.last_logits is not None])
         if logits.shape[0] != len(streams):
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
@@ -486,7 +526,14 @@ class BatchEngine:
                 feed.append(stream)
                 chunks.append([token])
         if feed:
-            self.forward(feed, chunks)
+            self.forward(feed, chunks, defer=self.decode_compaction == "chunk")
+
+    def flush(self, stream: Stream) -> None:
+        """Compact tokens that generation left waiting, so the stream holds at most ``budget`` again."""
+        budget = self.prototype.budget
+        if budget is not None and self.kv.length(stream.row) > budget:
+            with self.stats.compact.measure(self.device):
+                self._compact([stream])
 
     def decoder(self, settings: GenerationSettings) -> Decoder:
         return Decoder(settings, self.tokenizer, eos_ids(self.model, self.tokenizer))
@@ -515,6 +562,10 @@ class RowView:
     @property
     def layers(self) -> list[BatchLayer]:
         return self.engine.kv.slots
+
+    @property
+    def rope_mode(self) -> RopeMode:
+        return self.engine.kv.rope_mode
 
     def positions(self) -> torch.Tensor:
         """Original stream positions of the cached tokens, ``(L, H, length)``."""
@@ -545,7 +596,7 @@ class StreamingEngine(BatchEngine):
         policy: CachePolicy,
         *,
         stride: int = 512,
-        rope_mode: RopeMode = "delta",
+        rope_mode: RopeMode | None = None,
         tokenizer: Any = None,
     ) -> None:
         super().__init__(model, policy, rows=1, stride=stride, rope_mode=rope_mode, tokenizer=tokenizer)
@@ -658,6 +709,7 @@ class StreamingEngine(BatchEngine):
         decoder = self.decoder(settings)
         while not decoder.done:
             self.decode([self.stream], [decoder], feed_last=True)
+        self.flush(self.stream)
         return decoder.result(time.perf_counter() - t0)
 
 

@@ -53,7 +53,9 @@ class PolicySettings(Section):
     params: dict[str, Any] = Field(
         default_factory=dict, description="policy-specific: span, overlap, cascades, beta"
     )
-    rope_mode: Literal["delta", "read"] = "delta"
+    rope_mode: Literal["delta", "read"] | None = Field(
+        default=None, description="pos-shift implementation; default: the faithful one for the model's dtype"
+    )
 
     @model_validator(mode="after")
     def _check_policy(self) -> PolicySettings:

@@ -9,6 +9,7 @@ import torch
 
 from cache_policies import PolicyConfigError, make_policy
 from longread.engine import StreamingEngine
+from longread.generation import GenerationSettings
 
 
 class CharTokenizer:
@@ -205,3 +206,29 @@ def test_snapshots_and_restores_do_not_grow_memory():
     assert result["copy_mb"] > 30  # one leaked copy per round would be plain to see
     assert result["cyclic_tensors"] == 0, "tensors were held only by reference cycles"
     assert result["grown_mb"] < result["copy_mb"] / 2, result
+
+
+@pytest.mark.parametrize("name", ["streaming_llm", "lacache", "cascading"])
+def test_generation_compacts_once_per_stride_like_feeding_chunks(tiny_llama, name):
+    """decode_compaction="chunk": generated tokens wait in the stride's spare slots and are compacted
+    together, so greedy generation equals feeding the same tokens in chunks of `stride` -- with a
+    compaction per chunk, not per token, and never more than budget + stride slots."""
+    params = {"lacache": {"span": 2}, "cascading": {"cascades": 2}}.get(name, {})
+    ids = torch.randint(0, 96, (50,), generator=torch.Generator().manual_seed(8))
+    eng = engine(tiny_llama, name, stride=4, **params)
+    eng.tokenizer.eos_token_id = None
+    eng.model.generation_config.eos_token_id = None
+    eng.feed(ids)
+    before = eng.policy.compactions
+    lengths = []
+    decoder = eng.decoder(GenerationSettings(max_new_tokens=28))
+    while not decoder.done:
+        eng.decode([eng.stream], [decoder], feed_last=True)
+        lengths.append(eng.cache.length)
+    assert max(lengths) <= 24 + 4 and eng.policy.compactions - before <= 28 // 4 + 1
+    generated = decoder.tokens
+    ref = engine(tiny_llama, name, stride=4, **params)
+    ref.feed(ids)
+    first = int(ref.last_logits.argmax())
+    logits = torch.cat([ref.forward_chunk(torch.tensor(generated[i : i + 4])) for i in range(0, 28, 4)])
+    assert [first, *logits[:-1].argmax(-1).tolist()] == generated

@@ -1,0 +1,72 @@
+"""Tables of evaluation results: means per (system, policy, budget, variant), shared by ``longread-eval``
+(``experiments.evaluate``) and the plots that merge several result files (``experiments.plots``)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from longread.quality import REASONS
+
+METRICS = ("rouge1", "rouge2", "rougeL")
+GROUP = ("system", "policy", "fraction", "variant")
+
+
+def _mean(values: Iterable[float]) -> float:
+    vals = list(values)
+    return sum(vals) / len(vals) if vals else float("nan")
+
+
+def summarize(rows: list[dict[str, Any]], runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Means per (system, policy, fraction, variant), with each run's memory and time joined in."""
+    groups: dict[tuple, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row[k] for k in GROUP), []).append(row)
+    by_run: dict[tuple, list[dict[str, Any]]] = {}
+    for run in runs:
+        by_run.setdefault(tuple(run[k] for k in GROUP[:3]), []).append(run)
+    out = []
+    for key, group in groups.items():
+        rs = by_run.get(key[:3], [])
+        entry: dict[str, Any] = dict(zip(GROUP, key))
+        entry["n"] = len(group)
+        entry["stories"] = len({r["story"] for r in group})
+        for m in METRICS:
+            entry[m] = _mean(r[m] for r in group)
+        entry["words"] = _mean(r["words"] for r in group)
+        entry["degenerate"] = _mean(bool(r["degenerate"]) for r in group)
+        for reason in REASONS:
+            entry[reason] = _mean(reason in r["degenerate"] for r in group)
+        entry["kept_fraction"] = _mean(r["kept_fraction"] for r in rs)
+        entry["kv_mib"] = max((r["kv_mib"] for r in rs), default=float("nan"))
+        entry["rss_peak_mib"] = max((r["rss_peak_mib"] for r in rs), default=float("nan"))
+        entry["seconds_per_story"] = _mean(r["seconds"] for r in rs)
+        out.append(entry)
+    return out
+
+
+def _fmt(value: float, spec: str) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
+
+
+def format_table(summary: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'system':<8} {'policy':<28} {'budget':>6} {'variant':<12} {'n':>4} {'R-1':>6} {'R-2':>6} "
+        f"{'R-L':>6} {'words':>6} {'degen':>6} {'unfin':>6} {'repeat':>6} {'empty':>6} {'KV MiB':>7} "
+        f"{'RSS+MiB':>8} {'s/story':>8}"
+    )
+    lines = [head, "-" * len(head)]
+    for s in summary:
+        budget = "full" if s["fraction"] is None else f"{100 * s['fraction']:.0f}%"
+        lines.append(
+            f"{s['system']:<8} {s['policy'][:28]:<28} {budget:>6} {s['variant'][:12]:<12} {s['n']:>4} "
+            f"{s['rouge1']:>6.3f} {s['rouge2']:>6.3f} {s['rougeL']:>6.3f} {s['words']:>6.1f} "
+            f"{100 * s['degenerate']:>5.0f}% {100 * s['unfinished']:>5.0f}% {100 * s['repetition']:>5.0f}% "
+            f"{100 * s['empty']:>5.0f}% {_fmt(s['kv_mib'], '7.1f'):>7} {_fmt(s['rss_peak_mib'], '8.0f'):>8} "
+            f"{_fmt(s['seconds_per_story'], '8.0f'):>8}"
+        )
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------------------------- run
