@@ -98,6 +98,36 @@ def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path
         assert (asked.token_end == 400).all() and asked.truncated.all()
 
 
+def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_by_one(
+    ray_local, model_dir, tmp_path, monkeypatch
+):
+    """One JSONL file of 6 records, 2 actors of one stream each: both actors take records of the file, and
+    the driver counts each record as it ends (the first status arrives while records are still running),
+    not the whole file at once."""
+    from pipeline.report import JobReport
+
+    path = tmp_path / "stories.jsonl"
+    path.write_text("".join(json.dumps({"text": book_text(repeat=8 + 3 * i)}) + "\n" for i in range(6)))
+    out = tmp_path / "out"
+    seen: list[int] = []  # parts already written whenever the driver counts a status
+    add = JobReport.add
+
+    def counting(self: JobReport, status: dict) -> None:
+        seen.append(len(list(out.glob("part-*.parquet"))))
+        add(self, status)
+
+    monkeypatch.setattr(JobReport, "add", counting)
+    cfg = job_config("summarize", [str(path)], str(out), model_dir,
+                     resources={"actors": 2, "threads_per_actor": 1, "streams_per_actor": 1})  # fmt: skip
+    report = run_job(cfg)
+    assert (report.streams_ok, report.streams_error) == (6, 0)
+    rows = read_output(out)
+    finals = rows[rows.row_kind == "final"]
+    assert sorted(finals.stream_id) == sorted(f"{path}#record={i}" for i in range(6))
+    assert finals.worker.nunique() == 2  # the records of one file ran on both actors
+    assert len(seen) == 6 and seen[0] < 6, seen  # progress per record, not per file
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
 def test_logs_job_on_loghub_files(ray_local, model_dir, tmp_path):
     # The first 300 lines of two labelled logs (the tiny model's tokenizer makes ~100 tokens of a line).
