@@ -191,3 +191,42 @@ def read_output(path: str | Path, storage: Any = None) -> Any:
     from pipeline.writer import read_results
 
     return read_results(str(path), storage).to_pandas()
+
+
+class Moto:
+    """moto's S3 on one loopback port that can go away (connections refused) and come back (same state:
+    moto keeps its buckets in this process, whichever server thread answers)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.cls = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server._server.server_close()  # close the listening socket too: refused, not hanging
+
+    def start(self) -> None:
+        self.server = self.cls(ip_address=self.host, port=self.port, verbose=False)
+        self.server.start()
+
+
+def kill_session(proc: Any) -> None:
+    """A hard crash of a job started with ``start_new_session=True``: SIGKILL to its process group and to
+    every process below it (its in-process Ray: GCS, raylet, actors), found before the kill because
+    orphans lose their parent; waits until they are gone."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)

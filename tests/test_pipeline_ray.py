@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +11,6 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,6 +19,7 @@ from helpers_pipeline import (
     book_text,
     build_tiny_model,
     job_config,
+    kill_session,
     log_lines,
     read_output,
     write_bad_corpus,
@@ -214,15 +212,7 @@ def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, mo
             assert time.monotonic() < deadline, "no stream finished in time"
             time.sleep(0.05)
     finally:
-        # A hard crash of the whole job: the driver and every process of its in-process Ray (GCS, raylet,
-        # the actor), found before the kill because orphans lose their parent.
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for child in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        proc.wait()
-        psutil.wait_procs(tree, timeout=30)
+        kill_session(proc)  # a hard crash of the whole job: the driver and its in-process Ray
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     assert 1 <= len(first) < 10, first
     for name in first:  # whatever the crash left is complete, readable Parquet
