@@ -52,9 +52,9 @@ def s3(tmp_path_factory):
         os.environ.pop(name, None)
     os.environ.update(NO_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
     fs = s3fs.S3FileSystem(key=ADMIN["key"], secret=ADMIN["secret"], client_kwargs={"endpoint_url": endpoint})
-    fs.mkdir("corpus")
-    fs.pipe_file("corpus/open/book.txt", book_text(repeat=3).encode())
-    fs.pipe_file("corpus/secret/book.txt", book_text(repeat=2).encode())
+    fs.mkdir("guarded")  # moto's buckets outlive the server (one state per process): a name of its own
+    fs.pipe_file("guarded/open/book.txt", book_text(repeat=3).encode())
+    fs.pipe_file("guarded/secret/book.txt", book_text(repeat=2).encode())
     yield endpoint
     server.stop()
     for k, v in saved.items():
@@ -81,9 +81,9 @@ def test_s3_inputs_without_credentials_are_error_rows_and_the_rest_completes(s3,
                                                                               tmp_path):  # fmt: skip
     (tmp_path / "local.txt").write_text(book_text(repeat=2), encoding="utf-8")
     inputs = [
-        "s3://corpus/open/book.txt",
-        "s3://corpus/open/",
-        "s3://corpus/*/book.txt",
+        "s3://guarded/open/book.txt",
+        "s3://guarded/open/",
+        "s3://guarded/*/book.txt",
         str(tmp_path / "local.txt"),
     ]
     report = run_job(job_config("summarize", inputs, str(tmp_path / "out"), model_dir))
@@ -107,7 +107,7 @@ def test_s3_access_denied_and_unknown_keys_are_error_rows(s3, ray_local, model_d
         "Version": "2012-10-17",
         "Statement": [
             {"Effect": "Allow", "Action": "s3:*", "Resource": "*"},
-            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::corpus/secret/*"},
+            {"Effect": "Deny", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::guarded/secret/*"},
         ],
     }
     iam.put_user_policy(UserName="reader", PolicyName="no-secrets", PolicyDocument=json.dumps(policy))
@@ -115,7 +115,7 @@ def test_s3_access_denied_and_unknown_keys_are_error_rows(s3, ray_local, model_d
     saved = settings.INITIAL_NO_AUTH_ACTION_COUNT
     settings.INITIAL_NO_AUTH_ACTION_COUNT = 0  # from here on, moto checks every request's credentials
     try:
-        inputs = ["s3://corpus/open/book.txt", "s3://corpus/secret/book.txt"]
+        inputs = ["s3://guarded/open/book.txt", "s3://guarded/secret/book.txt"]
         reader = {"key": access["AccessKeyId"], "secret": access["SecretAccessKey"]}
         cfg = job_config("summarize", inputs, str(tmp_path / "out"), model_dir, storage=reader)
         report = run_job(cfg)
