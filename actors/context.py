@@ -16,7 +16,16 @@ Contract:
   (``chat_frame``); models without a template get a plain "instruction / Answer:" suffix. An ``Ask``
   continues from a copy of the stream's state, so an instruction and its answer never enter the stream.
 * The token limit (``input.max_tokens_per_stream``) is applied in one place, ``ctx.fit``; ``ctx.feed``
-  counts document tokens and times them around the yielded request.
+  counts document tokens and times them around the yielded request. ``encode(text, max_tokens=...)``
+  tokenizes only a prefix of a long text, enough for the tokens the limit leaves (a 20 MB line under a
+  200-token limit costs a few kilobytes of tokenization), with the same ids as the whole text's.
+* Checkpoints (``actors.checkpoint``): a program calls ``yield from ctx.checkpoint(state)`` where it could
+  resume from ``state`` (its task's state object); every ``output.checkpoint_every_tokens`` document tokens
+  that saves the engine's state of the stream (``Save``) with ``state`` and the counters, through the
+  worker's ``saver``. A context made with ``resume`` (a checkpoint) starts by putting the engine state back
+  (``Load``) instead of opening the chat frame, and ``ctx.restored()`` hands the program its saved state.
+* ``ctx.damage`` collects what readers report about an input that ended early (a truncated gzip): the
+  stream keeps what was read, and ``run`` writes the report into every row's ``error_kind``/``error``.
 * ``ctx.row`` builds an output row with the identity, model, policy, cache (from ``Inspect``) and timing
   columns filled in; tasks add their own columns (see ``pipeline.schema``).
 """
@@ -24,19 +33,24 @@ Contract:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import socket
 import time
-from collections.abc import Generator, Sequence
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from actors.checkpoint import Checkpoint, fingerprint
 from cache_policies import CachePolicy
 from longread.generation import GenerationResult, GenerationSettings
-from longread.scheduler import Ask, AskMany, Feed, Inspect, Program, Request, StreamState
+from longread.scheduler import Ask, AskMany, Feed, Inspect, Load, Program, Request, Save, StreamState
 from pipeline.config import BaseJobConfig
+from pipeline.readers import Damage
+
+log = logging.getLogger(__name__)
 
 #: Stop strings besides EOS: chat models sometimes open a new turn instead of ending theirs.
 STOP_STRINGS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "</s>")
@@ -44,6 +58,11 @@ STOP_STRINGS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "</s>")
 Row = dict[str, Any]
 
 _MARK = "\u2063LONGREAD-CONTENT\u2063"
+#: A text cut to a token limit is tokenized from a prefix of this many characters per token wanted (grown
+#: when the prefix falls short) ...
+CHARS_PER_TOKEN = 8
+#: ... minus this many tokens at the cut, where the prefix's last tokens may merge unlike the whole text's.
+CUT_MARGIN = 16
 
 
 def chat_frame(tokenizer: Any, system_prompt: str | None = None) -> tuple[str, str]:
@@ -107,6 +126,8 @@ class StreamEnv:
     prefix_ids: list[int] = field(default_factory=list)
     suffix: str = "\n\nAnswer:"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
+    #: ``actors.checkpoint.fingerprint`` of the job's settings (a checkpoint made under others is not used)
+    fingerprint: str = ""
 
     @classmethod
     def create(
@@ -122,6 +143,7 @@ class StreamEnv:
             "worker": f"{socket.gethostname()}:{os.getpid()}:{device}",
         }
         env = cls(cfg, job_id, tokenizer, columns, generation=cfg.generation.sampling(stop=STOP_STRINGS))
+        env.fingerprint = fingerprint(cfg)
         prefix, env.suffix = chat_frame(tokenizer, cfg.generation.system_prompt)
         env.prefix_ids = env.encode(prefix) if prefix else []
         return env
@@ -134,45 +156,105 @@ class StreamEnv:
     def stride(self) -> int:
         return int(self.columns["stride"])
 
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+    @property
+    def checkpoint_every(self) -> int | None:
+        return self.cfg.output.checkpoint_every_tokens
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        """``text``'s token ids; with ``max_tokens``, only its first ``max_tokens + 1`` (the extra one says
+        that more follow), tokenized from a prefix of the text: the ids are the whole text's first ones."""
+        if max_tokens is None or len(text) <= self._prefix_chars(max_tokens):
+            ids = list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            return ids if max_tokens is None else ids[: max_tokens + 1]
+        return self._encode_prefix(text, max_tokens)
+
+    def encode_batch(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
+        """``encode`` of each text (one tokenizer call for all but the texts longer than the limit needs)."""
         if not texts:
             return []
-        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+        long = set()
+        if max_tokens is not None:
+            long = {i for i, text in enumerate(texts) if len(text) > self._prefix_chars(max_tokens)}
+        short = [text for i, text in enumerate(texts) if i not in long]
+        encoded = iter(self.tokenizer(short, add_special_tokens=False)["input_ids"] if short else [])
+        out = []
+        for i, text in enumerate(texts):
+            if i in long:
+                assert max_tokens is not None
+                out.append(self._encode_prefix(text, max_tokens))
+            else:
+                ids = list(next(encoded))
+                out.append(ids if max_tokens is None else ids[: max_tokens + 1])
+        return out
 
-    def context(self, info: StreamInfo) -> TaskContext:
-        return TaskContext(self, info)
+    @staticmethod
+    def _prefix_chars(max_tokens: int) -> int:
+        return (max_tokens + 1 + CUT_MARGIN) * CHARS_PER_TOKEN
+
+    def _encode_prefix(self, text: str, max_tokens: int) -> list[int]:
+        want = max_tokens + 1
+        size = self._prefix_chars(max_tokens)
+        while size < len(text):
+            ids = self.tokenizer(text[:size], add_special_tokens=False)["input_ids"]
+            if len(ids) >= want + CUT_MARGIN:  # the first `want` lie well before the cut
+                return list(ids[:want])
+            size *= 4
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"][:want])
+
+    def context(
+        self,
+        info: StreamInfo,
+        resume: Checkpoint | None = None,
+        saver: Callable[[Checkpoint], None] | None = None,
+    ) -> TaskContext:
+        return TaskContext(self, info, resume, saver)
 
 
 class TaskContext:
     """One stream's view for its program: counters, requests, rows (see the module docstring)."""
 
-    def __init__(self, env: StreamEnv, info: StreamInfo) -> None:
+    def __init__(
+        self,
+        env: StreamEnv,
+        info: StreamInfo,
+        resume: Checkpoint | None = None,
+        saver: Callable[[Checkpoint], None] | None = None,
+    ) -> None:
         self.env = env
         self.info = info
         self.tokens = 0  # document tokens streamed (the chat frame's are not counted)
         self.truncated = False
         self.feed_seconds = 0.0
         self.started = time.perf_counter()
+        #: the checkpoint this stream resumes from (None: it starts at the beginning)
+        self.resume = resume
+        self.resumed_tokens = 0
+        self.saver = saver
+        self.checkpoints = 0  # checkpoints saved by this run of the stream
+        self.pending_write: Any = None  # the saver's write in progress (a Future), for the worker
+        self._saved_at = 0  # ``tokens`` at the last checkpoint
+        self.damage = Damage()
 
     # ------------------------------------------------------------------ text
     @property
     def stride(self) -> int:
         return self.env.stride
 
-    def encode(self, text: str) -> list[int]:
-        return self.env.encode(text)
+    def encode(self, text: str, max_tokens: int | None = None) -> list[int]:
+        return self.env.encode(text, max_tokens)
 
-    def encode_batch(self, texts: list[str]) -> list[list[int]]:
-        return self.env.encode_batch(texts)
+    def encode_batch(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
+        return self.env.encode_batch(texts, max_tokens)
 
     # ------------------------------------------------------------------ the token limit
     @property
     def room(self) -> int | None:
         """Tokens left before ``max_tokens_per_stream`` (None: no limit)."""
         return self._left(0)
+
+    def left(self, pending: int) -> int | None:
+        """Tokens left once ``pending`` tokens the program holds are fed (None: no limit)."""
+        return self._left(pending)
 
     def _left(self, pending: int) -> int | None:
         limit = self.env.limit
@@ -190,13 +272,55 @@ class TaskContext:
 
     # ------------------------------------------------------------------ requests
     def run(self, program: Program[list[Row]]) -> Program[list[Row]]:
-        """``program`` inside the chat frame; its rows get ``truncated`` (known only at the end)."""
-        if self.env.prefix_ids:
+        """``program`` inside the chat frame (or continuing from ``resume``); its rows get ``truncated``
+        and the input's damage report (known only at the end)."""
+        if self.resume is not None:
+            try:
+                yield Load(self.resume.engine)
+            except Exception as exc:  # Load leaves the stream empty when it fails: start over
+                log.warning("%s: checkpoint not usable (%s); starting over", self.info.stream_id, exc)
+                self.resume = None
+            else:
+                self.tokens = self._saved_at = self.resumed_tokens = self.resume.tokens
+                self.feed_seconds = self.resume.feed_seconds
+                self.started -= self.resume.elapsed
+        if self.resume is None and self.env.prefix_ids:
             yield Feed(list(self.env.prefix_ids))  # the frame's tokens are not document tokens
         rows = yield from program
+        damage = self.damage.errors[0] if self.damage.errors else None
         for row in rows:
             row["truncated"] = self.truncated
+            if damage is not None and row["row_kind"] != "error":
+                row["error_kind"], row["error"] = damage.kind, damage.message
         return rows
+
+    # ------------------------------------------------------------------ checkpoints
+    def restored(self) -> Any:
+        """The task state of the checkpoint this stream resumed from (None: it started at the beginning)."""
+        return None if self.resume is None else self.resume.state
+
+    def checkpoint(self, state: Any) -> Generator[Request, Any, bool]:
+        """Call where the program could resume from ``state``: saves a checkpoint once
+        ``output.checkpoint_every_tokens`` document tokens went by since the last. Returns whether it did."""
+        every = self.env.checkpoint_every
+        if every is None or self.saver is None or self.tokens - self._saved_at < every:
+            return False
+        engine: bytes = yield Save()
+        self.saver(
+            Checkpoint(
+                stream_id=self.info.stream_id,
+                fingerprint=self.env.fingerprint,
+                tokens=self.tokens,
+                feed_seconds=self.feed_seconds,
+                elapsed=time.perf_counter() - self.started,
+                engine=engine,
+                state=state,
+                worker=str(self.env.columns["worker"]),
+            )
+        )
+        self._saved_at = self.tokens
+        self.checkpoints += 1
+        return True
 
     def feed(self, ids: Sequence[int]) -> Generator[Request, Any, float]:
         """Stream ``ids`` (cut to the limit by the caller, see ``fit``); returns the seconds it took."""

@@ -5,7 +5,8 @@ Contract:
 * ``StreamWorker(config, job_id)`` follows Ray Data's callable-class shape: the constructor loads the model
   (on the GPU Ray assigned, or on CPU with ``threads_per_actor`` torch threads), builds one engine and the
   job's task (``actors.tasks``); ``__call__(batch)`` takes a batch of ``StreamTask`` JSON strings (column
-  ``task``; for line-grouped logs also column ``lines``) and returns one status row per stream. It needs
+  ``task``; for line-grouped logs also column ``lines``) and yields one status row per stream as each
+  stream ends (so the driver's progress advances per stream, also for the records of one file). It needs
   no Ray: tests construct it directly, optionally with an already loaded ``model``/``tokenizer``.
 * Each stream is the task's stream program. The worker runs ``resources.streams_per_actor`` of them at once
   on one batched engine (``longread.engine.BatchEngine`` with two rows per stream: one for the stream, one
@@ -14,8 +15,14 @@ Contract:
   stream that ends hands its row to the next at once. Each stream's rows are written atomically as one
   Parquet part by the worker itself (so results never pass through the driver). Streams whose part
   already exists are skipped.
+* Checkpoints (``actors.checkpoint``): a stream's program saves its state every
+  ``output.checkpoint_every_tokens``; the worker writes each checkpoint in a writer thread (at most one
+  pending per stream), and deletes it once the stream's part is written. A stream that has a checkpoint
+  when it starts -- its actor died, or the job was killed -- resumes from it.
 * Any failure of one stream -- a bad input (``InputError``) or an unexpected exception -- becomes that
-  stream's error row; the worker goes on with the next stream. Only output write failures propagate.
+  stream's error row; the worker goes on with the next stream. A failure to write the output
+  (``OutputError``: disk full, read-only, S3 refusing) is not the stream's fault: its status is ``fatal``
+  with the one message the driver stops the job with, and the worker starts no more streams.
 * Under Ray, per-stream metrics go to the Ray dashboard (``pipeline.metrics``).
 """
 
@@ -23,21 +30,24 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import time
-from collections import deque
-from concurrent.futures import Future
+from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
+from actors.checkpoint import Checkpoint
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
 from longread.scheduler import Batcher, Program
+from pipeline.cluster import STOP_POLL_S, StopFlag
 from pipeline.config import BaseJobConfig
 from pipeline.metrics import StreamMetrics
 from pipeline.sharding import StreamTask
 from pipeline.sources import InputError
-from pipeline.writer import PartWriter, stream_key
+from pipeline.writer import OutputError, PartWriter, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +61,7 @@ STATUS_COLUMNS = (
     "error_kind",
     "error",
     "path",
+    "resumed_tokens",
 )
 
 
@@ -105,9 +116,18 @@ class StreamWorker:
         self.storage = cfg.storage.to_storage()
         assert cfg.output.path is not None
         self.writer = PartWriter(cfg.output.path, self.storage)
-        self.writer.prepare()
+        #: the message of the output failure that stopped this worker (then it starts no more streams)
+        self.fatal: str | None = None
+        self.stop = StopFlag(job_id)  # raised by the driver when any actor met an output failure
+        try:
+            self.writer.prepare()
+        except OutputError as exc:  # reported by the first call's statuses: one message, no traceback
+            self.fatal = exc.message
         self.task = make_task(cfg, self.storage)
         self._done: set[str] | None = None
+        self._done_lock = threading.Lock()
+        # Checkpoint writes happen beside the streams; one pending write per stream at most.
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="longread-checkpoint")
         self.metrics = StreamMetrics()
         log.info(
             "stream worker ready: %s, %s on %s, %d streams at once",
@@ -118,45 +138,78 @@ class StreamWorker:
         )
 
     # ------------------------------------------------------------------ Ray Data entry point
-    def __call__(self, batch: dict[str, Any]) -> dict[str, list[Any]]:
-        statuses: list[dict[str, Any]] = []
+    def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:
         lines_column = batch.get("lines")
         for i, task_json in enumerate(batch["task"]):
             lines = list(lines_column[i]) if lines_column is not None else None
-            statuses.extend(self.process(StreamTask.from_json(str(task_json)), lines))
-        return {c: [s.get(c) for s in statuses] for c in STATUS_COLUMNS}
+            for status in self.process_iter(StreamTask.from_json(str(task_json)), lines):
+                yield {c: [status.get(c)] for c in STATUS_COLUMNS}
 
     # ------------------------------------------------------------------ streams
     def done(self) -> set[str]:
-        if self._done is None:
-            self._done = self.writer.done(retry_errors=self.cfg.output.retry_errors)
-        return self._done
+        with self._done_lock:
+            if self._done is None:
+                self._done = self.writer.done(retry_errors=self.cfg.output.retry_errors)
+            return self._done
 
     def process(self, unit: StreamTask, lines: list[str] | None = None) -> list[dict[str, Any]]:
-        """All streams of one descriptor, up to ``streams_per_actor`` at once; one status per stream
-        (``ok``, ``error`` or ``skipped``), in the descriptor's order."""
+        """All streams of one descriptor; one status per stream (``ok``, ``error``, ``skipped`` or
+        ``fatal``), in the order they ended."""
+        return list(self.process_iter(unit, lines))
+
+    def process_iter(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[dict[str, Any]]:
+        """``process``, yielding each stream's status as soon as it ends; up to ``streams_per_actor``
+        streams of the descriptor run at once (a bounded window: a huge file is read as it goes)."""
         src = unit.sources[0]
-        statuses: list[dict[str, Any]] = []
-        started: deque[_Started] = deque()
+        running: dict[Future[list[Row]], _Started] = {}
+
+        def finish_some(block_until_below: int) -> Iterator[dict[str, Any]]:
+            while len(running) >= block_until_below and running:
+                ended, _ = wait(list(running), timeout=STOP_POLL_S, return_when=FIRST_COMPLETED)
+                for future in ended:
+                    yield self._finish(running.pop(future))
+                if self.fatal is None and not ended:
+                    self.fatal = self.stop.get()  # the job stops: another actor could not write
+                if self.fatal is not None:  # end this call now; what still runs is abandoned
+                    while running:
+                        yield self._finish(running.popitem()[1], abandon=True)
+
         try:
             for stream in self.task.streams(unit, lines):
-                started.append(self._start(stream))
-                while len(started) >= self.streams:  # a bounded window: a huge file is read as it goes
-                    statuses.append(self._finish(started.popleft()))
-        except InputError as exc:
-            # The file itself failed (e.g. missing, corrupt gzip while reading records): one error row
-            # for the file; records already written stay written.
-            base = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
-            started.append(self._start(Stream(base, partial(_fail, exc)), check_done=False))
-        while started:
-            statuses.append(self._finish(started.popleft()))
-        return statuses
+                started = self._start(stream)
+                if started.result is None:
+                    yield self._finish(started)  # skipped, or the output failed: nothing to run
+                    if self.fatal is not None:
+                        break  # the rest of the file would fail the same way: do not read it
+                    continue
+                running[started.result] = started
+                yield from finish_some(self.streams)
+        except Exception as exc:
+            # The file itself failed (e.g. missing, corrupt gzip while reading records): one error row for
+            # the file; records already written stay written. Of a file shared by several readers
+            # (``every``), the first reports it: the others fail the same way.
+            every = unit.extra.get("every")
+            if not every or int(every[1]) == 0:
+                error = exc if isinstance(exc, InputError) else _internal(exc, src.display)
+                base = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
+                started = self._start(Stream(base, partial(_fail, error)), check_done=False)
+                if started.result is None:
+                    yield self._finish(started)
+                else:
+                    running[started.result] = started
+        yield from finish_some(1)
 
     def _start(self, stream: Stream, check_done: bool = True) -> _Started:
         info = stream.info
+        if self.fatal is None:
+            self.fatal = self.stop.get()
+        if self.fatal is not None:
+            return _Started(info, None, None, 0.0)
         if check_done and stream_key(info.stream_id) in self.done():
             return _Started(info, None, None, 0.0)
-        ctx = self.env.context(info)
+        resume = self._checkpoint(info.stream_id)
+        ctx = self.env.context(info, resume, saver=None)
+        ctx.saver = partial(self._save, ctx)
 
         def program() -> Program[list[Row]]:
             # Building a program may already fail on a bad input: let it fail inside, as the stream's error.
@@ -164,52 +217,105 @@ class StreamWorker:
 
         return _Started(info, ctx, self.batcher.submit(program()), time.perf_counter())
 
-    def _finish(self, started: _Started) -> dict[str, Any]:
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint(self, stream_id: str) -> Checkpoint | None:
+        """The stream's checkpoint if it has a usable one (see ``actors.checkpoint``)."""
+        if self.cfg.output.checkpoint_every_tokens is None:
+            return None
+        data = self.writer.read_checkpoint(stream_id)
+        if data is None:
+            return None
+        try:
+            checkpoint = Checkpoint.from_bytes(data)
+        except ValueError as exc:
+            log.warning("%s: %s; the stream starts over", stream_id, exc)
+            return None
+        if checkpoint.stream_id != stream_id or checkpoint.fingerprint != self.env.fingerprint:
+            log.info("%s: its checkpoint was made under other settings; the stream starts over", stream_id)
+            return None
+        log.info("%s: resuming from its checkpoint at %d tokens", stream_id, checkpoint.tokens)
+        return checkpoint
+
+    def _save(self, ctx: TaskContext, checkpoint: Checkpoint) -> None:
+        """Called by the program (in the batcher's thread) at a checkpoint: serialize now (the program goes
+        on changing its state), write in the writer thread, after the stream's previous write."""
+        data = checkpoint.to_bytes()
+        if ctx.pending_write is not None:
+            ctx.pending_write.result()  # an OutputError ends the stream here, as the fatal error it is
+        ctx.pending_write = self._io.submit(self.writer.write_checkpoint, ctx.info.stream_id, data)
+
+    # ------------------------------------------------------------------ results
+    def _finish(self, started: _Started, abandon: bool = False) -> dict[str, Any]:
         info, ctx = started.info, started.ctx
         status: dict[str, Any] = {"stream_id": info.stream_id, "source_uri": info.source_uri}
-        if ctx is None or started.result is None:
+        if ctx is None or started.result is None or abandon:
+            if self.fatal is not None:
+                return {**status, "status": "fatal", "rows": 0, "tokens": 0, "error": self.fatal}
             return {**status, "status": "skipped", "rows": 0, "tokens": 0, "seconds": 0.0}
         rows: list[Row]
         try:
             rows = started.result.result()
             state = "ok"
+        except OutputError as exc:  # a checkpoint could not be written: the output is at fault
+            return self._fatal(status, exc)
         except InputError as exc:
             log.info("%s: %s", exc.kind, exc.message)  # a result (error row), reported by the driver
             rows = [ctx.error_row(exc.kind, exc.message)]
             state = "error"
         except Exception as exc:  # one stream's failure must not take the others down
             log.error("stream %s failed", info.stream_id, exc_info=exc)
-            message = (
-                f"{type(exc).__name__}: {exc} (while processing {info.source_uri}); see the actor's log."
-            )
-            rows = [ctx.error_row("internal", message)]
+            error = _internal(exc, info.source_uri)
+            rows = [ctx.error_row(error.kind, error.message)]
             state = "error"
-        path = self.writer.write(info.stream_id, rows)
-        self.done().add(stream_key(info.stream_id))
+        try:
+            pending: Future[None] | None = ctx.pending_write
+            if pending is not None:
+                pending.result()  # the last checkpoint is in place before the part replaces it
+            path = self.writer.write(info.stream_id, rows)
+            if ctx.resume is not None or pending is not None:
+                self.writer.remove_checkpoint(info.stream_id)
+        except OutputError as exc:
+            return self._fatal(status, exc)
+        done = self.done()
+        with self._done_lock:
+            done.add(stream_key(info.stream_id))
         seconds = time.perf_counter() - started.t0
         speed = ctx.tokens / ctx.feed_seconds if ctx.feed_seconds > 0 else None
         self.metrics.record(self.job_id, self.cfg.task, state, ctx.tokens, seconds, speed)
-        error = rows[0] if state == "error" else {}
+        first = rows[0] if state == "error" else {}
         return {
             **status,
             "status": state,
             "rows": len(rows),
             "tokens": ctx.tokens,
             "seconds": seconds,
-            "error_kind": error.get("error_kind"),
-            "error": error.get("error"),
+            "error_kind": first.get("error_kind"),
+            "error": first.get("error"),
             "path": path,
+            "resumed_tokens": ctx.resumed_tokens,
         }
+
+    def _fatal(self, status: dict[str, Any], exc: OutputError) -> dict[str, Any]:
+        if self.fatal is None:
+            self.fatal = exc.message
+            log.debug("output failure, no more streams here: %s", exc.message)
+        return {**status, "status": "fatal", "rows": 0, "tokens": 0, "error": exc.message}
 
 
 @dataclass
 class _Started:
-    """A stream handed to the batcher (``result`` None: skipped, already written)."""
+    """A stream handed to the batcher (``result`` None: skipped, already written; or the output failed)."""
 
     info: StreamInfo
     ctx: TaskContext | None
     result: Future[list[Row]] | None
     t0: float
+
+
+def _internal(exc: BaseException, source: str) -> InputError:
+    return InputError(
+        "internal", f"{type(exc).__name__}: {exc} (while processing {source}); see the actor's log."
+    )
 
 
 def _fail(exc: Exception, ctx: TaskContext) -> Any:

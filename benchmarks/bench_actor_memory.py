@@ -1,25 +1,28 @@
-"""Stream-worker memory across streams: RSS after each stream, and what holds the growth.
+"""Stream-worker memory across streams: RSS after each stream, in process and inside a Ray actor.
 
-    python benchmarks/bench_actor_memory.py [--streams 20] [--max-tokens 512] [--variants none gc gc_trim ...]
-                                            [--diagnose] [--out FILE.json]
+    python benchmarks/bench_actor_memory.py [--streams 20] [--max-tokens 512] [--concurrent 4]
+        [--variants none trim default ray_none ray_default] [--diagnose] [--out FILE.json]
 
-Each variant runs in a fresh process: one ``StreamWorker`` (the actor class, here without Ray) with the
-main job's settings (SmolLM2-135M-Instruct on CPU, one torch thread, lacache budget 512, stride 256),
-summarizing ``--streams`` different Shakespeare texts of ``--max-tokens`` tokens each (two segment
-summaries and a final one per stream, so three snapshot/restore pairs), writing Parquet like the actor.
-After every stream it records RSS, glibc's heap (``mallinfo2``: in use, free but kept, mmapped) and what
-the variant does between streams:
+Each variant runs in a fresh process: one ``StreamWorker`` (the actor class) with the main job's settings
+(SmolLM2-135M-Instruct on CPU, one torch thread, lacache budget 512, stride 256, ``streams_per_actor``
+4), summarizing ``--streams`` different Shakespeare texts of ``--max-tokens`` tokens each (two segment
+summaries and a final one per stream), writing Parquet like the actor. ``--concurrent`` threads hand it
+one descriptor each at a time, as Ray Data's concurrent calls do, so several streams share the batched
+engine. After every stream it records RSS and glibc's heap (``mallinfo2``: in use, free but kept,
+mmapped). Variants:
 
-* ``none``: nothing (what an actor does today);
-* ``gc``: ``gc.collect()``, which frees whatever only reference cycles keep alive;
-* ``gc_trim``: ``gc.collect()`` then ``malloc_trim(0)``, which also hands free heap pages back to the OS;
-* ``gc_mmap``: ``gc.collect()`` with ``MALLOC_MMAP_THRESHOLD_=65536`` in the environment, which keeps
-  glibc from moving large (tensor) allocations from mmap into the heap after the first free.
+* ``none``: glibc's defaults (a dynamic mmap threshold), nothing between streams (the actor before the fix);
+* ``trim``: glibc's defaults, ``gc.collect()`` + ``malloc_trim(0)`` after every stream (a reference only);
+* ``default``: the allocator settings the pipeline gives every actor (``pipeline.memory.ALLOCATOR_ENV``,
+  set in the environment before the process starts, as the actors' runtime_env does);
+* ``ray_none`` / ``ray_default``: the same worker inside a Ray actor (local Ray, ``max_concurrency`` =
+  ``--concurrent``), created without / with the pipeline's actor runtime_env
+  (``pipeline.cluster.actor_runtime_env``); RSS is the actor process's.
 
-``--diagnose`` adds a run that, after every stream, collects cyclic garbage with ``gc.DEBUG_SAVEALL`` to
-see what it was (object types, caches, tensor bytes), counts live objects by type and live tensors, and
-diffs ``tracemalloc`` snapshots between stream 2 and the last one. The table compares RSS after stream 2
-and after the last; the JSON holds every per-stream sample.
+``--diagnose`` adds an in-process run (``default`` settings) that, after every stream, collects cyclic
+garbage with ``gc.DEBUG_SAVEALL`` to see what only reference cycles kept alive (it should be nothing),
+and counts live tensors. The table compares RSS after stream 2 and after the last; the JSON holds every
+per-stream sample.
 """
 
 from __future__ import annotations
@@ -34,43 +37,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # this checkout's packages, not an editable install's
-VARIANTS = ("none", "gc", "gc_trim", "gc_mmap")
-MMAP_THRESHOLD = 65536
+VARIANTS = ("none", "trim", "default", "ray_none", "ray_default")
 
 
 # ------------------------------------------------------------------------------------- measurements
-class _Mallinfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-_LIBC = ctypes.CDLL("libc.so.6")
-_LIBC.mallinfo2.restype = _Mallinfo2
+def _libc() -> Any:
+    """glibc, loaded when called: nothing ctypes lives at module level, so Ray can pickle the probe class."""
+    names = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+             "keepcost")  # fmt: skip
+    mallinfo2 = type("Mallinfo2", (ctypes.Structure,), {"_fields_": [(n, ctypes.c_size_t) for n in names]})
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = mallinfo2
+    return libc
 
 
 def heap() -> dict[str, float]:
     """glibc's view, in MB: heap in use, heap free but kept by the allocator, mmapped blocks."""
-    info = _LIBC.mallinfo2()
+    info = _libc().mallinfo2()
     mb = 1 / 2**20
     used, free, mapped = info.uordblks * mb, info.fordblks * mb, info.hblkhd * mb
     return {"heap_used_mb": used, "heap_free_mb": free, "mmap_mb": mapped}
@@ -82,21 +73,10 @@ def rss_mb() -> float:
     return psutil.Process().memory_info().rss / 2**20
 
 
-def tensor_bytes(objects: list[Any]) -> tuple[int, int]:
-    """(tensors, bytes of their distinct storages) among ``objects``."""
-    import torch
-
-    count, storages = 0, {}
-    for obj in objects:
-        if isinstance(obj, torch.Tensor):
-            count += 1
-            storage = obj.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-    return count, sum(storages.values())
-
-
 def cyclic_garbage() -> dict[str, Any]:
     """Collect, keeping what only cycles held (DEBUG_SAVEALL) to describe it, then free it for real."""
+    import torch
+
     gc.set_debug(gc.DEBUG_SAVEALL)
     try:
         gc.collect()
@@ -105,23 +85,28 @@ def cyclic_garbage() -> dict[str, Any]:
         gc.set_debug(0)
         gc.garbage.clear()
     types = collections.Counter(type(o).__name__ for o in garbage)
-    tensors, nbytes = tensor_bytes(garbage)
+    tensors = [o for o in garbage if isinstance(o, torch.Tensor)]
     out = {
         "objects": len(garbage),
-        "caches": types.get("BoundedCache", 0),
-        "cache_layers": types.get("BoundedLayer", 0),
-        "tensors": tensors,
-        "tensor_mb": nbytes / 2**20,
-        "top_types": types.most_common(8),
+        "tensors": len(tensors),
+        "tensor_mb": sum(t.untyped_storage().nbytes() for t in tensors) / 2**20,
+        "top_types": types.most_common(6),
     }
-    del garbage
+    del garbage, tensors
     gc.collect()
     return out
 
 
-def live_counts() -> collections.Counter[str]:
-    gc.collect()
-    return collections.Counter(type(o).__name__ for o in gc.get_objects())
+def live_tensors() -> tuple[int, float]:
+    import torch
+
+    storages: dict[int, int] = {}
+    count = 0
+    for obj in gc.get_objects():
+        if isinstance(obj, torch.Tensor):
+            count += 1
+            storages[obj.untyped_storage().data_ptr()] = obj.untyped_storage().nbytes()
+    return count, sum(storages.values()) / 2**20
 
 
 # --------------------------------------------------------------------------------------- one run
@@ -141,103 +126,123 @@ def make_corpus(folder: Path, streams: int) -> list[Path]:
     return out
 
 
-def run_variant(variant: str, streams: int, max_tokens: int, diagnose: bool) -> dict[str, Any]:
-    import torch
-
+def job(work: Path, streams: int, max_tokens: int, concurrent: int) -> tuple[Any, list[Any]]:
+    """The main job's config on a corpus of ``streams`` texts, and its stream descriptors."""
+    from actors.tasks import make_task
     from jobs.config import CONFIG_DIR, config_from_dict, read_yaml
-    from pipeline.sharding import plan_tasks
     from pipeline.sources import expand_inputs
 
-    torch.set_num_threads(1)
-    work = Path(tempfile.mkdtemp(prefix="bench-actor-memory-"))
     make_corpus(work / "in", streams)
     data = read_yaml(CONFIG_DIR / "summarize_books.yaml")
     data["input"] = {"paths": [str(work / "in")], "max_tokens_per_stream": max_tokens}
     data["output"] = {"path": str(work / "out")}
-    data["resources"] = {"threads_per_actor": 1}
-    # Short generations: the memory at stake is the cache copies each question makes, not the answer.
+    data["resources"] = {"threads_per_actor": 1, "streams_per_actor": concurrent}
+    # Short generations: the memory at stake is what each stream allocates, not the answers.
     data["summarize"].update(segment_tokens=256, min_segment_tokens=64)
     data["summarize"].update(segment_max_new_tokens=8, final_max_new_tokens=8)
     data["progress"] = False
     cfg = config_from_dict("summarize", data, "bench")
-    storage = cfg.storage.to_storage()
-    sources = expand_inputs(cfg.input.paths, storage, cfg.read_options())
-    tasks = plan_tasks("summarize", sources, storage=storage)
-    assert len(tasks) == streams, (len(tasks), streams)
+    task = make_task(cfg, None)
+    units = task.plan(expand_inputs(task.inputs(), None, task.read_options()))
+    assert len(units) == streams, (len(units), streams)
+    return cfg, units
 
+
+class Probe:
+    """The measured worker: runs descriptors from ``concurrent`` threads, samples memory after each."""
+
+    def __init__(self, cfg: Any, concurrent: int, between: str, diagnose: bool) -> None:
+        import torch
+
+        from actors.stream_worker import StreamWorker
+
+        torch.set_num_threads(1)
+        self.rss_start = rss_mb()
+        self.worker = StreamWorker(cfg, job_id="bench-memory")
+        self.concurrent, self.between, self.diagnose = concurrent, between, diagnose
+        self.lock = threading.Lock()
+        self.samples: list[dict[str, Any]] = [{"stream": 0, "rss_mb": rss_mb(), **heap()}]
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def one(self, unit_json: str) -> None:
+        from pipeline.sharding import StreamTask
+
+        t0 = time.perf_counter()
+        (status,) = self.worker.process(StreamTask.from_json(unit_json))
+        assert status["status"] == "ok", status
+        with self.lock:  # one sample at a time; the other threads' streams keep running meanwhile
+            sample: dict[str, Any] = {"stream": len(self.samples), "seconds": time.perf_counter() - t0}
+            if self.between == "trim":
+                gc.collect()
+                _libc().malloc_trim(0)
+            if self.diagnose:
+                sample["garbage"] = cyclic_garbage()
+                sample["live_tensors"], sample["live_tensor_mb"] = live_tensors()
+            sample.update(rss_mb=rss_mb(), **heap())
+            self.samples.append(sample)
+            line = f"  stream {sample['stream']:3d}: rss {sample['rss_mb']:7.1f} MB"
+            print(line, file=sys.stderr, flush=True)
+
+    def run(self, units_json: list[str]) -> dict[str, Any]:
+        with ThreadPoolExecutor(self.concurrent) as pool:
+            list(pool.map(self.one, units_json))
+        return {"rss_before_model_mb": self.rss_start, "samples": self.samples}
+
+
+def run_in_process(variant: str, streams: int, max_tokens: int, concurrent: int) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="bench-actor-memory-"))
     try:
-        return _measure(variant, cfg, tasks, diagnose, streams, max_tokens)
+        cfg, units = job(work, streams, max_tokens, concurrent)
+        between = "trim" if variant == "trim" else "none"
+        probe = Probe(cfg, concurrent, between, diagnose=variant == "diagnose")
+        return probe.run([u.to_json() for u in units])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _measure(variant: str, cfg: Any, tasks: list[Any], diagnose: bool, streams: int, max_tokens: int) -> Any:
-    from actors.stream_worker import StreamWorker
+def run_in_ray(variant: str, streams: int, max_tokens: int, concurrent: int) -> dict[str, Any]:
+    import ray
 
-    rss_start = rss_mb()
-    worker = StreamWorker(cfg, job_id=f"bench-{variant}")
-    samples: list[dict[str, Any]] = [{"stream": 0, "rss_mb": rss_mb(), **heap()}]
-    counts_at_2: collections.Counter[str] | None = None
-    tracemalloc_at_2 = None
-    for i, task in enumerate(tasks, start=1):
-        t0 = time.perf_counter()
-        (status,) = worker.process(task)
-        assert status["status"] == "ok", status
-        seconds = time.perf_counter() - t0
-        sample: dict[str, Any] = {"stream": i, "seconds": seconds, "tokens": status["tokens"]}
-        if diagnose:
-            sample["garbage"] = cyclic_garbage()
-            live = gc.get_objects()
-            sample["live_tensors"], live_bytes = tensor_bytes(live)
-            sample["live_tensor_mb"] = live_bytes / 2**20
-            kinds = collections.Counter(f"{type(o).__module__}.{type(o).__name__}" for o in live)
-            sample["live_caches"] = kinds["longread.cache.BoundedCache"]
-            sample["live_snapshots"] = kinds["longread.engine.Snapshot"]
-            del kinds
-            del live
-            if i == 2:
-                counts_at_2 = live_counts()
-                tracemalloc.start(8)
-                tracemalloc_at_2 = tracemalloc.take_snapshot()
-        elif variant in ("gc", "gc_trim", "gc_mmap"):
-            gc.collect()
-        if variant == "gc_trim":
-            _LIBC.malloc_trim(0)
-        sample.update(rss_mb=rss_mb(), **heap())
-        samples.append(sample)
-        print(f"  {variant:8s} stream {i:3d}: rss {sample['rss_mb']:7.1f} MB", file=sys.stderr, flush=True)
-    result: dict[str, Any] = {
-        "variant": "diagnose" if diagnose else variant,
-        "streams": streams,
-        "max_tokens": max_tokens,
-        "rss_before_model_mb": rss_start,
-        "samples": samples,
-    }
-    if diagnose and counts_at_2 is not None and tracemalloc_at_2 is not None:
-        growth = live_counts() - counts_at_2
-        result["live_object_growth_after_stream_2"] = growth.most_common(15)
-        stats = tracemalloc.take_snapshot().compare_to(tracemalloc_at_2, "lineno")
-        result["tracemalloc_growth_after_stream_2"] = [
-            {"where": str(s.traceback[0]), "size_kb": s.size_diff / 1024, "count": s.count_diff}
-            for s in stats[:12]
-        ]
-        tracemalloc.stop()
-    return result
+    from pipeline.cluster import actor_runtime_env
+
+    work = Path(tempfile.mkdtemp(prefix="bench-actor-memory-"))
+    ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    try:
+        cfg, units = job(work, streams, max_tokens, concurrent)
+        options: dict[str, Any] = {"num_cpus": 1, "max_concurrency": concurrent}
+        if variant == "ray_default":
+            options["runtime_env"] = actor_runtime_env()
+        actor = ray.remote(Probe).options(**options).remote(cfg, concurrent, "none", False)
+        result = ray.get(actor.run.remote([u.to_json() for u in units]))
+        result["actor_pid"] = ray.get(actor.pid.remote())
+        return result
+    finally:
+        ray.shutdown()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 # ------------------------------------------------------------------------------------------ driver
 def child(args: argparse.Namespace) -> None:
     variant = args.child
-    result = run_variant(variant, args.streams, args.max_tokens, diagnose=variant == "diagnose")
+    run = run_in_ray if variant.startswith("ray_") else run_in_process
+    result = run(variant, args.streams, args.max_tokens, args.concurrent)
+    result.update(variant=variant, streams=args.streams, max_tokens=args.max_tokens)
     print(json.dumps(result))
 
 
 def spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
-    if variant == "gc_mmap":
-        env["MALLOC_MMAP_THRESHOLD_"] = str(MMAP_THRESHOLD)
+    from pipeline.memory import ALLOCATOR_ENV
+
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != "RAY_ADDRESS"}
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    if variant in ("default", "diagnose"):
+        env.update(ALLOCATOR_ENV)
+        env.update(dict(item.split("=", 1) for item in args.allocator_env or []))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", variant]
     cmd += ["--streams", str(args.streams), "--max-tokens", str(args.max_tokens)]
+    cmd += ["--concurrent", str(args.concurrent)]
     proc = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True, check=True)
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
@@ -264,8 +269,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--streams", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=512)
+    parser.add_argument("--concurrent", type=int, default=4, help="streams at once (streams_per_actor)")
     parser.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     parser.add_argument("--diagnose", action="store_true", help="also run the diagnostic variant")
+    parser.add_argument(
+        "--allocator-env", nargs="*", metavar="KEY=VALUE", help="other settings for 'default' (in process)"
+    )
     parser.add_argument("--out", type=Path, default=Path("results/bench_actor_memory.json"))
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,11 +286,10 @@ def main() -> None:
         print(f"running {variant} ...", file=sys.stderr, flush=True)
         results.append(spawn(variant, args))
     rows = [summarize(r) for r in results]
-    head = (
+    print(
         f"| variant | RSS loaded MB | RSS after 2 MB | RSS after {args.streams} MB | ratio "
         "| MB/stream after 2 | heap free (kept) MB | mmapped MB | s/stream |"
     )
-    print(head)
     print("|" + "---|" * 9)
     for r in rows:
         print(
@@ -292,19 +300,14 @@ def main() -> None:
         )
     for r in results:
         if r["variant"] == "diagnose":
-            garbage = [s["garbage"] for s in r["samples"] if "garbage" in s]
-            print("\ndiagnose: cyclic garbage per stream (freed only by the cyclic GC):")
-            for s, g in zip(r["samples"][1:], garbage):
+            print("\ndiagnose: cyclic garbage and live tensors after each stream:")
+            for s in r["samples"][1:]:
+                g = s["garbage"]
                 print(
-                    f"  stream {s['stream']:3d}: {g['objects']:6d} objects, {g['caches']} BoundedCache, "
-                    f"{g['tensors']} tensors = {g['tensor_mb']:.1f} MB; live: {s['live_tensors']} tensors "
-                    f"= {s['live_tensor_mb']:.1f} MB, {s['live_caches']} caches, "
-                    f"{s['live_snapshots']} engine snapshots"
+                    f"  stream {s['stream']:3d}: cyclic garbage {g['objects']} objects, {g['tensors']} "
+                    f"tensors ({g['tensor_mb']:.1f} MB); live {s['live_tensors']} tensors "
+                    f"({s['live_tensor_mb']:.1f} MB)"
                 )
-            print("  live objects grown after stream 2:", r.get("live_object_growth_after_stream_2"))
-            print("  tracemalloc growth after stream 2 (Python allocations):")
-            for t in r.get("tracemalloc_growth_after_stream_2", [])[:8]:
-                print(f"    {t['size_kb']:9.1f} KB {t['count']:+6d}  {t['where']}")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "runs": results}, indent=1))
     print(f"\nJSON: {args.out}")

@@ -3,8 +3,9 @@
 * ``run_job(cfg)`` runs ``pipeline.driver.run_job`` with the task of ``cfg.task`` (``actors.tasks``) and
   ``actors.stream_worker.StreamWorker``: the one place where the layers are put together.
 * ``main(task, argv)`` is what ``python -m jobs.<name>`` runs: load the config (``jobs.config``), run the
-  job, print where the results are and a short preview. Exit status 2 for bad settings or inputs, 1 when
-  no stream succeeded.
+  job, print where the results are and a short preview. Exit status 2 for bad settings or inputs, 3 when
+  the output cannot be written (full, read-only, refused: one message naming the path, the cause and the
+  fix), 1 when no stream succeeded.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from jobs.config import ConfigError, load_config
 from pipeline.config import BaseJobConfig
 from pipeline.driver import run_job as drive
 from pipeline.report import JobReport, format_report
+from pipeline.writer import OutputError
 
 
 def run_job(cfg: BaseJobConfig) -> JobReport:
@@ -41,6 +43,9 @@ def main(task: str, argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         report = run_job(cfg)
+    except OutputError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

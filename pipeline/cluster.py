@@ -5,7 +5,11 @@ Contract:
 * ``init_ray`` joins ``resources.ray_address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts
   Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
 * ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
-  GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units.
+  GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units;
+  ``actor_runtime_env`` what their processes start with (``pipeline.memory``'s allocator settings).
+* ``StopFlag`` is a job-wide "stop now" (a key in Ray's GCS key-value store): the driver raises it when the
+  output fails, every actor sees it within ``STOP_POLL_S`` and ends its calls at once, so the job ends as a
+  dataset that ran out of work instead of one torn down with actors killed mid-call.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import Any
 
 from pipeline.config import BaseJobConfig, ResourceSettings
 from pipeline.fs import is_remote
+from pipeline.memory import ALLOCATOR_ENV
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +83,55 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
     if streams is not None:
         n = max(1, min(n, streams))
     return n, ask
+
+
+def actor_runtime_env() -> dict[str, Any]:
+    """The runtime_env of the stream actors: the allocator settings of ``pipeline.memory`` (Ray merges it
+    with the job's own runtime_env, e.g. the working_dir of ``ray job submit``; the job's own values for
+    these variables win, so a cluster can tune them)."""
+    return {"env_vars": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}}
+
+
+#: Seconds between an actor's looks at the job's ``StopFlag`` while its streams run.
+STOP_POLL_S = 1.0
+
+
+class StopFlag:
+    """See the module docstring. Best effort: outside Ray it is never raised."""
+
+    NAMESPACE = "longread"
+
+    def __init__(self, job_id: str) -> None:
+        self.key = f"stop:{job_id}".encode()
+
+    def _kv(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            return None
+        from ray.experimental import internal_kv
+
+        return internal_kv if internal_kv._internal_kv_initialized() else None
+
+    def set(self, message: str) -> None:
+        kv = self._kv()
+        if kv is not None:
+            kv._internal_kv_put(self.key, message.encode(), overwrite=True, namespace=self.NAMESPACE)
+
+    def get(self) -> str | None:
+        kv = self._kv()
+        if kv is None:
+            return None
+        try:
+            value = kv._internal_kv_get(self.key, namespace=self.NAMESPACE)
+        except Exception:  # the GCS unreachable for a moment: not a reason to stop
+            return None
+        return value.decode() if value else None
+
+    def clear(self) -> None:
+        kv = self._kv()
+        if kv is not None:
+            kv._internal_kv_del(self.key, namespace=self.NAMESPACE)
 
 
 #: Seconds a local run waits for all its actors to load the model before it hands out streams.

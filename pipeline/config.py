@@ -116,10 +116,20 @@ class InputSettings(TextFormat):
     min_split_bytes: int = Field(default=1 << 20, ge=1)
 
 
+#: Default of ``output.checkpoint_every_tokens`` (cost per checkpoint in BENCHMARKS.md, "Stream checkpoints").
+CHECKPOINT_EVERY_TOKENS = 65536
+
+
 class OutputSettings(Section):
     path: str | None = Field(default=None, description="folder or s3:// prefix; default ./output/<job name>")
     retry_errors: bool = Field(
         default=False, description="re-process streams whose previous result is an error row"
+    )
+    checkpoint_every_tokens: int | None = Field(
+        default=CHECKPOINT_EVERY_TOKENS,
+        ge=1,
+        description="save a long stream's state to <output>/_checkpoints/ every this many document tokens, "
+        "so a stream whose actor dies resumes there; null: never",
     )
 
 

@@ -25,6 +25,7 @@ Contract:
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from typing import Any, Protocol
@@ -32,7 +33,9 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from pipeline.cluster import (
+    StopFlag,
     actor_resources,
+    actor_runtime_env,
     init_ray,
     is_remote_cluster,
     quiet_ray_data,
@@ -43,16 +46,18 @@ from pipeline.fs import Storage, display_uri
 from pipeline.metrics import DriverMetrics
 from pipeline.preflight import check_model, check_policy_fits_model
 from pipeline.raylog import absorb_actor_restart_warning
-from pipeline.report import JobReport, job_record, new_job_id, preview
-from pipeline.sharding import StreamTask
+from pipeline.report import JobRecorder, JobReport, new_job_id, preview
+from pipeline.sharding import StreamTask, spread_records
 from pipeline.shuffle import MAX_BLOCKS, LineGrouping, line_grouped_dataset
 from pipeline.sources import ReadOptions, SourceFile, expand_inputs
 from pipeline.submit import check_output_path, submitted_job
-from pipeline.writer import PartWriter, stream_key
+from pipeline.writer import OutputError, PartWriter, stream_key
 
 log = logging.getLogger(__name__)
 
 PROGRESS_LOG_SECONDS = 30.0
+#: Seconds the actors get to end their calls once the job stops for an output failure.
+STOP_DRAIN_S = 60.0
 
 
 class JobTask(Protocol):
@@ -76,6 +81,8 @@ class JobTask(Protocol):
 
 
 def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], worker: type) -> JobReport:
+    """Run the job (see the module docstring). An output that cannot be written raises ``OutputError``
+    (one message: the output, the cause, the fix) after recording the run as failed where it still can."""
     t_start = time.perf_counter()
     storage: Storage = cfg.storage.to_storage()
     if (storage.endpoint_url, storage.region) != (cfg.storage.endpoint_url, cfg.storage.region):
@@ -102,23 +109,36 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     grouping = task.line_grouping()
     tasks = task.plan(sources) if grouping is None else []
     done = writer.done(retry_errors=cfg.output.retry_errors)
+    writer.remove_stale_checkpoints(done)
     pending = [t for t in tasks if not (t.stream_id is not None and stream_key(t.stream_id) in done)]
     report.streams_skipped = len(tasks) - len(pending)
-    writer.write_job_record(job_id, job_record(cfg, job_id, "running", report))
+    recorder = JobRecorder(writer, cfg, job_id, report)
+    recorder.start()  # also marks earlier runs killed on this output interrupted
     if pending or grouping is not None:
         started = init_ray(cfg.resources)
         try:
             quiet_ray_data(local=not is_remote_cluster(cfg.resources))
+            total: int | None
             if grouping is not None:
-                dataset, total = _grouped(grouping, sources, storage, opts)
+                dataset, units = _grouped(grouping, sources, storage, opts)
+                actors, total = actor_resources(cfg, units), units
             else:
+                # Files of records are several streams each, as many as they hold: no upper bound here.
+                actors = actor_resources(
+                    cfg, None if any(not t.single_stream for t in pending) else len(pending)
+                )
+                slots = actors[0] * cfg.resources.streams(gpu="num_gpus" in actors[1])
+                if len(pending) < slots:  # too few units to keep every stream slot busy: share record files
+                    pending = spread_records(pending, actors[0])
                 dataset, total = _planned(pending)
-            _execute(cfg, job_id, dataset, total, worker, report)
+            _execute(cfg, job_id, dataset, total, worker, report, actors)
         except BaseException as exc:
             report.seconds = time.perf_counter() - t_start
-            record = job_record(cfg, job_id, "failed", report)
-            record["error"] = f"{type(exc).__name__}: {exc}"[:2000]
-            writer.write_job_record(job_id, record)
+            state = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+            try:
+                recorder.finish(state, f"{type(exc).__name__}: {exc}")
+            except OutputError as also:
+                log.warning("the job record could not be updated either: %s", also)
             raise
         finally:
             if started:
@@ -126,45 +146,52 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
 
                 ray.shutdown()
     report.seconds = time.perf_counter() - t_start
-    writer.write_job_record(job_id, job_record(cfg, job_id, "finished", report))
+    recorder.finish("finished")
     report.preview = preview(report.paths, storage, task.preview_kind)
     return report
 
 
-def _planned(pending: list[StreamTask]) -> tuple[Any, tuple[int, int | None]]:
-    """The descriptors as a dataset; (units of work, streams if known upfront)."""
+def _planned(pending: list[StreamTask]) -> tuple[Any, int | None]:
+    """The descriptors as a dataset, and the number of streams if known upfront."""
     import ray.data
 
     items = [{"task": t.to_json()} for t in pending]
-    ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.target_max_block_size
+    # A worker yields each stream's status as the stream ends; blocks of one row each carry every status
+    # to the driver at once (the records of a file then advance progress one by one). The dataset keeps
+    # the setting it was made with; later datasets (a shuffle's) keep the default.
+    ctx.target_max_block_size = 1
+    try:
+        ds = ray.data.from_items(items, override_num_blocks=max(1, min(len(items), MAX_BLOCKS)))
+    finally:
+        ctx.target_max_block_size = saved
     # A file of records is one unit of work but several streams: then the total is unknown upfront.
     total = len(items) if all(t.single_stream for t in pending) else None
-    return ds, (len(items), total)
+    return ds, total
 
 
 def _grouped(
     grouping: LineGrouping, sources: list[SourceFile], storage: Storage, opts: ReadOptions
-) -> tuple[Any, tuple[int, int | None]]:
+) -> tuple[Any, int]:
     ds = line_grouped_dataset(grouping, sources, storage, opts)
-    units = ds.count()
-    return ds, (units, units)
+    return ds, ds.count()
 
 
 def _execute(
     cfg: BaseJobConfig,
     job_id: str,
     ds: Any,
-    counts: tuple[int, int | None],
+    total: int | None,
     worker: type,
     report: JobReport,
+    actors: tuple[int, dict[str, float]],
 ) -> None:
     import ray.data
 
     warn_if_output_is_node_local(report.output)
     absorb_actor_restart_warning()  # Ray Data's own false alarm about restarts: see pipeline.raylog
-    units, total = counts
-    # No more actors than units of work (the records of one unit go through one actor, in order).
-    n, ask = actor_resources(cfg, units)
+    n, ask = actors
     report.actors, report.actor_resources = n, ask
     log.info("%s: %s streams on %d actors (%s each)", job_id, total if total is not None else "?", n, ask)
     # Each actor serves `streams` descriptors at once (concurrent calls into one batched engine); a call
@@ -182,14 +209,31 @@ def _execute(
         batch_size=1,
         batch_format="numpy",
         compute=strategy,
+        runtime_env=actor_runtime_env(),  # the allocator settings (pipeline.memory), merged with the job's
         **ask,
     )
     metrics = DriverMetrics(job_id)
     t0 = last_log = time.perf_counter()
     bar = tqdm(total=total, unit="stream", desc=report.job_name, disable=not cfg.progress, dynamic_ncols=True)
+    rows = iter(results.iter_rows())
+    stop = StopFlag(job_id)
+    failure: str | None = None
+    drain_until = math.inf
     try:
-        for status in results.iter_rows():
-            report.add(status)
+        for status in rows:
+            if status["status"] == "fatal":
+                # The output cannot be written: every actor stops (StopFlag) and ends its calls, and the
+                # dataset runs out of work; then the job fails with this one message.
+                if failure is None:
+                    failure = str(status["error"])
+                    stop.set(failure)
+                    drain_until = time.monotonic() + STOP_DRAIN_S
+            elif status["status"] != "skipped" or failure is None:
+                report.add(status)
+            if time.monotonic() > drain_until:
+                break  # an actor that does not stop in time is torn down with the dataset
+            if failure is not None:
+                continue
             if status["status"] == "error":
                 # INFO: the final report lists every error; warnings would break the progress bar.
                 log.info(
@@ -211,3 +255,10 @@ def _execute(
                 )
     finally:
         bar.close()
+        close = getattr(rows, "close", None)
+        if close is not None:  # stops the execution (and its actors) when the job stops early
+            close()
+        if failure is not None:
+            stop.clear()
+    if failure is not None:
+        raise OutputError(failure)

@@ -175,6 +175,14 @@ class LogParser:
         self._last = best.re
         return _epoch(best), best.group(0).strip("[]"), best.span()
 
+    def memory(self) -> str | None:
+        """The remembered format's pattern (what a resumed stream gives ``remember``), or None."""
+        return None if self._last is None else self._last.pattern
+
+    def remember(self, pattern: str | None) -> None:
+        """Try the built-in format with this pattern first again (``memory`` of an earlier parser)."""
+        self._last = next((p for _, p in TIMESTAMP_FORMATS if p.pattern == pattern), None)
+
     def level(self, line: str) -> str:
         m = _ANDROID_LEVEL.match(line) or self._level.search(line[:LEVEL_CHARS])
         if not m:

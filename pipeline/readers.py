@@ -19,41 +19,39 @@ import gzip
 import io
 import json
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Literal
 
 from fsspec.compression import compr
 from fsspec.utils import seek_delimiter
 
-from pipeline.fs import Storage, get_fs, protocol_of
-from pipeline.sources import InputError, ReadOptions, SourceFile
+from pipeline.fs import Storage, get_fs
+from pipeline.sources import (
+    ACCESS_ERRORS,
+    CREDENTIAL_ERRORS,
+    InputError,
+    ReadOptions,
+    SourceFile,
+    explain_forbidden,
+    input_error,
+)
 
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = 1 << 20
 SNIFF = 8192
 # Control bytes that do not occur in text; a first block with many of them is binary even without NULs.
 _TEXT_CONTROLS = {7, 8, 9, 10, 12, 13, 27}
+#: What damaged gzip data raises while it is read.
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
 def _open(src: SourceFile, storage: Storage | None) -> BinaryIO:
     fs, path = get_fs(src.uri, storage)
-    where = src.display
     try:
         return fs.open(path, "rb")
-    except FileNotFoundError:
-        what = "S3 key" if protocol_of(src.uri) in ("s3", "s3a") else "file"
-        raise InputError(
-            "missing", f"{where}: no such {what}; check the path (and the bucket and key) or remove it."
-        ) from None
-    except IsADirectoryError:
-        raise InputError("unreadable", f"{where} is a directory, not a file; point at its files.") from None
-    except PermissionError:
-        raise InputError(
-            "unreadable", f"{where}: permission denied; grant read access or remove it."
-        ) from None
-    except OSError as exc:
-        raise InputError("unreadable", f"{where}: cannot be opened ({exc}); check the path.") from None
+    except ACCESS_ERRORS as exc:  # missing, access denied, no S3 credentials, ...: this input's error row
+        raise input_error(explain_forbidden(fs, path, exc), src.display) from None
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -65,14 +63,54 @@ def _looks_binary(head: bytes) -> bool:
     return controls > 0.1 * len(head)
 
 
+def _read_head(stream: BinaryIO, size: int) -> tuple[bytes, Exception | None]:
+    """Up to ``size`` bytes, and the gzip error that cut them short, if any (the bytes before it are kept)."""
+    chunks: list[bytes] = []
+    got = 0
+    try:
+        while got < size:
+            chunk = stream.read1(size - got)  # type: ignore[attr-defined]  # buffered, gzip: both have it
+            if not chunk:
+                break
+            chunks.append(chunk)
+            got += len(chunk)
+    except GZIP_ERRORS as exc:
+        return b"".join(chunks), exc
+    return b"".join(chunks), None
+
+
+def _gzip_damage(where: str, offset: int, exc: Exception) -> InputError:
+    if offset == 0:
+        return InputError(
+            "corrupt_gzip",
+            f"{where}: corrupt or truncated gzip data, nothing decompresses ({exc}); re-create the archive, "
+            "or drop the .gz suffix if the file is not compressed.",
+        )
+    return InputError(
+        "corrupt_gzip",
+        f"{where}: the gzip data is truncated or corrupt after {offset:,} decompressed bytes ({exc}); the "
+        f"stream holds the text up to the last complete line before that point (bytes 0-{offset:,}). "
+        "Re-create the archive to read the rest.",
+    )
+
+
 def iter_raw_lines(
     src: SourceFile,
     storage: Storage | None = None,
     byte_range: tuple[int, int] | None = None,
     *,
     compression: Literal["infer", "gzip", "none"] = "infer",
+    start: int | None = None,
+    on_damage: Callable[[InputError], None] | None = None,
 ) -> Iterator[tuple[int, bytes]]:
-    """``(offset, line)`` pairs, the line without its newline, read through a 1 MiB buffer."""
+    """``(offset, line)`` pairs, the line without its newline, read through a 1 MiB buffer.
+
+    ``start``: resume at this offset (one this reader yielded: a line's first byte, counted in the
+    decompressed stream for gzip) instead of the range's start; the file is not sniffed again.
+    ``on_damage``: where gzip data that breaks off after some complete lines (a truncated download) is
+    reported (``InputError('corrupt_gzip')`` saying how much was read); the lines before the damage are
+    yielded and iteration ends normally. Without it, or when nothing decompresses, the error is raised.
+    """
     if src.error:
         raise InputError(*src.error)
     where = src.display
@@ -80,8 +118,8 @@ def iter_raw_lines(
         try:
             gz = src.compression == "gzip" or (compression == "infer" and raw.read(2) == GZIP_MAGIC)
             raw.seek(0)
-        except OSError as exc:
-            raise InputError("unreadable", f"{where}: read failed ({exc}); check the file.") from None
+        except ACCESS_ERRORS as exc:
+            raise input_error(exc, where) from None
         if gz and byte_range is not None:
             raise InputError(
                 "unreadable",
@@ -92,39 +130,45 @@ def iter_raw_lines(
         # lines come from the C line splitter, whatever the filesystem's own read size.
         buffered: Any = raw  # an fsspec file: a RawIOBase in all but name
         stream: BinaryIO = compr["gzip"](raw, mode="rb") if gz else io.BufferedReader(buffered, BLOCK)
-        start, end = byte_range if byte_range else (0, None)
+        begin, end = byte_range if byte_range else (0, None)
         offset = 0
         try:
-            if start > 0:
-                # The line that straddles `start` belongs to the previous range: skip through its newline
-                # (none to skip when `start` begins a line). fsspec's read_block aligns ranges this way, but
-                # returns a whole range at once; a part of a 10 GB file must stream.
-                stream.seek(start - 1)
-                if stream.read(1) != b"\n":
-                    seek_delimiter(stream, b"\n", BLOCK)
-                offset = stream.tell()
-            head = stream.read(SNIFF)
-            if _looks_binary(head):
-                hint = "" if gz else " If it is compressed, give it a .gz suffix."
-                raise InputError(
-                    "binary",
-                    f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
-                    f" Remove it from the inputs or convert it to text.{hint}",
-                )
-            stream.seek(offset)
+            if start is not None and start > begin:
+                # A resumed read: `start` begins a line (this reader yielded it); gzip decompresses up to it.
+                stream.seek(start)
+                offset = start
+            else:
+                if begin > 0:
+                    # The line that straddles `begin` belongs to the previous range: skip through its
+                    # newline (none to skip when `begin` starts a line). fsspec's read_block aligns ranges
+                    # this way, but returns a whole range at once; a part of a 10 GB file must stream.
+                    stream.seek(begin - 1)
+                    if stream.read(1) != b"\n":
+                        seek_delimiter(stream, b"\n", BLOCK)
+                    offset = stream.tell()
+                head, damage = _read_head(stream, SNIFF)
+                if damage is not None and b"\n" not in head:
+                    raise damage
+                if _looks_binary(head):
+                    hint = "" if gz else " If it is compressed, give it a .gz suffix."
+                    raise InputError(
+                        "binary",
+                        f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
+                        f" Remove it from the inputs or convert it to text.{hint}",
+                    )
+                stream.seek(offset)
             for line in stream:
                 if end is not None and offset >= end:
                     return
                 yield offset, line[:-1] if line.endswith(b"\n") else line
                 offset += len(line)
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            raise InputError(
-                "corrupt_gzip",
-                f"{where}: corrupt or truncated gzip data after {offset} decompressed bytes ({exc}); "
-                "re-create the archive, or drop the .gz suffix if the file is not compressed.",
-            ) from None
-        except OSError as exc:
-            raise InputError("unreadable", f"{where}: read failed ({exc}); check the file.") from None
+        except GZIP_ERRORS as exc:
+            damage_error = _gzip_damage(where, offset, exc)
+            if on_damage is None or offset == 0:
+                raise damage_error from None
+            on_damage(damage_error)
+        except ACCESS_ERRORS as exc:
+            raise input_error(exc, where) from None
 
 
 def iter_lines(
@@ -143,12 +187,17 @@ def iter_lines_at(
     storage: Storage | None = None,
     opts: ReadOptions | None = None,
     byte_range: tuple[int, int] | None = None,
+    *,
+    start: int | None = None,
+    on_damage: Callable[[InputError], None] | None = None,
 ) -> Iterator[tuple[int, str]]:
-    """``(byte offset, decoded line)`` pairs; see ``iter_lines``."""
+    """``(byte offset, decoded line)`` pairs; see ``iter_lines`` (and ``iter_raw_lines`` for ``start`` and
+    ``on_damage``)."""
     opts = opts or ReadOptions()
-    for number, (offset, line) in enumerate(
-        iter_raw_lines(src, storage, byte_range, compression=opts.compression)
-    ):
+    raw = iter_raw_lines(
+        src, storage, byte_range, compression=opts.compression, start=start, on_damage=on_damage
+    )
+    for number, (offset, line) in enumerate(raw):
         if offset == 0 and line.startswith(codecs.BOM_UTF8):
             line = line[3:]
         if line.endswith(b"\r"):
@@ -166,26 +215,58 @@ def iter_lines_at(
 
 
 # --------------------------------------------------------------------------------------------- documents
+#: Where a line source can resume: a byte offset in a file, a line index in a record's text, or a list of
+#: those for sources made of several (JSON-able, so a checkpoint can hold it).
+Position = Any
+PositionedLines = Iterator[tuple[Position, str]]
+
+
+class Damage:
+    """Collects what readers report about inputs that ended early (``iter_raw_lines``' ``on_damage``): the
+    stream keeps the lines read before the damage, and its rows say what was lost."""
+
+    def __init__(self) -> None:
+        self.errors: list[InputError] = []
+
+    def __call__(self, error: InputError) -> None:
+        self.errors.append(error)
+
+
 @dataclass
 class Document:
-    """One stream's text: either a lazy line iterator (text files) or a whole record's text."""
+    """One stream's text: a file (or a part of one) read lazily, or a record's text.
+
+    ``lines_at(start)`` yields ``(position, line)`` pairs: ``position`` is where reading would resume to
+    yield that line again (a checkpoint's input offset), ``start`` one such position (None: the start).
+    """
 
     stream_id: str
     source_uri: str
     record: str | None = None
     text: str | None = None
-    lines: Iterator[str] | None = None
     questions: list[str] = field(default_factory=list)
     error: InputError | None = None
+    #: reads a file from a position: (start, on_damage) -> (position, line) pairs
+    reader: Callable[[Position, Damage | None], PositionedLines] | None = None
+
+    def lines_at(self, start: Position = None, damage: Damage | None = None) -> PositionedLines:
+        if self.reader is not None:
+            yield from self.reader(start, damage)
+        elif self.text is not None:
+            yield from _text_lines(self.text, start)
 
     def iter_lines(self) -> Iterator[str]:
-        if self.lines is not None:
-            yield from self.lines
-        elif self.text is not None:
-            lines = self.text.split("\n")
-            if len(lines) > 1 and lines[-1] == "":
-                lines.pop()  # a final newline ends the last line, as when reading a file
-            yield from lines
+        for _, line in self.lines_at():
+            yield line
+
+
+def _text_lines(text: str, start: Position = None) -> PositionedLines:
+    """A text's lines as ``(line index, line)`` from line ``start``; a final newline ends the last line."""
+    lines = text.split("\n")
+    if len(lines) > 1 and lines[-1] == "":
+        lines.pop()
+    for index in range(int(start or 0), len(lines)):
+        yield index, lines[index]
 
 
 def stream_id_for(src: SourceFile, byte_range: tuple[int, int] | None = None) -> str:
@@ -243,8 +324,17 @@ def _record_document(
     return doc
 
 
+def _mine(index: int, every: tuple[int, int] | None) -> bool:
+    """Whether record ``index`` belongs to this reader: all records, or every ``n``-th from ``phase``."""
+    return every is None or index % every[0] == every[1]
+
+
 def _iter_jsonl(
-    src: SourceFile, storage: Storage | None, opts: ReadOptions, byte_range: tuple[int, int] | None
+    src: SourceFile,
+    storage: Storage | None,
+    opts: ReadOptions,
+    byte_range: tuple[int, int] | None,
+    every: tuple[int, int] | None = None,
 ) -> Iterator[Document]:
     # A byte range does not know how many records precede it: its records are named by byte offset.
     index = 0
@@ -253,6 +343,9 @@ def _iter_jsonl(
             continue
         if opts.max_records_per_file is not None and index >= opts.max_records_per_file:
             return
+        if not _mine(index, every):  # another reader's record: not even parsed
+            index += 1
+            continue
         key = f"offset={offset}" if byte_range else None
         where = f"{src.display} byte {offset}" if byte_range else f"{src.display} line {number}"
         try:
@@ -283,6 +376,12 @@ def _parquet_file(src: SourceFile, storage: Storage | None) -> Any:
         if src.compression == "gzip":  # Parquet needs random access: decompress into memory once
             handle = pa.BufferReader(handle.read())
         return pq.ParquetFile(handle)
+    except (PermissionError, FileNotFoundError) as exc:
+        raw.close()
+        raise input_error(exc, src.display) from None
+    except CREDENTIAL_ERRORS as exc:
+        raw.close()
+        raise input_error(exc, src.display) from None
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError, zlib.error) as exc:
         raw.close()
         raise InputError(
@@ -297,7 +396,11 @@ def parquet_row_groups(src: SourceFile, storage: Storage | None) -> list[int]:
 
 
 def _iter_parquet(
-    src: SourceFile, storage: Storage | None, opts: ReadOptions, row_groups: tuple[int, int] | None
+    src: SourceFile,
+    storage: Storage | None,
+    opts: ReadOptions,
+    row_groups: tuple[int, int] | None,
+    every: tuple[int, int] | None = None,
 ) -> Iterator[Document]:
     pf = _parquet_file(src, storage)
     names = pf.schema_arrow.names
@@ -314,7 +417,8 @@ def _iter_parquet(
         for rec in batch.to_pylist():
             if opts.max_records_per_file is not None and index >= opts.max_records_per_file:
                 return
-            yield _record_document(src, index, rec, opts, f"{src.display} row {index}")
+            if _mine(index, every):
+                yield _record_document(src, index, rec, opts, f"{src.display} row {index}")
             index += 1
 
 
@@ -324,20 +428,22 @@ def iter_documents(
     opts: ReadOptions | None = None,
     byte_range: tuple[int, int] | None = None,
     row_groups: tuple[int, int] | None = None,
+    every: tuple[int, int] | None = None,
 ) -> Iterator[Document]:
     """The documents of one file (or of a byte range / row-group range of it): a text file is one,
-    JSONL/Parquet one per record."""
+    JSONL/Parquet one per record. ``every=(n, phase)``: only records whose index in the file is ``phase``
+    modulo ``n`` (the file's records shared by ``n`` readers; the others are skipped unparsed)."""
     opts = opts or ReadOptions()
     if src.format == "text":
-        yield Document(
-            stream_id=stream_id_for(src, byte_range),
-            source_uri=src.display,
-            lines=iter_lines(src, storage, opts, byte_range),
-        )
+
+        def reader(start: Position, damage: Damage | None) -> PositionedLines:
+            return iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
+
+        yield Document(stream_id=stream_id_for(src, byte_range), source_uri=src.display, reader=reader)
     elif src.format == "jsonl":
-        yield from _iter_jsonl(src, storage, opts, byte_range)
+        yield from _iter_jsonl(src, storage, opts, byte_range, every)
     else:
-        yield from _iter_parquet(src, storage, opts, row_groups)
+        yield from _iter_parquet(src, storage, opts, row_groups, every)
 
 
 def iter_log_lines(
@@ -347,11 +453,30 @@ def iter_log_lines(
     byte_range: tuple[int, int] | None = None,
 ) -> Iterator[str]:
     """A log file's lines; for JSONL/Parquet logs, the lines of each record's text column in order."""
+    for _, line in iter_log_lines_at(src, storage, opts, byte_range):
+        yield line
+
+
+def iter_log_lines_at(
+    src: SourceFile,
+    storage: Storage | None = None,
+    opts: ReadOptions | None = None,
+    byte_range: tuple[int, int] | None = None,
+    *,
+    start: Position = None,
+    damage: Damage | None = None,
+) -> PositionedLines:
+    """``iter_log_lines`` as ``(position, line)`` pairs, from ``start`` (a position it yielded): a byte
+    offset for text files, ``[record, line]`` for the records' lines of JSONL/Parquet logs."""
     opts = opts or ReadOptions()
     if src.format == "text":
-        yield from iter_lines(src, storage, opts, byte_range)
+        yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
         return
-    for doc in iter_documents(src, storage, opts):
+    first_record, first_line = (int(start[0]), int(start[1])) if start else (0, 0)
+    for number, doc in enumerate(iter_documents(src, storage, opts)):
+        if number < first_record:
+            continue
         if doc.error:
             raise doc.error
-        yield from doc.iter_lines()
+        for index, line in doc.lines_at(first_line if number == first_record else None):
+            yield [number, index], line

@@ -4,23 +4,40 @@ Contract: ``JobReport`` counts streams, rows and tokens while the driver collect
 bounded sample of errors and result paths, so driver memory does not grow with the number of streams.
 ``job_record`` is what ``_jobs/<job_id>.json`` holds (settings with secrets masked); ``preview`` reads
 one row of a given kind from the first few result files; ``format_report`` is the text the CLI prints.
+
+``JobRecorder`` keeps the run's record current: ``running`` with a heartbeat (host, process, time, counts)
+rewritten every ``HEARTBEAT_S``, then ``finished``, ``failed`` (with the error) or ``interrupted``
+(Ctrl-C). A run killed outright cannot say so itself: the next run on the same output marks its record
+``interrupted`` when its process is gone (same host) or its heartbeat is older than ``STALE_AFTER_S``.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
+import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import psutil
+
 from pipeline.config import BaseJobConfig
 from pipeline.fs import Storage, display_uri, get_fs
-from pipeline.writer import read_part
+from pipeline.writer import OutputError, PartWriter, read_part
+
+log = logging.getLogger(__name__)
 
 MAX_REPORTED_ERRORS = 1000
 MAX_KEPT_PATHS = 20
 PREVIEW_CHARS = 320
+#: Seconds between two heartbeats of a running job's record ...
+HEARTBEAT_S = 60.0
+#: ... and the age at which a heartbeat means its run is gone (a killed run on another host).
+STALE_AFTER_S = 5 * HEARTBEAT_S
 
 
 @dataclass
@@ -32,6 +49,7 @@ class JobReport:
     streams_ok: int = 0
     streams_error: int = 0
     streams_skipped: int = 0
+    streams_resumed: int = 0  # of those done: resumed from a checkpoint
     rows: int = 0
     tokens: int = 0
     seconds: float = 0.0
@@ -62,6 +80,8 @@ class JobReport:
                 self.errors.append(
                     {"stream_id": status["stream_id"], "kind": status["error_kind"], "error": status["error"]}
                 )
+        if status.get("resumed_tokens"):
+            self.streams_resumed += 1
         if status.get("path") and state == "ok" and len(self.paths) < MAX_KEPT_PATHS:
             self.paths.append(str(status["path"]))  # for the preview
         self.rows += int(status["rows"] or 0)
@@ -81,10 +101,90 @@ def job_record(cfg: BaseJobConfig, job_id: str, state: str, report: JobReport) -
         "streams_ok": report.streams_ok,
         "streams_error": report.streams_error,
         "streams_skipped": report.streams_skipped,
+        "streams_resumed": report.streams_resumed,
         "tokens": report.tokens,
         "seconds": report.seconds,
         "config": cfg.public_dict(),  # secrets masked
     }
+
+
+class JobRecorder:
+    """Writes and refreshes one run's ``_jobs/<job_id>.json`` (see the module docstring)."""
+
+    def __init__(self, writer: PartWriter, cfg: BaseJobConfig, job_id: str, report: JobReport) -> None:
+        self.writer, self.cfg, self.job_id, self.report = writer, cfg, job_id, report
+        process = psutil.Process()
+        self.owner = {"host": socket.gethostname(), "pid": process.pid, "pid_started": process.create_time()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def record(self, state: str, error: str | None = None) -> dict[str, Any]:
+        record = job_record(self.cfg, self.job_id, state, self.report)
+        record.update(self.owner, heartbeat=time.time())
+        if error is not None:
+            record["error"] = error[:2000]
+        return record
+
+    def start(self) -> None:
+        """Mark earlier runs that died without a word interrupted, write ``running``, start the heartbeat."""
+        for record in self.writer.job_records():
+            if record.get("state") == "running" and record.get("job_id") != self.job_id:
+                why = _gone(record, self.owner["host"])
+                if why:
+                    record.update(state="interrupted", interrupted=why, noticed_by=self.job_id)
+                    self.writer.write_job_record(str(record["job_id"]), record)
+                    log.info("marked run %s interrupted (%s)", record["job_id"], why)
+                else:
+                    log.warning(
+                        "run %s is still running on output %s (heartbeat %.0f s ago): both runs may process "
+                        "the same streams",
+                        record.get("job_id"),
+                        display_uri(self.writer.output),
+                        time.time() - _heartbeat(record),
+                    )
+        self.writer.write_job_record(self.job_id, self.record("running"))
+        self._thread = threading.Thread(target=self._beat, name="longread-heartbeat", daemon=True)
+        self._thread.start()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self.writer.write_job_record(self.job_id, self.record("running"))
+            except OutputError as exc:  # the job itself will meet the same failure and report it
+                log.debug("heartbeat not written: %s", exc)
+
+    def finish(self, state: str, error: str | None = None) -> None:
+        """The run's last record (``finished``, ``failed`` or ``interrupted``); stops the heartbeat."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.writer.write_job_record(self.job_id, self.record(state, error), last=True)
+
+
+def _heartbeat(record: dict[str, Any]) -> float:
+    beat = record.get("heartbeat")
+    if isinstance(beat, int | float):
+        return float(beat)
+    try:  # a record written before heartbeats: its time
+        return datetime.fromisoformat(str(record.get("time"))).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def _gone(record: dict[str, Any], host: str) -> str | None:
+    """Why a ``running`` record's run is certainly over, or None while it may still be running."""
+    if record.get("host") == host and isinstance(record.get("pid"), int):
+        try:
+            alive = abs(psutil.Process(record["pid"]).create_time() - float(record["pid_started"])) < 1.0
+        except (psutil.Error, TypeError, ValueError, KeyError):
+            alive = False
+        if not alive:
+            return f"its driver process {record['pid']} on {host} is gone"
+        return None
+    age = time.time() - _heartbeat(record)
+    if age > STALE_AFTER_S:
+        return f"no heartbeat for {age:.0f} s"
+    return None
 
 
 def preview(paths: list[str], storage: Storage | None, kind: str, limit: int = 3) -> list[dict[str, Any]]:
@@ -113,7 +213,9 @@ def format_report(report: JobReport) -> str:
     glob = out.rstrip("/") + "/*.parquet"
     lines = [
         f"{report.job_name} {report.job_id}: {report.streams_done} streams processed "
-        f"({report.streams_ok} ok, {report.streams_error} errors), {report.streams_skipped} already written; "
+        f"({report.streams_ok} ok, {report.streams_error} errors"
+        + (f", {report.streams_resumed} resumed from checkpoints" if report.streams_resumed else "")
+        + f"), {report.streams_skipped} already written; "
         f"{report.tokens:,} tokens in {report.seconds:.1f} s ({report.tokens_per_second:.0f} tokens/s) "
         f"on {report.actors} actors",
         f"Results: {out}  (Parquet, one file per stream; columns in docs/pipeline.md)",

@@ -10,6 +10,10 @@ Contract:
   uncompressed text file of at least ``min_split_bytes`` becomes that many contiguous byte ranges (aligned
   to lines by the reader), processed in parallel as separate streams; a JSONL file of records is split the
   same way between records (named by byte offset then), a Parquet file by row groups.
+* ``spread_records``: when there are fewer descriptors than stream slots, each unsplit file of records
+  becomes one descriptor per actor, each taking every ``n``-th record (``extra['every'] = [n, j]``), so
+  one JSONL/Parquet file's records run on all actors at once; every reader reads the file, parsing only
+  its own records, and records keep their names (``#record=N``, ``#id=X``).
 * ``group_by_path_key``: one stream per key found by a regex in the file paths (e.g. a host's rotated
   logs); the actor merges the files of a key. Grouping by a key in each line needs a shuffle instead
   (``pipeline.shuffle``).
@@ -124,6 +128,22 @@ def plan_files(
     return tasks
 
 
+def spread_records(tasks: list[StreamTask], ways: int) -> list[StreamTask]:
+    """Each unsplit file of records as ``ways`` descriptors sharing its records (see the module docstring)."""
+    if ways < 2:
+        return tasks
+    out: list[StreamTask] = []
+    for t in tasks:
+        whole_record_file = not t.single_stream and t.byte_range is None and "row_groups" not in t.extra
+        if not whole_record_file or "every" in t.extra:
+            out.append(t)
+            continue
+        for phase in range(ways):
+            extra = {**t.extra, "every": [ways, phase]}
+            out.append(StreamTask(t.task, t.sources, None, None, t.part, t.parts, t.key, extra))
+    return out
+
+
 def group_by_path_key(task: str, sources: list[SourceFile], key_pattern: str) -> list[StreamTask]:
     """One stream per key that ``key_pattern`` finds in the paths (a path without one is its own stream)."""
     pattern = compile_key_pattern(key_pattern)
@@ -194,10 +214,12 @@ def _split(
 
 @dataclass
 class Piece:
-    """A run of whole lines; ``heading`` is set when the piece starts with a chapter heading."""
+    """A run of whole lines; ``heading`` is set when the piece starts with a chapter heading; ``start`` is
+    the position of its first line (``pieces_at``), where a resumed reader starts to get it again."""
 
     text: str
     heading: str | None = None
+    start: Any = None
 
 
 class ChapterSplitter:
@@ -217,18 +239,27 @@ class ChapterSplitter:
         )
 
     def pieces(self, lines: Iterable[str]) -> Iterator[Piece]:
+        return self.pieces_at((None, line) for line in lines)
+
+    def pieces_at(self, lines: Iterable[tuple[Any, str]]) -> Iterator[Piece]:
+        """``pieces`` of ``(position, line)`` pairs; each piece knows its first line's position. A piece
+        depends only on the lines from its first on, so pieces read again from a piece's ``start`` are the
+        same pieces (what a resumed stream relies on)."""
         buf: list[str] = []
         size = 0
         heading: str | None = None
-        for line in lines:
+        start: Any = None
+        for position, line in lines:
             if self.is_heading(line):
                 if buf:
-                    yield Piece("".join(buf), heading)
+                    yield Piece("".join(buf), heading, start)
                 buf, size, heading = [], 0, line.strip()
             elif size >= self.piece_chars and line.strip():
-                yield Piece("".join(buf), heading)
+                yield Piece("".join(buf), heading, start)
                 buf, size, heading = [], 0, None
+            if not buf:
+                start = position
             buf.append(line + "\n")
             size += len(line) + 1
         if buf:
-            yield Piece("".join(buf), heading)
+            yield Piece("".join(buf), heading, start)

@@ -10,8 +10,11 @@ Contract:
   ``TextFormat`` holds the reading settings once: the job's ``input`` section and the readers'
   ``ReadOptions`` both extend it. The readers themselves are in ``pipeline.readers``.
 * Every way an input can be bad raises ``InputError(kind, message)`` with a message naming the input and the
-  fix: ``missing``, ``unreadable``, ``binary``, ``encoding``, ``corrupt_gzip``, ``corrupt_parquet``,
-  ``bad_record``, ``empty``. Callers turn it into an error row; nothing else is affected.
+  fix: ``missing``, ``access_denied``, ``credentials``, ``unreadable``, ``binary``, ``encoding``,
+  ``corrupt_gzip``, ``corrupt_parquet``, ``bad_record``, ``empty``. Callers turn it into an error row;
+  nothing else is affected. ``input_error`` names what an exception met while listing, opening or reading
+  an input means (permission denied, S3 credentials missing or refused, I/O error), so that even an
+  ``s3://`` input without credentials is one error row, not a failed job.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ log = logging.getLogger(__name__)
 Format = Literal["text", "jsonl", "parquet"]
 ERROR_KINDS = (
     "missing",
+    "access_denied",
+    "credentials",
     "unreadable",
     "binary",
     "encoding",
@@ -52,6 +57,96 @@ class InputError(Exception):
         super().__init__(message)
         self.kind = kind
         self.message = message
+
+
+#: S3 error codes that mean the credentials themselves are missing, unknown, wrong or expired (not "this
+#: key is not yours to read", which is AccessDenied).
+CREDENTIAL_CODES = frozenset(
+    {
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "ExpiredToken",
+        "TokenRefreshRequired",
+        "InvalidToken",
+        "MissingSecurityHeader",
+        "AuthorizationHeaderMalformed",
+        "UnrecognizedClientException",
+    }
+)
+
+
+def _credential_error_types() -> tuple[type[BaseException], ...]:
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
+
+        try:
+            from botocore.exceptions import CredentialRetrievalError
+        except ImportError:  # older botocore
+            return (NoCredentialsError, PartialCredentialsError)
+        return (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
+    except ImportError:  # no S3 support installed: nothing of the kind can be raised
+        return ()
+
+
+#: botocore's "no usable credentials" errors: raised by s3fs untranslated (they are not ``OSError``s).
+CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = _credential_error_types()
+#: What opening, listing or reading an input may raise besides ``InputError``.
+ACCESS_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS)
+
+
+def s3_error_code(exc: BaseException) -> str | None:
+    """The S3 error code behind ``exc`` (s3fs raises ``PermissionError`` from botocore's ``ClientError``)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        response = getattr(seen, "response", None)
+        if isinstance(response, dict):
+            return str(response.get("Error", {}).get("Code") or "") or None
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def explain_forbidden(fs: Any, path: str, exc: BaseException) -> BaseException:
+    """S3 answers a HEAD request (how s3fs opens a key) with a bare 403 and no error code: ask once more
+    with a one-byte GET, whose answer says whether the credentials or the permissions are at fault."""
+    if not isinstance(exc, PermissionError) or s3_error_code(exc) not in (None, "403"):
+        return exc
+    try:
+        fs.cat_file(path, start=0, end=1)
+    except ACCESS_ERRORS as better:
+        return better if s3_error_code(better) not in (None, "403") else exc
+    return exc
+
+
+def input_error(exc: BaseException, where: str) -> InputError:
+    """What ``exc``, met while listing, opening or reading the input ``where``, means for that input."""
+    if isinstance(exc, InputError):
+        return exc
+    if isinstance(exc, CREDENTIAL_ERRORS) or s3_error_code(exc) in CREDENTIAL_CODES:
+        return InputError(
+            "credentials",
+            f"{where}: no valid S3 credentials ({_short(exc)}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "
+            "or AWS_PROFILE where the job runs (every node), or storage.key/storage.secret, or "
+            "storage.anon: true for a public bucket.",
+        )
+    if isinstance(exc, PermissionError):
+        if where.startswith(("s3://", "s3a://")):
+            fix = "grant s3:GetObject (and s3:ListBucket for prefixes) to the job's credentials"
+        else:
+            fix = "grant the job's user read access"
+        return InputError("access_denied", f"{where}: access denied ({_short(exc)}); {fix}, or remove it.")
+    if isinstance(exc, FileNotFoundError):
+        what = "S3 key" if where.startswith(("s3://", "s3a://")) else "file"
+        return InputError(
+            "missing", f"{where}: no such {what}; check the path (and the bucket and key) or remove it."
+        )
+    if isinstance(exc, IsADirectoryError):
+        return InputError("unreadable", f"{where} is a directory, not a file; point at its files.")
+    return InputError("unreadable", f"{where}: cannot be read ({_short(exc)}); check the path.")
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:300] + "..."
 
 
 class TextFormat(BaseModel):
@@ -164,7 +259,12 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
             return name if protocol == "file" else f"{protocol}://{name}"
 
         if has_magic(path):
-            matches = fs.glob(path, detail=True)
+            try:
+                matches = fs.glob(path, detail=True)
+            except ACCESS_ERRORS as exc:
+                error = input_error(exc, display_uri(uri))
+                add(uri, error=(error.kind, error.message))
+                continue
             files = sorted(n for n, info in matches.items() if info.get("type") != "directory")
             if not files:
                 add(
@@ -176,10 +276,19 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
             continue
         try:
             info = fs.info(path)
-        except (FileNotFoundError, PermissionError, OSError):
+        except FileNotFoundError:
             info = None  # reported when the file is read, as that input's error row
+        except ACCESS_ERRORS as exc:  # no credentials, access denied ...: this input's error row
+            error = input_error(explain_forbidden(fs, path, exc), display_uri(uri))
+            add(uri, error=(error.kind, error.message))
+            continue
         if info is not None and info.get("type") == "directory":
-            found = fs.find(path, detail=True)
+            try:
+                found = fs.find(path, detail=True)
+            except ACCESS_ERRORS as exc:
+                error = input_error(exc, display_uri(uri))
+                add(uri, error=(error.kind, error.message))
+                continue
             names = sorted(n for n in found if not _hidden(n[len(path) :]))
             if not names:
                 add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
@@ -196,5 +305,7 @@ def file_size(src: SourceFile, storage: Storage | None) -> int | None:
     fs, path = get_fs(src.uri, storage)
     try:
         return int(fs.size(path))
-    except (OSError, TypeError, ValueError):
+    except (TypeError, ValueError):
+        return None
+    except ACCESS_ERRORS:
         return None

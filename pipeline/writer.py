@@ -14,6 +14,11 @@ Contract:
   ``part-`` file is in place.
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
+* ``_checkpoints/<hash>.ckpt`` holds a long stream's latest checkpoint (``actors.checkpoint``), written
+  atomically like a part and removed once the stream's part is written.
+* A write that fails (a full disk, a read-only or unwritable folder, S3 refusing the credentials) raises
+  ``OutputError``: one message naming the output, the file, the cause and the fix. It leaves no temporary
+  file behind (removed on the spot; after a kill, the next run deletes them).
 * Reading back (``read``, ``read_results``, ``read_parquet``) goes through ``pyarrow.dataset`` with the
   output schema, so columns come in schema order whatever the files. The driver's preview, read just
   before the process exits, uses ``read_part``: synchronous, in the calling thread, from an Arrow-owned
@@ -26,6 +31,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import logging
@@ -40,11 +46,60 @@ import pyarrow.parquet as pq
 
 from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
 from pipeline.schema import SCHEMA, rows_to_table
+from pipeline.sources import CREDENTIAL_CODES, CREDENTIAL_ERRORS, s3_error_code
 
 log = logging.getLogger(__name__)
 
 PART, ERR, TMP = "part-", "err-", ".tmp-"
 JOBS_DIR = "_jobs"
+CHECKPOINTS_DIR = "_checkpoints"
+#: What writing to (or listing) the output may raise, besides our own errors.
+WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS)
+
+_CAUSES = {
+    errno.ENOSPC: ("no space left on device", "free space there or set output.path to a volume with room"),
+    errno.EDQUOT: ("disk quota exceeded", "free space there or set output.path to a volume with room"),
+    errno.EROFS: ("read-only file system", "set output.path (--output) to a writable folder"),
+    errno.EACCES: (
+        "permission denied",
+        "make the folder writable for the job's user or set output.path (--output) elsewhere",
+    ),
+    errno.EPERM: (
+        "operation not permitted",
+        "make the folder writable for the job's user or set output.path (--output) elsewhere",
+    ),
+    errno.EFBIG: ("file too large for this file system or limit", "set output.path to another volume"),
+}
+
+
+class OutputError(RuntimeError):
+    """The output cannot be written (or listed): the job stops with this one message."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def output_error(output: str, path: str | None, exc: BaseException, doing: str = "write") -> OutputError:
+    """An ``OutputError`` saying which output, which file, why (from the errno or S3's code) and the fix."""
+    where = display_uri(output)
+    code = s3_error_code(exc)
+    if isinstance(exc, CREDENTIAL_ERRORS) or code in CREDENTIAL_CODES:
+        cause = "no valid S3 credentials"
+        fix = "set AWS credentials (or storage.key/secret) where the job runs"
+    elif isinstance(exc, PermissionError) and protocol_of(output) != "file":
+        cause = "access denied by S3"
+        fix = "grant s3:PutObject, GetObject, ListBucket and DeleteObject on it, or use another output"
+    elif isinstance(exc, OSError) and exc.errno in _CAUSES:
+        cause, fix = _CAUSES[exc.errno]
+    else:
+        cause, fix = " ".join(str(exc).split())[:300] or type(exc).__name__, "check the output location"
+    name = f" ({posixpath.basename(path)})" if path else ""
+    fix = fix[:1].upper() + fix[1:]
+    return OutputError(
+        f"cannot {doing} the output {where}{name}: {cause}. {fix}; streams already written are kept, and a "
+        "re-run resumes from them."
+    )
 
 
 def stream_key(stream_id: str) -> str:
@@ -71,13 +126,23 @@ class PartWriter:
     def prepare(self) -> None:
         """Create the folder (locally), or check that the bucket exists (S3), with a clear error."""
         if self.local:
-            os.makedirs(self.root, exist_ok=True)
+            try:
+                os.makedirs(self.root, exist_ok=True)
+            except OSError as exc:
+                raise output_error(self.output, None, exc, "create") from None
             return
         bucket = self.root.split("/", 1)[0]
         try:
-            exists = self.fs.exists(bucket)
-        except PermissionError:
+            self.fs.ls(bucket, detail=False)  # (fs.exists would say False for missing credentials too)
+            exists = True
+        except FileNotFoundError:
+            exists = False
+        except PermissionError as exc:
+            if s3_error_code(exc) in CREDENTIAL_CODES:
+                raise output_error(self.output, None, exc, "reach") from None
             exists = True  # listing may be denied while writing is allowed: let the first write decide
+        except CREDENTIAL_ERRORS as exc:
+            raise output_error(self.output, None, exc, "reach") from None
         if not exists:
             raise FileNotFoundError(
                 f"output bucket {bucket!r} does not exist; create it or set output.path to another location."
@@ -89,12 +154,15 @@ class PartWriter:
     def uri_for(self, path: str) -> str:
         return path if self.local else f"{protocol_of(self.output)}://{path}"
 
-    def _names(self) -> list[str]:
-        self.fs.invalidate_cache(self.root)
+    def _names(self, folder: str | None = None) -> list[str]:
+        folder = folder or self.root
+        self.fs.invalidate_cache(folder)
         try:
-            entries = self.fs.ls(self.root, detail=False)
+            entries = self.fs.ls(folder, detail=False)
         except FileNotFoundError:
             return []
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, None, exc, "list") from None
         return [posixpath.basename(str(e).rstrip("/")) for e in entries]
 
     def listing(self) -> dict[str, set[str]]:
@@ -118,29 +186,46 @@ class PartWriter:
         if not self.local:
             return 0
         removed = 0
-        for name in self._names():
-            if name.startswith(TMP):
-                self._remove(f"{self.root}/{name}")
-                removed += 1
+        for folder in (self.root, f"{self.root}/{JOBS_DIR}", f"{self.root}/{CHECKPOINTS_DIR}"):
+            for name in self._names(folder):
+                if name.startswith(TMP):
+                    self._remove(f"{folder}/{name}")
+                    removed += 1
         if removed:
             log.info("removed %d temporary files left by an interrupted run in %s", removed, self.output)
         return removed
 
     # ------------------------------------------------------------------ writing
-    def _put(self, path: str, data: bytes) -> None:
-        if self.local:
-            tmp = f"{self.root}/{TMP}{uuid.uuid4().hex}-{posixpath.basename(path)}"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)  # atomic on POSIX: readers see the old name or the complete new file
-        else:
-            self.fs.pipe_file(path, data)  # one object, visible only once fully uploaded
+    def _put(self, path: str, data: bytes, fsync: bool = True) -> None:
+        """Write ``path`` atomically; ``OutputError`` (and no temporary file left) if it cannot be done."""
+        try:
+            if self.local:
+                folder = posixpath.dirname(path)
+                os.makedirs(folder, exist_ok=True)
+                tmp = f"{folder}/{TMP}{uuid.uuid4().hex}-{posixpath.basename(path)}"
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                        fh.flush()
+                        if fsync:
+                            os.fsync(fh.fileno())
+                    os.replace(tmp, path)  # atomic on POSIX: the old name or the complete new file
+                except BaseException:
+                    with contextlib.suppress(OSError):
+                        os.unlink(tmp)
+                    raise
+            else:
+                self.fs.pipe_file(path, data)  # one object, visible only once fully uploaded
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, path, exc) from None
 
     def _remove(self, path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
+        try:
             self.fs.rm_file(path)
+        except FileNotFoundError:
+            pass
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, path, exc, "delete in") from None
 
     def write(self, stream_id: str, rows: list[dict[str, Any]]) -> str:
         """Write all rows of one stream atomically; returns the file's URI."""
@@ -156,33 +241,62 @@ class PartWriter:
             self._remove(self.path_for(stream_id, error=True))
         return self.uri_for(path)
 
-    def write_job_record(self, job_id: str, record: dict[str, Any]) -> None:
+    def write_job_record(self, job_id: str, record: dict[str, Any], last: bool = False) -> None:
+        """Replace the run's record atomically. ``last``: a run's final record -- on a full disk, where no
+        temporary copy fits, it overwrites the old record in place (freeing its space first)."""
         path = f"{self.root}/{JOBS_DIR}/{job_id}.json"
         data = json.dumps(record, indent=2, default=str).encode()
-        if self.local:
-            os.makedirs(f"{self.root}/{JOBS_DIR}", exist_ok=True)
-            tmp = f"{self.root}/{JOBS_DIR}/{TMP}{uuid.uuid4().hex}.json"
-            with open(tmp, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        else:
-            self.fs.pipe_file(path, data)
+        try:
+            self._put(path, data, fsync=False)
+        except OutputError:
+            if not (last and self.local and os.path.exists(path)):
+                raise
+            try:
+                with open(path, "wb") as fh:
+                    fh.write(data)
+            except OSError as exc:
+                raise output_error(self.output, path, exc) from None
 
     def job_records(self) -> list[dict[str, Any]]:
         folder = f"{self.root}/{JOBS_DIR}"
-        self.fs.invalidate_cache(folder)
-        try:
-            names = sorted(self.fs.ls(folder, detail=False))
-        except FileNotFoundError:
-            return []
         records = []
-        for name in names:
-            if str(name).endswith(".json") and not posixpath.basename(str(name)).startswith(TMP):
+        for name in sorted(self._names(folder)):
+            if name.endswith(".json") and not name.startswith(TMP):
                 try:
-                    records.append(json.loads(self.fs.cat_file(name)))
+                    records.append(json.loads(self.fs.cat_file(f"{folder}/{name}")))
                 except (OSError, ValueError):
                     log.warning("ignoring unreadable job record %s", name)
         return records
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint_path(self, stream_id: str) -> str:
+        return f"{self.root}/{CHECKPOINTS_DIR}/{stream_key(stream_id)}.ckpt"
+
+    def write_checkpoint(self, stream_id: str, data: bytes) -> None:
+        """Replace the stream's checkpoint atomically (``OutputError`` if it cannot be written)."""
+        self._put(self.checkpoint_path(stream_id), data, fsync=False)
+
+    def read_checkpoint(self, stream_id: str) -> bytes | None:
+        """The stream's checkpoint, or None when it has none (or it cannot be read: then it starts over)."""
+        path = self.checkpoint_path(stream_id)
+        try:
+            return bytes(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        except WRITE_ERRORS as exc:
+            log.warning("checkpoint %s cannot be read (%s); the stream starts over", path, exc)
+            return None
+
+    def remove_checkpoint(self, stream_id: str) -> None:
+        self._remove(self.checkpoint_path(stream_id))
+
+    def remove_stale_checkpoints(self, done: set[str]) -> int:
+        """Delete the checkpoints of streams that are done (a crash between a part and its cleanup)."""
+        folder = f"{self.root}/{CHECKPOINTS_DIR}"
+        stale = [n for n in self._names(folder) if n.endswith(".ckpt") and n[: -len(".ckpt")] in done]
+        for name in stale:
+            self._remove(f"{folder}/{name}")
+        return len(stale)
 
     def check_task(self, task: str) -> None:
         for record in self.job_records():

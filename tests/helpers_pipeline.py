@@ -130,7 +130,8 @@ def write_good_corpus(folder: Path) -> dict[str, Path]:
 
 
 def write_bad_corpus(folder: Path) -> dict[str, Path]:
-    """One input of every bad kind (a missing one is returned but not created)."""
+    """One input of every bad kind, keyed by the error kind it gives (a missing one is returned but not
+    created; ``access_denied`` only when not running as root, who reads any file)."""
     folder.mkdir(parents=True, exist_ok=True)
     files = {
         "encoding": folder / "latin1.txt",
@@ -138,19 +139,19 @@ def write_bad_corpus(folder: Path) -> dict[str, Path]:
         "binary": folder / "image.txt",
         "corrupt_gzip": folder / "broken.txt.gz",
         "missing": folder / "not_there.txt",
-        "unreadable": folder / "locked.txt",
+        "unreadable": folder / "socket.txt",
     }
     files["encoding"].write_bytes("Caf\u00e9 au lait\n".encode("latin-1") * 3)
     files["empty"].write_text("   \n\n", encoding="utf-8")
     files["binary"].write_bytes(bytes(range(256)) * 8)
     files["corrupt_gzip"].write_bytes(gzip.compress(book_text().encode())[:60])
+    sock = socket.socket(socket.AF_UNIX)  # not a file anyone can open and read, even root
+    sock.bind(str(files["unreadable"]))
+    sock.close()
     if os.geteuid() != 0:
-        files["unreadable"].write_text("secret\n", encoding="utf-8")
-        files["unreadable"].chmod(0)
-    else:  # root reads any file: a socket is what even root cannot open as a file
-        sock = socket.socket(socket.AF_UNIX)
-        sock.bind(str(files["unreadable"]))
-        sock.close()
+        files["access_denied"] = folder / "locked.txt"
+        files["access_denied"].write_text("secret\n", encoding="utf-8")
+        files["access_denied"].chmod(0)
     return files
 
 
@@ -190,3 +191,42 @@ def read_output(path: str | Path, storage: Any = None) -> Any:
     from pipeline.writer import read_results
 
     return read_results(str(path), storage).to_pandas()
+
+
+class Moto:
+    """moto's S3 on one loopback port that can go away (connections refused) and come back (same state:
+    moto keeps its buckets in this process, whichever server thread answers)."""
+
+    def __init__(self) -> None:
+        from moto.server import ThreadedMotoServer
+
+        self.cls = ThreadedMotoServer
+        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        self.server.start()
+        self.host, self.port = self.server.get_host_and_port()
+
+    def stop(self) -> None:
+        self.server.stop()
+        self.server._server.server_close()  # close the listening socket too: refused, not hanging
+
+    def start(self) -> None:
+        self.server = self.cls(ip_address=self.host, port=self.port, verbose=False)
+        self.server.start()
+
+
+def kill_session(proc: Any) -> None:
+    """A hard crash of a job started with ``start_new_session=True``: SIGKILL to its process group and to
+    every process below it (its in-process Ray: GCS, raylet, actors), found before the kill because
+    orphans lose their parent; waits until they are gone."""
+    import contextlib
+    import signal
+
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    proc.wait()
+    psutil.wait_procs(tree, timeout=30)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -13,7 +11,6 @@ from pathlib import Path
 
 import duckdb
 import pandas as pd
-import psutil
 import pyarrow.parquet as pq
 import pytest
 import yaml
@@ -22,6 +19,7 @@ from helpers_pipeline import (
     book_text,
     build_tiny_model,
     job_config,
+    kill_session,
     log_lines,
     read_output,
     write_bad_corpus,
@@ -88,6 +86,7 @@ def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path
     report = run_job(cfg)
     assert report.streams_ok == 3 and report.streams_error == 0
     rows = read_output(tmp_path / "out")
+    assert rows.worker.nunique() == 2  # the records of one file run on both actors
     with source.open() as fh:
         records = [json.loads(next(fh)) for _ in range(3)]
     for index, record in enumerate(records):
@@ -95,6 +94,36 @@ def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path
         expected = [q["question_text"] for q in record["questions"]] + ["Who is the narrator?"]
         assert list(asked.question) == expected
         assert (asked.token_end == 400).all() and asked.truncated.all()
+
+
+def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_by_one(
+    ray_local, model_dir, tmp_path, monkeypatch
+):
+    """One JSONL file of 6 records, 2 actors of one stream each: both actors take records of the file, and
+    the driver counts each record as it ends (the first status arrives while records are still running),
+    not the whole file at once."""
+    from pipeline.report import JobReport
+
+    path = tmp_path / "stories.jsonl"
+    path.write_text("".join(json.dumps({"text": book_text(repeat=8 + 3 * i)}) + "\n" for i in range(6)))
+    out = tmp_path / "out"
+    seen: list[int] = []  # parts already written whenever the driver counts a status
+    add = JobReport.add
+
+    def counting(self: JobReport, status: dict) -> None:
+        seen.append(len(list(out.glob("part-*.parquet"))))
+        add(self, status)
+
+    monkeypatch.setattr(JobReport, "add", counting)
+    cfg = job_config("summarize", [str(path)], str(out), model_dir,
+                     resources={"actors": 2, "threads_per_actor": 1, "streams_per_actor": 1})  # fmt: skip
+    report = run_job(cfg)
+    assert (report.streams_ok, report.streams_error) == (6, 0)
+    rows = read_output(out)
+    finals = rows[rows.row_kind == "final"]
+    assert sorted(finals.stream_id) == sorted(f"{path}#record={i}" for i in range(6))
+    assert finals.worker.nunique() == 2  # the records of one file ran on both actors
+    assert len(seen) == 6 and seen[0] < 6, seen  # progress per record, not per file
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
@@ -147,13 +176,13 @@ def test_every_bad_input_yields_its_error_row_while_good_streams_complete(ray_lo
     cfg = job_config("summarize", [str(tmp_path / "good"), str(tmp_path / "bad"), str(bad["missing"])],
                      str(tmp_path / "out"), model_dir)  # fmt: skip
     report = run_job(cfg)
-    assert (report.streams_ok, report.streams_error) == (5, 6)
+    assert (report.streams_ok, report.streams_error) == (5, len(bad))
     rows = read_output(tmp_path / "out")
     errors = rows[rows.row_kind == "error"].set_index("stream_id")
-    for kind in ("encoding", "empty", "binary", "corrupt_gzip", "missing", "unreadable"):
-        assert errors.loc[str(bad[kind]), "error_kind"] == kind
+    for kind, path in bad.items():
+        assert errors.loc[str(path), "error_kind"] == kind
     assert len(rows[rows.row_kind == "final"]) == 5
-    assert len(list((tmp_path / "out").glob("err-*.parquet"))) == 6
+    assert len(list((tmp_path / "out").glob("err-*.parquet"))) == len(bad)
 
 
 def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, model_dir, tmp_path):
@@ -183,22 +212,20 @@ def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, mo
             assert time.monotonic() < deadline, "no stream finished in time"
             time.sleep(0.05)
     finally:
-        # A hard crash of the whole job: the driver and every process of its in-process Ray (GCS, raylet,
-        # the actor), found before the kill because orphans lose their parent.
-        tree = psutil.Process(proc.pid).children(recursive=True)
-        os.killpg(proc.pid, signal.SIGKILL)
-        for child in tree:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                child.kill()
-        proc.wait()
-        psutil.wait_procs(tree, timeout=30)
+        kill_session(proc)  # a hard crash of the whole job: the driver and its in-process Ray
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
     assert 1 <= len(first) < 10, first
     for name in first:  # whatever the crash left is complete, readable Parquet
         assert pq.read_table(out / name).num_rows > 0
 
+    killed = json.loads(next((out / "_jobs").glob("*.json")).read_text())
+    assert killed["state"] == "running"  # the killed run could not say otherwise ...
     report = run_job(cfg)
     assert report.streams_skipped == len(first) and report.streams_ok == 10 - len(first)
+    records = {r["job_id"]: r for r in map(json.loads, map(Path.read_text, (out / "_jobs").glob("*.json")))}
+    assert records[killed["job_id"]]["state"] == "interrupted"  # ... the next run says it for it
+    assert "gone" in records[killed["job_id"]]["interrupted"]
+    assert records[report.job_id]["state"] == "finished"
     parts = sorted(p.name for p in out.glob("*.parquet"))
     assert parts == sorted(f"part-{stream_key(str(books / f'book{i:02d}.txt'))}.parquet" for i in range(10))
     assert {name: (out / name).stat().st_mtime_ns for name in first} == first  # untouched

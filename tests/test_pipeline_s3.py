@@ -13,6 +13,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 from helpers_pipeline import (
+    Moto,
     book_text,
     build_tiny_model,
     job_config,
@@ -33,27 +34,9 @@ OUTAGE_SECONDS = 6.0  # longer than a stream of the tiny model takes: the next S
 KEY_ID = "FAKEKEYIDDONOTLOG"
 
 
-class Moto:
-    """moto's S3 on one loopback port that can go away (connections refused) and come back (same state:
-    moto keeps its buckets in this process, whichever server thread answers)."""
-
-    def __init__(self) -> None:
-        self.module = pytest.importorskip("moto.server")
-        self.server = self.module.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        self.host, self.port = self.server.get_host_and_port()
-
-    def stop(self) -> None:
-        self.server.stop()
-        self.server._server.server_close()  # close the listening socket too: refused, not hanging
-
-    def start(self) -> None:
-        self.server = self.module.ThreadedMotoServer(ip_address=self.host, port=self.port, verbose=False)
-        self.server.start()
-
-
 @pytest.fixture(scope="module")
 def moto():
+    pytest.importorskip("moto.server")
     server = Moto()
     yield server
     server.stop()

@@ -15,9 +15,16 @@ import pytest
 from helpers_pipeline import SHARED_DATA, book_text, write_bad_corpus
 
 from pipeline.logstats import LogParser, WindowStats, mask_template
-from pipeline.readers import iter_documents, iter_lines, iter_log_lines
-from pipeline.sharding import ChapterSplitter, StreamTask, group_by_path_key, plan_files, split_ranges
-from pipeline.sources import InputError, ReadOptions, SourceFile, expand_inputs
+from pipeline.readers import Damage, iter_documents, iter_lines, iter_lines_at, iter_log_lines
+from pipeline.sharding import (
+    ChapterSplitter,
+    StreamTask,
+    group_by_path_key,
+    plan_files,
+    split_ranges,
+    spread_records,
+)
+from pipeline.sources import InputError, ReadOptions, SourceFile, expand_inputs, input_error
 
 OPTS = ReadOptions()
 
@@ -236,3 +243,98 @@ def test_every_loghub_line_gets_a_timestamp():
         parser = LogParser()
         missing = [line for line in iter_log_lines(_src(path)) if parser.timestamp(line)[0] is None]
         assert not missing, (path.name, missing[:3])
+
+
+# ------------------------------------------------------------------------- damage, positions, access
+def test_truncated_gzip_streams_what_decompresses_and_says_how_much(tmp_path):
+    lines = [f"line {i}: " + "the ship sailed on " * (i % 7) for i in range(3000)]
+    whole = gzip.compress(("\n".join(lines) + "\n").encode())
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(whole[: len(whole) // 2])  # a download that broke off half-way
+    src = _src(path)
+    with pytest.raises(InputError, match="truncated") as info:
+        list(iter_lines(src))  # without a damage handler: an error, as before
+    assert info.value.kind == "corrupt_gzip"
+    damage = Damage()
+    got = [line for _, line in iter_lines_at(src, on_damage=damage)]
+    assert 100 < len(got) < len(lines) and got == lines[: len(got)]  # every complete line before the cut
+    [error] = damage.errors
+    streamed = sum(len(line) + 1 for line in got)
+    assert error.kind == "corrupt_gzip" and f"{streamed:,} decompressed bytes" in error.message
+    assert str(path) in error.message and "re-create" in error.message.lower()
+    # Nothing decompresses at all: still an error, whatever the handler.
+    path.write_bytes(whole[:20])
+    with pytest.raises(InputError, match="nothing decompresses"):
+        list(iter_lines_at(_src(path), on_damage=Damage()))
+
+
+@pytest.mark.parametrize("name", ["plain.txt", "packed.txt.gz"])
+def test_reading_resumes_at_any_position_it_yielded(tmp_path, name):
+    lines = [f"{i} " + "é" * (i % 5) for i in range(400)]
+    data = ("\n".join(lines) + "\n").encode()
+    path = tmp_path / name
+    path.write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    src = _src(path)
+    pairs = list(iter_lines_at(src))
+    for k in (0, 1, 57, 399):
+        assert [line for _, line in iter_lines_at(src, start=pairs[k][0])] == lines[k:]
+    # In a byte range too: resuming inside a part reads to the part's end only.
+    if not name.endswith(".gz"):
+        size = path.stat().st_size
+        first, _ = split_ranges(size, 2)
+        part = list(iter_lines_at(src, byte_range=first))
+        assert [line for _, line in iter_lines_at(src, byte_range=first, start=part[9][0])] == [
+            line for _, line in part[9:]
+        ]
+    docs = list(iter_documents(src))
+    assert [line for _, line in docs[0].lines_at(pairs[57][0])] == lines[57:]
+
+
+def test_records_can_be_shared_by_readers_and_keep_their_names(tmp_path):
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps({"text": f"story {i}"}) + "\n" for i in range(10)))
+    whole = [d.stream_id for d in iter_documents(_src(path))]
+    shares = [[d.stream_id for d in iter_documents(_src(path), every=(3, j))] for j in range(3)]
+    assert sorted(s for share in shares for s in share) == sorted(whole) and shares[1] == whole[1::3]
+    table = pa.table({"text": [f"t{i}" for i in range(7)]})
+    pq.write_table(table, tmp_path / "s.parquet", row_group_size=2)
+    whole = [d.stream_id for d in iter_documents(_src(tmp_path / "s.parquet"))]
+    src = _src(tmp_path / "s.parquet")
+    shares = [[d.stream_id for d in iter_documents(src, every=(2, j))] for j in (0, 1)]
+    assert shares == [whole[0::2], whole[1::2]]
+    tasks = plan_files("summarize", [_src(path)])
+    spread = spread_records(tasks, 3)
+    assert [t.extra["every"] for t in spread] == [[3, 0], [3, 1], [3, 2]]
+    assert spread_records(plan_files("summarize", [_src(tmp_path / "s.parquet")], split_parts=2,
+                                     min_split_bytes=1), 3)[0].extra.get("every") is None  # fmt: skip
+
+
+def test_access_errors_name_their_kind_and_fix():
+    from botocore.exceptions import ClientError, NoCredentialsError
+
+    def s3_error(code: str) -> PermissionError:
+        error = PermissionError(code)
+        error.__cause__ = ClientError({"Error": {"Code": code, "Message": "no"}}, "HeadObject")
+        return error
+
+    where = "s3://bucket/key.txt"
+    assert input_error(NoCredentialsError(), where).kind == "credentials"
+    assert input_error(s3_error("InvalidAccessKeyId"), where).kind == "credentials"
+    assert input_error(s3_error("ExpiredToken"), where).kind == "credentials"
+    denied = input_error(s3_error("AccessDenied"), where)
+    assert denied.kind == "access_denied" and "s3:GetObject" in denied.message and where in denied.message
+    local = input_error(PermissionError(13, "Permission denied"), "/data/x.txt")
+    assert local.kind == "access_denied" and "read access" in local.message
+    assert input_error(FileNotFoundError(), where).kind == "missing"
+    assert "AWS_ACCESS_KEY_ID" in input_error(NoCredentialsError(), where).message
+
+
+def test_unreadable_local_inputs(tmp_path):
+    files = write_bad_corpus(tmp_path)
+    with pytest.raises(InputError) as info:
+        list(iter_lines(_src(files["unreadable"])))
+    assert info.value.kind == "unreadable"
+    if "access_denied" in files:  # only when not root: root reads any file
+        with pytest.raises(InputError) as info:
+            list(iter_lines(_src(files["access_denied"])))
+        assert info.value.kind == "access_denied"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
+import numpy as np
 import pytest
 import torch
 from helpers_pipeline import (
+    book_text,
     build_tiny_model,
     job_config,
     log_lines,
@@ -193,15 +196,15 @@ def test_bad_inputs_become_error_rows_and_good_streams_complete(tmp_path, model_
                      str(tmp_path / "out"), model_dir)  # fmt: skip
     statuses = run(StreamWorker(cfg, "t"))
     by_stream = {s["stream_id"]: s for s in statuses}
-    for kind in ("encoding", "empty", "binary", "corrupt_gzip", "missing", "unreadable"):
-        status = by_stream[str(bad[kind])]
+    for kind, path in bad.items():
+        status = by_stream[str(path)]
         assert status["status"] == "error" and status["error_kind"] == kind, status
-        assert str(bad[kind]) in status["error"]
+        assert str(path) in status["error"]
     ok = [s for s in statuses if s["status"] == "ok"]
     assert len(ok) == 5  # 3 books + 2 records
     rows = read_output(tmp_path / "out")
     errors = rows[rows.row_kind == "error"]
-    assert len(errors) == 6 and errors.error.notna().all() and errors.output_text.isna().all()
+    assert len(errors) == len(bad) and errors.error.notna().all() and errors.output_text.isna().all()
     assert set(rows[rows.row_kind == "final"].stream_id) == {s["stream_id"] for s in ok}
     assert str(good["book_gz"]) in set(rows.stream_id)
 
@@ -275,3 +278,62 @@ def test_record_files_split_between_records(tmp_path, model_dir):
     offsets = sorted(jsonl.stream_id.str.split("#offset=").str[1].astype(int))
     lines = (tmp_path / "in" / "s.jsonl").read_bytes().split(b"\n")
     assert offsets == [sum(len(line) + 1 for line in lines[:i]) for i in range(12)]
+
+
+def test_truncated_gzip_book_keeps_what_was_read_and_says_so(tmp_path, model_dir):
+    data = gzip.compress(book_text(repeat=12).encode())
+    path = tmp_path / "cut.txt.gz"
+    path.write_bytes(data[: len(data) * 2 // 3])
+    cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir)
+    [status] = run(StreamWorker(cfg, "t"))
+    assert status["status"] == "ok" and status["tokens"] > 100, status
+    rows = read_output(tmp_path / "out")
+    assert (rows.row_kind != "error").all() and len(rows[rows.row_kind == "final"]) == 1
+    assert (rows.error_kind == "corrupt_gzip").all()
+    assert rows.error.str.contains("decompressed bytes").all() and rows.error.str.contains(str(path)).all()
+
+
+def test_a_long_line_costs_only_the_tokens_the_limit_needs(tmp_path, model_dir):
+    words = " ".join(f"w{i % 997}" for i in range(5000))
+    path = tmp_path / "long.txt"
+    path.write_text("A first line.\n" + ("the ship sailed on " * 1_100_000) + "\nlast line\n")  # a 20 MB line
+    cfg = job_config("qa", [str(path)], str(tmp_path / "out"), model_dir,
+                     input={"max_tokens_per_stream": 200}, qa={"questions": ["Where?"]})  # fmt: skip
+    worker = StreamWorker(cfg, "t")
+    tokenized: list[int] = []
+    tokenizer = worker.env.tokenizer
+
+    def counting(text, **kwargs):
+        tokenized.append(len(text) if isinstance(text, str) else sum(map(len, text)))
+        return tokenizer(text, **kwargs)
+
+    worker.env.tokenizer = counting
+    [status] = run(worker)
+    assert status["status"] == "ok" and status["tokens"] == 200
+    assert read_output(tmp_path / "out").truncated.all()
+    assert sum(tokenized) < 50_000, tokenized  # not the 20 MB
+    # The ids of a cut text are the whole text's first ones (tokenizing a prefix changes only its end).
+    env = worker.env
+    env.tokenizer = tokenizer
+    for text in (words, book_text(repeat=30), "x" * 40_000, "é " * 20_000):
+        full = env.encode(text)
+        for k in (0, 1, 50, 300):
+            assert env.encode(text, max_tokens=k) == full[: k + 1]
+        assert env.encode_batch([text, "short"], max_tokens=20) == [full[:21], env.encode("short")[:21]]
+
+
+def test_statuses_come_as_streams_end_not_per_file(tmp_path, model_dir):
+    path = tmp_path / "stories.jsonl"
+    path.write_text("".join(json.dumps({"text": book_text(repeat=1 + i % 3)}) + "\n" for i in range(8)))
+    cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir,
+                     resources={"streams_per_actor": 2})  # fmt: skip
+    worker = StreamWorker(cfg, "t")
+    [unit] = worker.task.plan(expand_inputs([str(path)], None, cfg.input))
+    statuses = worker(
+        {"task": np.array([unit.to_json()], dtype=object)}
+    )  # Ray Data's call: a generator of one-row batches
+    first = next(statuses)
+    assert first["status"] == ["ok"]
+    assert len(list((tmp_path / "out").glob("part-*"))) < 8  # the file's other records are still to come
+    rest = list(statuses)
+    assert len(rest) == 7 and len(list((tmp_path / "out").glob("part-*"))) == 8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import multiprocessing
 import os
 import re
 from datetime import UTC, datetime
@@ -14,7 +16,7 @@ import pytest
 
 from pipeline.schema import COLUMNS, SCHEMA, rows_to_table
 from pipeline.sources import ERROR_KINDS
-from pipeline.writer import PartWriter, stream_key
+from pipeline.writer import OutputError, PartWriter, stream_key
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 
@@ -89,18 +91,21 @@ def test_parts_are_atomic_readable_and_resumable(tmp_path):
     assert count == [(2,)]
 
 
-def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path, monkeypatch):
+def _write_then_die(out: str) -> None:
+    """In a child process: the process is killed between writing a part and renaming it."""
+    writer = PartWriter(out)
+    os.replace = lambda src, dst: os._exit(9)  # type: ignore[assignment]  # a SIGKILL runs no cleanup either
+    writer.write("half", [row("half")])
+
+
+def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path):
     writer = PartWriter(str(tmp_path / "out"))
     writer.prepare()
     writer.write("ok", [row("ok")])
-
-    def crash(src, dst):
-        raise KeyboardInterrupt("killed between write and rename")
-
-    monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(KeyboardInterrupt):
-        writer.write("half", [row("half")])
-    monkeypatch.undo()
+    child = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(str(tmp_path / "out"),))
+    child.start()
+    child.join(60)
+    assert child.exitcode == 9
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
     assert len(leftovers) == 1  # the temporary file exists ...
     assert writer.done() == {stream_key("ok")}  # ... but is neither a result nor counted as done,
@@ -108,6 +113,35 @@ def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path, monkeypatch)
     assert writer.cleanup_tmp() == 1  # and the next run deletes it.
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
     assert pq.read_table(writer.files()[0]).num_rows == 1
+
+
+@pytest.mark.parametrize(
+    ("error", "cause"),
+    [
+        (errno.ENOSPC, "no space left on device"),
+        (errno.EROFS, "read-only file system"),
+        (errno.EACCES, "permission denied"),
+    ],
+)
+def test_a_failed_write_is_one_clear_error_and_leaves_no_temporary_file(tmp_path, monkeypatch, error, cause):
+    out = tmp_path / "out"
+    writer = PartWriter(str(out))
+    writer.prepare()
+
+    def fail(*args: object) -> None:  # after the temporary file got (part of) the data
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(os, "fsync", fail)
+    with pytest.raises(OutputError) as info:
+        writer.write("s", [row("s")])
+    message = info.value.message
+    assert str(out) in message and cause in message and "part-" in message, message
+    assert "re-run resumes" in message and "\n" not in message
+    monkeypatch.setattr(os, "replace", fail)
+    with pytest.raises(OutputError, match=cause):
+        writer.write_job_record("job-1", {"task": "summarize"})  # job records fail the same way
+    monkeypatch.undo()
+    assert not [p for p in out.rglob("*") if p.is_file()]  # no part, no record, no temporary file
 
 
 def test_an_output_folder_belongs_to_one_task(tmp_path):

@@ -108,8 +108,10 @@ class Task:
         src = unit.sources[0]
         groups = unit.extra.get("row_groups")
         row_groups = (int(groups[0]), int(groups[1])) if groups else None
+        every = unit.extra.get("every")  # this descriptor's share of the file's records
+        share = (int(every[0]), int(every[1])) if every else None
         opts = self.read_options()
-        for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups):
+        for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups, share):
             yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record), doc
 
 

@@ -10,6 +10,11 @@ window of the line before, and a line that goes back in time stays in the curren
 window's end the model writes an incident report from a copy of the stream's state (reports never enter
 the stream) given the window's exact statistics, which are computed without the model
 (``pipeline.logstats``). One ``window`` row per window.
+
+Everything the program knows lives in one ``LogsState`` (where the next batch of lines starts, the open
+window and its statistics, tokens not fed yet, the rows so far): a checkpoint before each batch of lines
+holds it, and a resumed stream reads on from that batch -- in a file, in a file's records, in the lines a
+shuffle gathered, or, for files merged in time order, in each file at once.
 """
 
 from __future__ import annotations
@@ -17,18 +22,20 @@ from __future__ import annotations
 import argparse
 import heapq
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from itertools import islice
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
+from actors.checkpoint import allow
 from actors.context import Row, StreamInfo, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template
 from longread.scheduler import Program
 from pipeline.config import Section
 from pipeline.logstats import LogParser, WindowStats
-from pipeline.readers import iter_log_lines
+from pipeline.readers import Damage, Position, PositionedLines, iter_log_lines_at
 from pipeline.sharding import StreamTask, group_by_path_key
 from pipeline.shuffle import LineGrouping
 from pipeline.sources import InputError, SourceFile
@@ -89,31 +96,83 @@ class LogsSettings(Section):
         )
 
 
-def merge_in_time_order(sources: list[Iterator[str]], settings: LogsSettings) -> Iterator[str]:
-    """Lines of several time-ordered files, merged by timestamp, read lazily."""
-
-    def keyed(index: int, lines: Iterator[str]) -> Iterator[tuple[float, int, int, str]]:
-        parser = settings.parser()
-        last = -math.inf
-        for number, line in enumerate(lines):
-            ts = parser.timestamp(line)[0]
-            last = ts if ts is not None else last  # continuation lines travel with the line before
-            yield last, index, number, line
-
-    for _, _, _, line in heapq.merge(*(keyed(i, it) for i, it in enumerate(sources))):
-        yield line
+#: Opens a line source from a position it yielded (None: its start), reporting input damage to a ``Damage``.
+LineOpener = Callable[[Position, Damage | None], PositionedLines]
 
 
-class _Window:
-    def __init__(self, index: int, start: int) -> None:
-        self.index = index
-        self.start = start
-        self.tokens = 0
-        self.stats = WindowStats()
-        self.feed_seconds = 0.0
+def merge_in_time_order(
+    sources: list[LineOpener], settings: LogsSettings, start: Position = None, damage: Damage | None = None
+) -> PositionedLines:
+    """Lines of several time-ordered files, merged by timestamp, read lazily.
+
+    Each line comes with the position that resumes the merge at that line: per file, where its next line
+    starts (None once it is used up), the timestamp its continuation lines carry, and the format its
+    parser tries first -- the state each file's reader had when it read that next line.
+    """
+    heap: list[tuple[float, int, int, Any, str]] = []
+    heads: list[list[Any] | None] = [None] * len(sources)  # per file: [position, last_ts, memory]
+    iterators: list[PositionedLines] = []
+    parsers = [settings.parser() for _ in sources]
+    lasts: list[float] = []
+    numbers = [0] * len(sources)
+
+    def pull(i: int) -> None:
+        try:
+            position, line = next(iterators[i])
+        except StopIteration:
+            heads[i] = None
+            return
+        heads[i] = [position, lasts[i], parsers[i].memory()]
+        ts = parsers[i].timestamp(line)[0]
+        lasts[i] = ts if ts is not None else lasts[i]  # continuation lines travel with the line before
+        heapq.heappush(heap, (lasts[i], i, numbers[i], position, line))
+        numbers[i] += 1
+
+    for i, opener in enumerate(sources):
+        head: list[Any] | None = start[i] if start is not None else [None, -math.inf, None]
+        if head is None:  # used up before the checkpoint
+            lasts.append(-math.inf)
+            iterators.append(iter(()))
+            continue
+        lasts.append(float(head[1]))
+        parsers[i].remember(head[2])
+        iterators.append(opener(head[0], damage))
+        pull(i)
+    while heap:
+        _, i, _, _, line = heapq.heappop(heap)
+        yield [None if h is None else list(h) for h in heads], line
+        pull(i)
 
 
-def _prompt(template: str, window: _Window, source: str, top: list[tuple[str, int]]) -> str:
+@allow
+@dataclass
+class Window:
+    index: int = 0
+    start: int = 0  # document token where it starts
+    tokens: int = 0
+    stats: WindowStats = field(default_factory=WindowStats)
+    feed_seconds: float = 0.0
+
+
+allow(WindowStats)
+
+
+@allow
+@dataclass
+class LogsState:
+    """All a logs stream knows (what its checkpoints hold)."""
+
+    position: Position = None  # where the next batch of lines starts (None: the start)
+    window: Window = field(default_factory=Window)
+    pending: list[int] = field(default_factory=list)  # tokens not fed yet (less than a stride)
+    bucket: int | None = None  # the open window's time bucket (window_seconds)
+    last_ts: float | None = None
+    has_text: bool = False
+    rows: list[Row] = field(default_factory=list)
+    parser_memory: str | None = None  # the timestamp format the parser tries first
+
+
+def _prompt(template: str, window: Window, source: str, top: list[tuple[str, int]]) -> str:
     st = window.stats
     return template.format(
         source=source,
@@ -175,45 +234,57 @@ class Logs(Task):
 
         yield Stream(info, program)
 
-    def _lines(self, unit: StreamTask, lines: list[str] | None) -> Iterable[str]:
+    def _lines(self, unit: StreamTask, lines: list[str] | None) -> LineOpener:
+        """The stream's lines, as a source that opens at a position (see ``LineOpener``)."""
         if lines is not None:  # grouped by a key in each line: the driver's shuffle sorted them already
             if unit.extra.get("error"):
                 raise InputError(*unit.extra["error"])
-            return lines
-        opts = self.read_options()
-        if len(unit.sources) == 1:
-            return iter_log_lines(unit.sources[0], self.storage, opts, unit.byte_range)
-        return merge_in_time_order(
-            [iter_log_lines(s, self.storage, opts) for s in unit.sources], self.settings
-        )
+            grouped = lines
 
-    def program(self, ctx: TaskContext, lines: Iterable[str], source: str) -> Program[list[Row]]:
+            def from_list(start: Position, damage: Damage | None) -> PositionedLines:
+                return ((i, grouped[i]) for i in range(int(start or 0), len(grouped)))
+
+            return from_list
+        opts = self.read_options()
+
+        def opener(src: SourceFile, byte_range: tuple[int, int] | None = None) -> LineOpener:
+            def read(start: Position, damage: Damage | None) -> PositionedLines:
+                return iter_log_lines_at(src, self.storage, opts, byte_range, start=start, damage=damage)
+
+            return read
+
+        if len(unit.sources) == 1:
+            return opener(unit.sources[0], unit.byte_range)
+        openers = [opener(s) for s in unit.sources]
+
+        def merged(start: Position, damage: Damage | None) -> PositionedLines:
+            return merge_in_time_order(openers, self.settings, start, damage)
+
+        return merged
+
+    def program(self, ctx: TaskContext, lines: LineOpener, source: str) -> Program[list[Row]]:
         s = self.settings
         parser = s.parser()
         stride = ctx.stride
-        rows: list[Row] = []
-        window = _Window(0, 0)
-        pending: list[int] = []
-        bucket: int | None = None
-        last_ts: float | None = None
-        has_text = False
+        st: LogsState = ctx.restored() or LogsState()
+        parser.remember(st.parser_memory)
 
         def flush(whole_chunks: bool) -> Program[None]:
             # Feed whole stride-sized chunks as lines arrive; the remainder only when a window closes.
-            n = len(pending) // stride * stride if whole_chunks else len(pending)
+            n = len(st.pending) // stride * stride if whole_chunks else len(st.pending)
             if n:
-                window.feed_seconds += yield from ctx.feed(pending[:n])
-                del pending[:n]
+                st.window.feed_seconds += yield from ctx.feed(st.pending[:n])
+                del st.pending[:n]
 
         def close() -> Program[None]:
-            nonlocal window
             yield from flush(whole_chunks=False)
+            window = st.window
             if window.stats.lines == 0:
                 return
-            st = window.stats
-            top = st.top_templates(s.top_templates)
+            stats = window.stats
+            top = stats.top_templates(s.top_templates)
             result = yield from ctx.ask(_prompt(s.report_prompt, window, source, top), s.max_new_tokens)
-            span = f"{st.first_ts_text} .. {st.last_ts_text}" if st.first_ts_text else None
+            span = f"{stats.first_ts_text} .. {stats.last_ts_text}" if stats.first_ts_text else None
             row = yield from ctx.row(
                 "window",
                 segment_index=window.index,
@@ -222,54 +293,57 @@ class Logs(Task):
                 token_end=window.start + window.tokens,
                 output_text=result.text,
                 stop_reason=result.stop_reason,
-                log_lines=st.lines,
-                log_levels=st.level_counts(),
+                log_lines=stats.lines,
+                log_levels=stats.level_counts(),
                 log_top_templates=[{"template": t, "count": n} for t, n in top],
-                log_first_timestamp=st.first_ts_text,
-                log_last_timestamp=st.last_ts_text,
-                log_alert_lines=st.alerts,
-                log_out_of_order_lines=st.out_of_order,
+                log_first_timestamp=stats.first_ts_text,
+                log_last_timestamp=stats.last_ts_text,
+                log_alert_lines=stats.alerts,
+                log_out_of_order_lines=stats.out_of_order,
                 feed_seconds=window.feed_seconds,
                 generate_seconds=result.seconds,
             )
-            rows.append(row)
-            window = _Window(window.index + 1, ctx.tokens)
+            st.rows.append(row)
+            st.window = Window(window.index + 1, ctx.tokens)
 
-        iterator = iter(lines)
+        iterator = lines(st.position, ctx.damage)
         stop = False
         while not stop:
             batch = list(islice(iterator, BATCH_LINES))
             if not batch:
                 break
-            encoded = ctx.encode_batch([line + "\n" for line in batch])
-            for line, ids in zip(batch, encoded):
+            st.position, st.parser_memory = batch[0][0], parser.memory()
+            yield from ctx.checkpoint(st)  # all before this batch is done: a resumed stream reads from here
+            texts = [line + "\n" for _, line in batch]
+            encoded = ctx.encode_batch(texts, max_tokens=ctx.left(len(st.pending)))
+            for (_, line), ids in zip(batch, encoded):
                 parsed = parser.parse(line)
-                ts = parsed.ts if parsed.ts is not None else last_ts
+                ts = parsed.ts if parsed.ts is not None else st.last_ts
                 if s.window_seconds and ts is not None:
                     b = math.floor(ts / s.window_seconds)
-                    if bucket is not None and b > bucket:
+                    if st.bucket is not None and b > st.bucket:
                         yield from close()
-                    bucket = b if bucket is None else max(bucket, b)
-                fit, full = ctx.fit(ids, pending=len(pending))
+                    st.bucket = b if st.bucket is None else max(st.bucket, b)
+                fit, full = ctx.fit(ids, pending=len(st.pending))
                 if full and not fit:
                     ctx.truncated = stop = True
                     break
                 if len(fit) < len(ids):
                     ids = fit
                     ctx.truncated = stop = True
-                has_text = has_text or bool(line.strip())
-                window.stats.add(parsed)
-                pending.extend(ids)
-                window.tokens += len(ids)
-                last_ts = ts
+                st.has_text = st.has_text or bool(line.strip())
+                st.window.stats.add(parsed)
+                st.pending.extend(ids)
+                st.window.tokens += len(ids)
+                st.last_ts = ts
                 yield from flush(whole_chunks=True)
-                if s.window_tokens and window.tokens >= s.window_tokens:
+                if s.window_tokens and st.window.tokens >= s.window_tokens:
                     yield from close()
                 if stop:
                     break
-        if not has_text:
+        if not st.has_text:
             raise InputError(
                 "empty", f"{source}: empty log (no lines with text); remove it or check the path."
             )
         yield from close()
-        return rows
+        return st.rows

@@ -6,6 +6,9 @@ never influences the next one. One ``answer`` row per question, in order. Questi
 (``qa.question_column``), from ``qa.questions`` (every document) and from ``qa.questions_file`` (read once
 per process; a missing or malformed file fails the job before Ray starts). A document without questions
 raises ``InputError('no_questions')``; one without text raises ``InputError('empty')``.
+
+While the document streams, all the program knows is ``QAState`` (where the next piece of text starts,
+whether there was text): a checkpoint before each piece holds it, and a resumed stream reads on from there.
 """
 
 from __future__ import annotations
@@ -13,11 +16,14 @@ from __future__ import annotations
 import argparse
 import posixpath
 from collections.abc import Iterator
+from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 import yaml
 from pydantic import Field, field_validator
 
+from actors.checkpoint import allow
 from actors.context import Row, TaskContext
 from actors.tasks.base import Stream, Task, check_template
 from longread.scheduler import Program
@@ -67,6 +73,15 @@ def load_questions_file(uri: str, storage: Storage | None, field_name: str) -> Q
     if isinstance(data, dict):
         return {str(k): parse_questions(v, field_name) for k, v in data.items()}
     raise ValueError(f"qa.questions_file {display_uri(uri)} must hold a list, or a mapping document -> list")
+
+
+@allow
+@dataclass
+class QAState:
+    """All a qa stream knows while it streams (what its checkpoints hold)."""
+
+    position: Any = None  # where the next piece of text starts (None: the document's start)
+    has_text: bool = False
 
 
 class QA(Task):
@@ -127,17 +142,19 @@ class QA(Task):
                 f"{doc.source_uri}: no questions for this document; set qa.questions, qa.questions_file or "
                 "qa.question_column.",
             )
-        has_text = False
-        pieces = ChapterSplitter(None).pieces(doc.iter_lines())
+        st: QAState = ctx.restored() or QAState()
+        pieces = ChapterSplitter(None).pieces_at(doc.lines_at(st.position, ctx.damage))
         for piece in pieces:
-            has_text = has_text or bool(piece.text.strip())
-            ids = ctx.encode(piece.text)
+            st.position = piece.start
+            yield from ctx.checkpoint(st)  # all before this piece is streamed: a resumed stream reads on here
+            st.has_text = st.has_text or bool(piece.text.strip())
+            ids = ctx.encode(piece.text, max_tokens=ctx.room)
             fit, full = ctx.fit(ids)
             yield from ctx.feed(fit)
             if full:
                 ctx.truncated = len(fit) < len(ids) or any(p.text.strip() for p in pieces)
                 break
-        if not has_text:
+        if not st.has_text:
             raise InputError(
                 "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
             )

@@ -7,6 +7,10 @@ copy of the stream's state, so the summary never enters the stream. At the end o
 writes a summary of the whole text from what the cache still holds plus the segment summaries (fed as part
 of the instruction). Rows: one ``segment`` row per segment, then one ``final`` row. An input with no text
 at all raises ``InputError('empty')``. Without ``input.paths`` the job reads the sample books.
+
+Everything the program knows lives in one ``SummarizeState`` (where the next piece of text starts, the open
+segment, the summaries and rows so far): a checkpoint before each piece holds it, and a resumed stream
+reads on from that piece.
 """
 
 from __future__ import annotations
@@ -14,10 +18,13 @@ from __future__ import annotations
 import argparse
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from functools import partial
+from typing import Any
 
 from pydantic import Field, model_validator
 
+from actors.checkpoint import allow
 from actors.context import Row, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template
 from longread.scheduler import Program
@@ -57,13 +64,26 @@ class SummarizeSettings(Section):
         return self
 
 
-class _Segment:
-    def __init__(self, index: int, start: int) -> None:
-        self.index = index
-        self.start = start
-        self.tokens = 0
-        self.titles: list[str] = []
-        self.feed_seconds = 0.0
+@allow
+@dataclass
+class Segment:
+    index: int = 0
+    start: int = 0  # document token where it starts
+    tokens: int = 0
+    titles: list[str] = field(default_factory=list)
+    feed_seconds: float = 0.0
+
+
+@allow
+@dataclass
+class SummarizeState:
+    """All a summarize stream knows (what its checkpoints hold)."""
+
+    position: Any = None  # where the next piece of text starts (None: the document's start)
+    segment: Segment = field(default_factory=Segment)
+    summaries: list[str] = field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    has_text: bool = False
 
 
 class Summarize(Task):
@@ -99,13 +119,10 @@ class Summarize(Task):
             raise doc.error
         s = self.settings
         splitter = ChapterSplitter((s.chapter_pattern or DEFAULT_CHAPTER_PATTERN) if s.chapters else None)
-        rows: list[Row] = []
-        summaries: list[str] = []
-        seg = _Segment(0, 0)
-        has_text = False
+        st: SummarizeState = ctx.restored() or SummarizeState()
 
         def close() -> Program[None]:
-            nonlocal seg
+            seg = st.segment
             result = yield from ctx.ask(s.segment_prompt, s.segment_max_new_tokens)
             row = yield from ctx.row(
                 "segment",
@@ -118,18 +135,22 @@ class Summarize(Task):
                 feed_seconds=seg.feed_seconds,
                 generate_seconds=result.seconds,
             )
-            rows.append(row)
-            summaries.append(result.text)
-            seg = _Segment(seg.index + 1, ctx.tokens)
+            st.rows.append(row)
+            st.summaries.append(result.text)
+            st.segment = Segment(seg.index + 1, ctx.tokens)
 
-        pieces: Iterator[Piece] = splitter.pieces(doc.iter_lines())
+        pieces: Iterator[Piece] = splitter.pieces_at(doc.lines_at(st.position, ctx.damage))
         for piece in pieces:
-            has_text = has_text or bool(piece.text.strip())
+            st.position = piece.start
+            yield from ctx.checkpoint(st)  # all before this piece is done: a resumed stream reads from here
+            seg = st.segment
+            st.has_text = st.has_text or bool(piece.text.strip())
             if piece.heading and seg.tokens >= max(1, s.min_segment_tokens):
                 yield from close()
+                seg = st.segment
             if piece.heading and len(seg.titles) < MAX_TITLES:
                 seg.titles.append(piece.heading)
-            ids = ctx.encode(piece.text)
+            ids = ctx.encode(piece.text, max_tokens=ctx.room)
             while ids:
                 fit, _ = ctx.fit(ids)
                 if not fit:
@@ -140,22 +161,23 @@ class Summarize(Task):
                 ids = ids[n:]
                 if seg.tokens >= s.segment_tokens:
                     yield from close()
+                    seg = st.segment
             if ctx.room == 0:
                 # Stop reading (a 10 GB file is not read to its end); flag the stream if text was left over.
                 ctx.truncated = bool(ids) or any(p.text.strip() for p in pieces)
                 break
-        if not has_text:
+        if not st.has_text:
             raise InputError(
                 "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
             )
-        if seg.tokens > 0:
+        if st.segment.tokens > 0:
             yield from close()
         t0 = time.perf_counter()
-        listing = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(summaries))
+        listing = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(st.summaries))
         result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_max_new_tokens)
         row = yield from ctx.row(
             "final",
-            segment_index=len(summaries),
+            segment_index=len(st.summaries),
             segment_title="whole text" + (" (truncated)" if ctx.truncated else ""),
             token_start=0,
             token_end=ctx.tokens,
@@ -164,5 +186,5 @@ class Summarize(Task):
             feed_seconds=ctx.feed_seconds,
             generate_seconds=time.perf_counter() - t0,
         )
-        rows.append(row)
-        return rows
+        st.rows.append(row)
+        return st.rows
