@@ -156,3 +156,37 @@ def test_every_registered_task_is_wired(name):
     data = {"input": {"paths": ["x"]}}
     cfg = config_from_dict(name, data, "test")
     assert cfg.output.path == f"output/{task.job_name}"
+
+
+def test_generation_controls_per_kind_of_output():
+    """Each kind of output has its own length and repetition controls; the flat max_new_tokens keys of
+    earlier configs are shorthand for them and keep the kind's other defaults."""
+    cfg = config_from_dict("summarize", {})
+    seg, final = cfg.summarize.segment_generation, cfg.summarize.final_generation
+    assert (seg.max_new_tokens, seg.no_repeat_ngram_size, seg.finish_sentence) == (96, 4, 32)
+    assert (final.max_new_tokens, final.finish_sentence) == (192, 48)
+    cfg = config_from_dict(
+        "summarize",
+        {"summarize": {"final_max_new_tokens": 64, "segment_generation": {"repetition_penalty": 1.3}}},
+    )
+    final, seg = cfg.summarize.final_generation, cfg.summarize.segment_generation
+    assert (final.max_new_tokens, final.finish_sentence) == (64, 48)  # the kind's other defaults stay
+    assert (seg.max_new_tokens, seg.repetition_penalty) == (96, 1.3)
+    qa = config_from_dict("qa", {"input": {"paths": ["x"]}, "qa": {"max_new_tokens": 12}}).qa.generation
+    assert (qa.max_new_tokens, qa.repetition_penalty, qa.no_repeat_ngram_size) == (12, 1.1, 4)
+    logs = config_from_dict("logs", {"input": {"paths": ["x"]}}).logs.generation
+    assert (logs.max_new_tokens, logs.no_repeat_ngram_size) == (96, 3)
+    cfg, _ = load_config("logs", ["--input", "x", "--set", "logs.generation.finish_sentence=0"])
+    assert cfg.logs.generation.finish_sentence == 0 and cfg.logs.generation.max_new_tokens == 96
+    # What the engine gets: the job's sampling plus the kind's controls.
+    settings = cfg.logs.generation.apply(cfg.generation.sampling(stop=("</s>",)))
+    assert (settings.max_new_tokens, settings.no_repeat_ngram_size, settings.stop) == (96, 3, ("</s>",))
+    with pytest.raises(ConfigError, match=r"max_new_tokens=12 and generation.max_new_tokens=20 disagree"):
+        config_from_dict(
+            "qa",
+            {"input": {"paths": ["x"]}, "qa": {"max_new_tokens": 12, "generation": {"max_new_tokens": 20}}},
+        )
+    with pytest.raises(ConfigError, match=r"qa.generation.repetition_penalty"):
+        config_from_dict("qa", {"input": {"paths": ["x"]}, "qa": {"generation": {"repetition_penalty": 0}}})
+    with pytest.raises(ConfigError, match=r"unknown log format 'nginx'"):
+        config_from_dict("logs", {"input": {"paths": ["x"]}, "logs": {"format": "nginx"}})

@@ -173,6 +173,18 @@ def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     assert (rows.token_start.values[1:] == rows.token_end.values[:-1]).all()
     top = rows.log_top_templates.iloc[0]
     assert top[0]["count"] >= top[-1]["count"] and "<*>" in top[0]["template"]
+    # The report: statistics first (computed without the model), the model's text last.
+    assert (rows.log_format == "generic").all()
+    for row in rows.itertuples():
+        assert row.log_report.startswith(f"Incident report: {path}, window {row.segment_index + 1}")
+        assert f"Alerts: {row.log_alert_lines} lines" in row.log_report
+        assert row.log_report.endswith(f"Summary ({row.model}): {row.output_text.strip()}") or not (
+            row.output_text.strip()
+        )
+    notable = [t for templates in rows.log_notable_templates for t in templates]
+    errors = [t for t in notable if t["level"] == "ERROR"]
+    assert errors and all(t["template"].endswith("connection refused to db-<*>") for t in errors)
+    assert sum(t["alerts"] for t in errors) == expected["ERROR"]
 
 
 def test_log_windows_by_time(tmp_path, model_dir):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -66,3 +67,48 @@ def test_a_real_summary_with_some_repeated_phrases_passes():
 def test_rate():
     assert degenerate_rate(["Fine.", "cut off", "", "Also fine."]) == 0.5
     assert math.isnan(degenerate_rate([]))
+
+
+def test_degenerate_command_on_a_job_output(tmp_path, capsys):
+    """experiments.degenerate reads a job's Parquet folder and counts with the same rule, per row kind."""
+    from datetime import UTC, datetime
+
+    from experiments.degenerate import main
+    from pipeline.writer import PartWriter
+
+    def row(stream: str, kind: str, index: int, text: str | None, stop: str | None = "eos") -> dict:
+        return {
+            "job_id": "j",
+            "stream_id": stream,
+            "source_uri": stream,
+            "task": "summarize",
+            "row_kind": kind,
+            "segment_index": index,
+            "part_index": 0,
+            "part_count": 1,
+            "model": "m",
+            "policy": "lacache",
+            "policy_params": "{}",
+            "stride": 16,
+            "output_text": text,
+            "stop_reason": stop,
+            "created_at": datetime.now(UTC),
+        }
+
+    out = tmp_path / "out"
+    writer = PartWriter(str(out))
+    writer.prepare()
+    writer.write("a", [row("a", "segment", 0, "A fine summary."), row("a", "segment", 1, "and then the")])
+    writer.write("a2", [row("a2", "final", 2, "A: A: A: A: A: A: A: A:", "max_new_tokens")])
+    writer.write("b", [row("b", "segment", 0, "Also fine."), row("b", "final", 1, "")])
+    writer.write("c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
+    report = tmp_path / "d.json"
+    assert main([str(out), "--examples", "5", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    table = {t["kind"]: t for t in json.loads(report.read_text())["table"]}
+    assert table["segment"]["rows"] == 3 and table["segment"]["degenerate"] == pytest.approx(1 / 3)
+    assert table["final"]["degenerate"] == 1.0 and table["final"]["empty"] == 0.5
+    assert table["all"]["rows"] == 5 and table["all"]["degenerate"] == pytest.approx(3 / 5)
+    assert table["all"]["error_rows"] == 1 and table["all"]["stop_reasons"] == {"eos": 4, "max_new_tokens": 1}
+    assert "and then the" in printed and "['unfinished']" in printed
+    assert main([str(tmp_path / "nothing")]) == 2

@@ -1,0 +1,117 @@
+"""Degenerate-output rate of pipeline jobs, from their Parquet output (``longread.quality``'s rule).
+
+    python -m experiments.degenerate output/summarize_books output/answer_questions output/analyze_logs
+    python -m experiments.degenerate output/analyze_logs --examples 3 --json results/degenerate.json
+
+Contract: for each output folder (local or ``s3://``, read as the pipeline reads it), every row with
+model-written text (``output_text`` of ``segment``, ``final``, ``answer`` and ``window`` rows; error rows
+are counted apart) is checked with ``longread.quality.degeneracy``. One table row per folder and row kind,
+plus one per folder over all its kinds: rows, degenerate share, the share per reason (unfinished,
+repetition, empty), mean words, and the stop reasons. ``--examples N`` prints N degenerate texts per
+folder; ``--json`` writes the table and every flagged row.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from longread.quality import REASONS, degeneracy
+
+TEXT_KINDS = ("segment", "final", "answer", "window")
+
+
+def load_rows(output: str) -> list[dict[str, Any]]:
+    """The rows of one job's output folder (the pipeline's own reader: temporary files skipped)."""
+    from pipeline.writer import read_results
+
+    table = read_results(output)
+    if table.num_rows == 0:
+        raise FileNotFoundError(f"{output}: no results (is it a job's output folder?)")
+    return table.select(["row_kind", "stream_id", "segment_index", "output_text", "stop_reason"]).to_pylist()
+
+
+def score(output: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(table rows per kind and overall, flagged rows) of one output folder."""
+    checked = []
+    errors = 0
+    for row in rows:
+        if row["row_kind"] not in TEXT_KINDS:
+            errors += row["row_kind"] == "error"
+            continue
+        text = row["output_text"] or ""
+        checked.append({**row, "reasons": list(degeneracy(text)), "words": len(text.split())})
+    table = []
+    for kind in [*[k for k in TEXT_KINDS if any(r["row_kind"] == k for r in checked)], "all"]:
+        group = [r for r in checked if kind == "all" or r["row_kind"] == kind]
+        n = len(group)
+        entry: dict[str, Any] = {
+            "output": output,
+            "kind": kind,
+            "rows": n,
+            "degenerate": sum(bool(r["reasons"]) for r in group) / n if n else math.nan,
+        }
+        for reason in REASONS:
+            entry[reason] = sum(reason in r["reasons"] for r in group) / n if n else math.nan
+        entry["words"] = sum(r["words"] for r in group) / n if n else math.nan
+        entry["stop_reasons"] = dict(Counter(r["stop_reason"] for r in group).most_common())
+        if kind == "all":
+            entry["error_rows"] = errors
+        table.append(entry)
+    flagged = [r for r in checked if r["reasons"]]
+    return table, flagged
+
+
+def format_table(table: list[dict[str, Any]]) -> str:
+    head = (
+        f"{'output':<34} {'kind':<8} {'rows':>5} {'degen':>6} {'unfin':>6} {'repeat':>6} {'empty':>6} "
+        f"{'words':>6}  stop reasons"
+    )
+    lines = [head, "-" * len(head)]
+    for t in table:
+        stops = ", ".join(f"{k} {v}" for k, v in t["stop_reasons"].items())
+        lines.append(
+            f"{t['output'][-34:]:<34} {t['kind']:<8} {t['rows']:>5} {100 * t['degenerate']:>5.0f}% "
+            f"{100 * t['unfinished']:>5.0f}% {100 * t['repetition']:>5.0f}% {100 * t['empty']:>5.0f}% "
+            f"{t['words']:>6.1f}  {stops}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m experiments.degenerate", description=__doc__.split("\n\n")[0])
+    p.add_argument("outputs", nargs="+", help="a job's output folder (local or s3://), repeatable")
+    p.add_argument("--examples", type=int, default=0, help="print this many degenerate texts per folder")
+    p.add_argument("--json", type=Path, help="write the table and the flagged rows here")
+    args = p.parse_args(argv)
+    table: list[dict[str, Any]] = []
+    flagged: dict[str, list[dict[str, Any]]] = {}
+    for output in args.outputs:
+        try:
+            rows = load_rows(output)
+        except (FileNotFoundError, ValueError) as exc:
+            print(f"error: {exc}")
+            return 2
+        part, bad = score(output, rows)
+        table += part
+        flagged[output] = bad
+    print(format_table(table))
+    for output, bad in flagged.items():
+        for row in bad[: args.examples]:
+            text = " ".join((row["output_text"] or "").split())
+            where = f"{row['row_kind']} {row['stream_id']} #{row['segment_index']}"
+            print(f"\n{output} {where} {row['reasons']}:")
+            print(f"  {text[:400]}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"table": table, "flagged": flagged}, indent=1, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
