@@ -33,50 +33,14 @@ import psutil
 import torch
 
 from cache_policies import from_spec
+from experiments.geometries import GEOMETRIES, random_model
 from longread.engine import BatchEngine
 from longread.generation import GenerationSettings
 
 log = logging.getLogger("bench_batch")
 
-GEOMETRIES: dict[str, dict[str, Any]] = {
-    # Llama-3.2-1B and Llama-3.1-8B, from their published configs (no download; random weights).
-    "llama-3.2-1b": dict(
-        hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=64, vocab_size=128256, tie_word_embeddings=True,
-        rope_theta=500000.0, max_position_embeddings=131072,
-    ),
-    "llama-3.1-8b": dict(
-        hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-        num_key_value_heads=8, head_dim=128, vocab_size=128256, tie_word_embeddings=False,
-        rope_theta=500000.0, max_position_embeddings=131072,
-    ),
-    # For checking this script on a CPU in seconds.
-    "tiny": dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=4, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, vocab_size=97, tie_word_embeddings=False,
-        max_position_embeddings=4096,
-    ),
-}  # fmt: skip
 #: lacache without a span gets the paper's span = layers / 2 (15 on SmolLM2, 8 on 1B, 16 on 8B).
 DEFAULT_POLICIES = ["streaming_llm", "lacache", "cascading:cascades=4", "full"]
-
-
-def random_model(geometry: str, dtype: torch.dtype, device: str, attn: str) -> Any:
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    config = LlamaConfig(**GEOMETRIES[geometry], attn_implementation=attn)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    model = model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.normal_(0.0, 0.02, generator=gen)
-    for name, module in list(model.named_modules()):  # rotary buffers: rebuild what to_empty left undefined
-        if name.endswith("rotary_emb"):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent), attr, type(module)(module.config).to(device))
-    return model.eval()
 
 
 def sync(device: torch.device) -> None:

@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from cache_policies import from_spec, parse_spec
+from experiments.geometries import GEOMETRIES, config
 from longread.engine import StreamingEngine
 from longread.models import resolve_dtype
 
@@ -44,49 +45,15 @@ DEFAULT_POLICIES = ["streaming_llm", "lacache:span=15,overlap=0", "cascading:cas
 MODES = ("delta", "read")
 SEGMENTS = 16  # the per-position KL curve in the JSON: mean per 1/16 of the stream
 
-# Llama-3.2-1B's published architecture (its config.json), written out so nothing is downloaded.
-LLAMA_32_1B = dict(
-    vocab_size=128256,
-    hidden_size=2048,
-    intermediate_size=8192,
-    num_hidden_layers=16,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=64,
-    max_position_embeddings=131072,
-    rms_norm_eps=1e-5,
-    tie_word_embeddings=True,
-    rope_parameters={
-        "rope_type": "llama3",
-        "rope_theta": 500000.0,
-        "factor": 32.0,
-        "low_freq_factor": 1.0,
-        "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 8192,
-    },
-)
-TINY = dict(
-    vocab_size=97,
-    hidden_size=64,
-    intermediate_size=128,
-    num_hidden_layers=4,
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    max_position_embeddings=4096,
-    rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
-)
-GEOMETRIES = {"llama-3.2-1b": LLAMA_32_1B, "tiny": TINY}
-
 
 def random_models(geometry: str, dtype: torch.dtype, device: str, seed: int) -> tuple[Any, Any]:
     """(float32 model, the same weights in ``dtype``), random, built on ``device`` from a config."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(**GEOMETRIES[geometry], attn_implementation="sdpa")
     torch.manual_seed(seed)
     with torch.device(device):
-        ref = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
-        low = AutoModelForCausalLM.from_config(config, dtype=dtype).eval()
+        ref = AutoModelForCausalLM.from_config(config(geometry), dtype=torch.float32).eval()
+        low = AutoModelForCausalLM.from_config(config(geometry), dtype=dtype).eval()
     low.load_state_dict(ref.state_dict())  # casts; non-persistent inv_freq stays float32 in both
     return ref, low
 

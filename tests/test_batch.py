@@ -231,3 +231,27 @@ def test_batch_batcher_serves_concurrent_callers():
         got = list(pool.map(lambda job: batcher.run(qa_program(*job)), jobs))
     assert got == expected
     assert engine.stats.forwards < sum(len(j[0]) // STRIDE + 1 + 5 for j in jobs)  # streams shared forwards
+
+
+def test_batch_batcher_survives_an_engine_failure(monkeypatch):
+    """A failing forward fails the programs in flight (their callers get the error), and the batcher goes
+    on serving the next ones."""
+    from longread.scheduler import Batcher
+
+    model = tiny_model("llama")
+    engine = BatchEngine(model, build("streaming_llm"), rows=2, stride=STRIDE)
+    batcher = Batcher(engine)
+    real = engine.forward
+    calls = {"n": 0}
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("device lost")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(engine, "forward", flaky)
+    with pytest.raises(RuntimeError, match="device lost"):
+        batcher.run(qa_program(list(range(40)), [[1, 2]], GenerationSettings(max_new_tokens=3)))
+    answers, _ = batcher.run(qa_program(list(range(30)), [[3]], GenerationSettings(max_new_tokens=2)))
+    assert len(answers[0]) == 2 and engine.free_rows == 2

@@ -43,9 +43,11 @@ def test_cli_writes_a_row_per_policy_stride_mode(tmp_path, capsys):
 
 def test_llama_32_1b_geometry():
     """The hand-written config is Llama-3.2-1B's: 1.24B parameters, llama3 RoPE scaling (built on meta)."""
-    from transformers import AutoModelForCausalLM, LlamaConfig
+    from transformers import AutoModelForCausalLM
 
-    config = LlamaConfig(**bench.LLAMA_32_1B)
+    from experiments.geometries import config as geometry
+
+    config = geometry("llama-3.2-1b")
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
     assert sum(p.numel() for p in model.parameters()) == 1_235_814_400
