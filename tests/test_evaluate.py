@@ -273,6 +273,30 @@ def test_passkey_heatmap(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_throughput_plot_from_bench_pipeline_rows(tmp_path):
+    from experiments.plots import main as plots_main
+    from experiments.plots import plot_throughput
+
+    rows = [
+        {
+            "actors": a,
+            "streams_per_actor": s,
+            "tokens_per_s": 90.0 * s**0.5 * a,
+            "generations": 12,
+            "wall_s": 60 / s,
+        }
+        for a in (1, 2)
+        for s in (1, 2, 4)
+    ]
+    data = tmp_path / "pipeline.json"
+    data.write_text(json.dumps(rows))
+    png = tmp_path / "throughput.png"
+    assert plots_main(["throughput", str(data), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="bench_pipeline"):
+        plot_throughput([{"x": 1}], png)
+
+
 def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama, data):
     stories, _ = load_stories(data, max_stories=1)
     cfg = EvalConfig(

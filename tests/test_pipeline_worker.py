@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 from helpers_pipeline import (
+    NO_FINISH,
     build_tiny_model,
     job_config,
     log_lines,
@@ -15,7 +16,7 @@ from helpers_pipeline import (
     write_good_corpus,
 )
 
-from actors.context import drop_repeated_sentences
+from actors.context import STOP_STRINGS, drop_repeated_sentences
 from actors.stream_worker import StreamWorker
 from cache_policies import POLICIES
 from longread.engine import Snapshot, StreamingEngine
@@ -287,3 +288,40 @@ def test_record_files_split_between_records(tmp_path, model_dir):
     offsets = sorted(jsonl.stream_id.str.split("#offset=").str[1].astype(int))
     lines = (tmp_path / "in" / "s.jsonl").read_bytes().split(b"\n")
     assert offsets == [sum(len(line) + 1 for line in lines[:i]) for i in range(12)]
+
+
+def test_each_kind_of_output_reaches_the_decoder_with_its_controls(tmp_path, model_dir, monkeypatch):
+    """The decoder of every generation gets that kind of output's controls: the task's defaults
+    (repetition penalty, n-gram ban) with the job's overrides, plus the job's sampling and stop strings."""
+    from longread.engine import BatchEngine
+
+    seen: list = []
+    decoder = BatchEngine.decoder
+
+    def spy(self, settings):
+        seen.append(settings)
+        return decoder(self, settings)
+
+    monkeypatch.setattr(BatchEngine, "decoder", spy)
+    files = write_good_corpus(tmp_path / "in")
+    log = tmp_path / "app.log"
+    log.write_text("\n".join(log_lines(60)) + "\n")
+
+    def controls(task, inputs, **sections):
+        seen.clear()
+        cfg = job_config(task, inputs, str(tmp_path / task), model_dir, **sections)
+        assert {s["status"] for s in run(StreamWorker(cfg, "t"))} == {"ok"}
+        assert seen and all(s.stop == STOP_STRINGS and s.temperature == 0 for s in seen)
+        return {
+            (s.max_new_tokens, s.repetition_penalty, s.no_repeat_ngram_size, s.finish_sentence) for s in seen
+        }
+
+    book = [str(files["book_a"])]
+    # Segments and the final summary: their own lengths, the summarize defaults' repetition controls.
+    lengths = {"segment_max_new_tokens": 5, "final_max_new_tokens": 7}
+    assert controls("summarize", book, summarize=lengths) == {(5, 1.1, 4, 0), (7, 1.1, 4, 0)}
+    qa = {"questions": ["Who?"], "max_new_tokens": 9, "generation": {**NO_FINISH, "repetition_penalty": 1.3}}
+    assert controls("qa", book, qa=qa) == {(9, 1.3, 4, 0)}
+    # Reports: the logs default bans repeated 3-grams (their loops are short: "A: A: A:").
+    logs = {"window_tokens": 256, "max_new_tokens": 8, "generation": {"finish_sentence": 2}}
+    assert controls("logs", [str(log)], logs=logs) == {(8, 1.1, 3, 2)}

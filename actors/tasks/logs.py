@@ -56,7 +56,7 @@ LOG_PROMPT_FIELDS = {
 class ReportGeneration(Decoding):
     """A window's summary: a few sentences; log loops are short ("A: A: A:"), so a 3-gram ban."""
 
-    max_new_tokens: int = Field(default=96, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1)
     no_repeat_ngram_size: int = Field(default=3, ge=0)
 
 
