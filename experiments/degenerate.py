@@ -2,13 +2,17 @@
 
     python -m experiments.degenerate output/summarize_books output/answer_questions output/analyze_logs
     python -m experiments.degenerate output/analyze_logs --examples 3 --json results/degenerate.json
+    python -m experiments.degenerate output/answer_questions --references ../shared/data/squality/dev.jsonl
 
 Contract: for each output folder (local or ``s3://``, read as the pipeline reads it), every row with
 model-written text (``output_text`` of ``segment``, ``final``, ``answer`` and ``window`` rows; error rows
 are counted apart) is checked with ``longread.quality.degeneracy``. One table row per folder and row kind,
 plus one per folder over all its kinds: rows, degenerate share, the share per reason (unfinished,
 repetition, empty), mean words, and the stop reasons. ``--examples N`` prints N degenerate texts per
-folder; ``--json`` writes the table and every flagged row.
+folder; ``--json`` writes the table and every flagged row. ``--references FILE.jsonl`` (SQuALITY format, the
+file a ``qa`` job read, without ``input.id_column``) adds ROUGE-1/2/L of the ``answer`` rows against that
+question's reference responses (``experiments.evaluate``'s scorer: best reference per metric), matched by
+record index (``record_id``) and question text; an answer without references is an error, not a zero.
 """
 
 from __future__ import annotations
@@ -33,7 +37,58 @@ def load_rows(output: str) -> list[dict[str, Any]]:
     table = read_results(output)
     if table.num_rows == 0:
         raise FileNotFoundError(f"{output}: no results (is it a job's output folder?)")
-    return table.select(["row_kind", "stream_id", "segment_index", "output_text", "stop_reason"]).to_pylist()
+    columns = [
+        "row_kind",
+        "stream_id",
+        "segment_index",
+        "output_text",
+        "stop_reason",
+        "record_id",
+        "question",
+    ]
+    return table.select(columns).to_pylist()
+
+
+def reference_answers(path: Path) -> dict[tuple[str, str], list[str]]:
+    """``(record index, question text) -> reference responses`` of a SQuALITY-format JSONL file, the index
+    counted as the pipeline counts JSONL records without an id column (non-empty lines from 0)."""
+    from experiments.evaluate import parse_story
+
+    refs: dict[tuple[str, str], list[str]] = {}
+    index = 0
+    with path.open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            story = parse_story(json.loads(line), f"{path} line {number}")
+            for question in story.questions:
+                refs[str(index), question.text] = question.references
+            index += 1
+    return refs
+
+
+def add_rouge(
+    table: list[dict[str, Any]], rows: list[dict[str, Any]], refs: dict[tuple[str, str], list[str]]
+) -> None:
+    """Mean ROUGE of the ``answer`` rows into the ``answer`` and ``all`` entries of one folder's table."""
+    from experiments.evaluate import METRICS, Scorer
+
+    answers = [r for r in rows if r["row_kind"] == "answer"]
+    missing = [r for r in answers if (r["record_id"], (r["question"] or "").strip()) not in refs]
+    if missing:
+        r = missing[0]
+        raise ValueError(
+            f"{len(missing)} answers have no references, e.g. record {r['record_id']}: {r['question']!r} "
+            "(--references must be the JSONL file the job read, without input.id_column)"
+        )
+    scorer = Scorer()
+    scores = [
+        scorer.score(r["output_text"] or "", refs[r["record_id"], r["question"].strip()]) for r in answers
+    ]
+    for entry in table:
+        if entry["kind"] in ("answer", "all") and scores:
+            for m in METRICS:
+                entry[m] = sum(s[m] for s in scores) / len(scores)
 
 
 def score(output: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -75,10 +130,11 @@ def format_table(table: list[dict[str, Any]]) -> str:
     lines = [head, "-" * len(head)]
     for t in table:
         stops = ", ".join(f"{k} {v}" for k, v in t["stop_reasons"].items())
+        rouge = "  ROUGE-1/2/L {rouge1:.3f} {rouge2:.3f} {rougeL:.3f}".format(**t) if "rougeL" in t else ""
         lines.append(
             f"{t['output'][-34:]:<34} {t['kind']:<8} {t['rows']:>5} {100 * t['degenerate']:>5.0f}% "
             f"{100 * t['unfinished']:>5.0f}% {100 * t['repetition']:>5.0f}% {100 * t['empty']:>5.0f}% "
-            f"{t['words']:>6.1f}  {stops}"
+            f"{t['words']:>6.1f}  {stops}{rouge}"
         )
     return "\n".join(lines)
 
@@ -88,7 +144,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("outputs", nargs="+", help="a job's output folder (local or s3://), repeatable")
     p.add_argument("--examples", type=int, default=0, help="print this many degenerate texts per folder")
     p.add_argument("--json", type=Path, help="write the table and the flagged rows here")
+    p.add_argument(
+        "--references", type=Path, help="SQuALITY-format JSONL the qa job read: adds ROUGE of the answers"
+    )
     args = p.parse_args(argv)
+    refs = reference_answers(args.references) if args.references else None
     table: list[dict[str, Any]] = []
     flagged: dict[str, list[dict[str, Any]]] = {}
     for output in args.outputs:
@@ -98,6 +158,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {exc}")
             return 2
         part, bad = score(output, rows)
+        if refs is not None:
+            try:
+                add_rouge(part, rows, refs)
+            except ValueError as exc:
+                print(f"error: {output}: {exc}")
+                return 2
         table += part
         flagged[output] = bad
     print(format_table(table))
