@@ -47,7 +47,7 @@ from actors.checkpoint import Checkpoint, fingerprint
 from cache_policies import CachePolicy
 from longread.generation import GenerationResult, GenerationSettings
 from longread.scheduler import Ask, AskMany, Feed, Inspect, Load, Program, Request, Save, StreamState
-from pipeline.config import BaseJobConfig
+from pipeline.config import BaseJobConfig, Decoding
 from pipeline.readers import Damage
 
 log = logging.getLogger(__name__)
@@ -65,17 +65,19 @@ CHARS_PER_TOKEN = 8
 CUT_MARGIN = 16
 
 
-def chat_frame(tokenizer: Any, system_prompt: str | None = None) -> tuple[str, str]:
+def chat_frame(
+    tokenizer: Any, system_prompt: str | None = None, use_template: bool = True
+) -> tuple[str, str]:
     """``(prefix, suffix)`` that put a streamed document inside one user message of the chat template.
 
     The prefix (system prompt, start of the user turn) is fed before the document; every instruction is
     appended to the user message and followed by the suffix (end of turn, start of the assistant's), so
-    the model answers about text it was given as the user's. Models without a chat template get
-    ``("", "\n\nAnswer:")``.
+    the model answers about text it was given as the user's. Models without a chat template (or
+    ``use_template=False``) get ``("", "\n\nAnswer:")``, after the system prompt if one is given.
     """
     messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
     messages.append({"role": "user", "content": _MARK})
-    template = getattr(tokenizer, "chat_template", None)
+    template = getattr(tokenizer, "chat_template", None) if use_template else None
     if template:
         try:
             text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
@@ -144,7 +146,8 @@ class StreamEnv:
         }
         env = cls(cfg, job_id, tokenizer, columns, generation=cfg.generation.sampling(stop=STOP_STRINGS))
         env.fingerprint = fingerprint(cfg)
-        prefix, env.suffix = chat_frame(tokenizer, cfg.generation.system_prompt)
+        g = cfg.generation
+        prefix, env.suffix = chat_frame(tokenizer, g.system_prompt, use_template=g.chat_template)
         env.prefix_ids = env.encode(prefix) if prefix else []
         return env
 
@@ -343,17 +346,17 @@ class TaskContext:
             result.text = drop_repeated_sentences(result.text)
         return result
 
-    def ask(self, instruction: str, max_new_tokens: int) -> Generator[Request, Any, GenerationResult]:
-        """Answer ``instruction`` about what was streamed; the stream itself stays as it was."""
-        settings = self.env.generation.with_(max_new_tokens=max_new_tokens)
-        result = yield Ask(self.prompt(instruction), settings)
+    def ask(self, instruction: str, decoding: Decoding) -> Generator[Request, Any, GenerationResult]:
+        """Answer ``instruction`` about what was streamed, with that kind of output's length and repetition
+        controls; the stream itself stays as it was."""
+        result = yield Ask(self.prompt(instruction), decoding.apply(self.env.generation))
         return self._finish(result)
 
     def ask_many(
-        self, instructions: list[str], max_new_tokens: int
+        self, instructions: list[str], decoding: Decoding
     ) -> Generator[Request, Any, list[GenerationResult]]:
         """Several answers, each from the same state of the stream (none sees another)."""
-        settings = self.env.generation.with_(max_new_tokens=max_new_tokens)
+        settings = decoding.apply(self.env.generation)
         prompts: list[str | list[int]] = [self.prompt(text) for text in instructions]
         results = yield AskMany(prompts, settings)
         return [self._finish(result) for result in results]

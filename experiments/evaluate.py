@@ -47,12 +47,11 @@ log = logging.getLogger("experiments.evaluate")
 DEFAULT_DATA = Path("../shared/data/squality/dev.jsonl")
 DEFAULT_POLICIES = ["streaming_llm", "lacache:span=15,overlap=0", "cascading:cascades=4"]
 DEFAULT_BUDGETS = [0.25, 0.5]
-#: "qa" is the pipeline's QA prompt; "paragraph" the one tuned on SQuALITY dev (BENCHMARKS.md, issue 11).
-#: --prompt NAME=TEMPLATE adds more.
+#: "qa" is the pipeline's QA prompt up to phase 1 of issue 11 (main at e4e184a); "paragraph" the one tuned on
+#: SQuALITY dev (BENCHMARKS.md), the pipeline's ``qa.prompt`` since. --prompt NAME=TEMPLATE adds more.
 PROMPTS: dict[str, str] = {
-    "qa": QASettings().prompt,
-    "paragraph": "Answer the question about the text above in a short paragraph of three to five sentences.\n"
-    "Question: {question}",
+    "qa": "Answer the question about the text above in one or two sentences.\nQuestion: {question}",
+    "paragraph": QASettings().prompt,
 }
 #: Budgets are rounded down so that budget - sink is a multiple of this: every policy then accepts the same
 #: budget (cascading needs budget - sink divisible by its number of cascades: 1, 2, 4, 8 or 16).
@@ -165,19 +164,30 @@ class Variant:
 
 
 _SETTING_FIELDS = sorted(f.name for f in dataclasses.fields(GenerationSettings) if f.name != "stop")
+_RAW = GenerationSettings(max_new_tokens=64, stop=STOP_STRINGS)
+#: Variants whose name alone sets their starting point (their key=value pairs still override it):
+#: "pipeline" is the QA task's defaults (``actors.tasks.qa.QASettings``: prompt and ``qa.generation``),
+#: "before" the pipeline's QA settings up to e4e184a (64 tokens, no repetition control, the "qa" prompt).
+#: Any other name starts from 64 tokens, no repetition control and the "qa" prompt.
+PRESETS: dict[str, tuple[GenerationSettings, str]] = {
+    "pipeline": (QASettings().generation.apply(_RAW), "paragraph"),
+    "before": (_RAW, "qa"),
+}
 
 
 def parse_variant(spec: str, prompts: dict[str, str] | None = None) -> Variant:
     """``"after:max_new_tokens=96,repetition_penalty=1.2,prompt=qa,clean=false"`` -> ``Variant``.
 
-    Keys are ``GenerationSettings`` fields (``max_new_tokens`` defaults to the pipeline's 64), ``prompt``
-    (a name from ``PROMPTS`` or ``--prompt``) and ``clean``. The pipeline's stop strings always apply.
+    Keys are ``GenerationSettings`` fields, ``prompt`` (a name from ``PROMPTS`` or ``--prompt``) and
+    ``clean``; they override the variant's starting point (``PRESETS`` by name, else 64 tokens without
+    repetition control and the "qa" prompt). The pipeline's stop strings always apply.
     """
     prompts = PROMPTS if prompts is None else prompts
     name, params = parse_spec(spec)
     if not name:
         raise ValueError(f"variant {spec!r} needs a name, e.g. after:repetition_penalty=1.2")
-    prompt_name = str(params.pop("prompt", "qa"))
+    start, start_prompt = PRESETS.get(name, (_RAW, "qa"))
+    prompt_name = str(params.pop("prompt", start_prompt))
     if prompt_name not in prompts:
         raise ValueError(
             f"variant {spec!r}: unknown prompt {prompt_name!r}; define it with --prompt "
@@ -192,7 +202,7 @@ def parse_variant(spec: str, prompts: dict[str, str] | None = None) -> Variant:
             f"variant {spec!r}: unknown setting(s) {unknown}; "
             f"use {_SETTING_FIELDS}, prompt=NAME or clean=BOOL"
         )
-    settings = GenerationSettings(**{"max_new_tokens": 64, **params, "stop": STOP_STRINGS})
+    settings = start.with_(**params)
     return Variant(name, settings, prompts[prompt_name], prompt_name, clean)
 
 
@@ -331,13 +341,12 @@ class EvalConfig:
     out: Path | None = Path("results/eval.json")
     plot: Path | None = None
     progress: bool = True
+    parallel: bool = True
 
 
 def frame(tokenizer: Any, chat: bool, system_prompt: str | None) -> tuple[str, str]:
-    """The prefix streamed before the story and the suffix closing each instruction."""
-    if chat:
-        return chat_frame(tokenizer, system_prompt)
-    return (f"{system_prompt}\n\n" if system_prompt else ""), "\n\nAnswer:"
+    """The prefix streamed before the story and the suffix closing each instruction (the pipeline's)."""
+    return chat_frame(tokenizer, system_prompt, use_template=chat)
 
 
 def evaluate(
@@ -356,7 +365,7 @@ def evaluate(
     from tqdm import tqdm
 
     from experiments.stream_ppl import RssSampler
-    from longread.engine import StreamingEngine
+    from longread.engine import BatchEngine
     from longread.scheduler import run_program
 
     prompts = {**PROMPTS, **cfg.prompts}
@@ -384,7 +393,10 @@ def evaluate(
             kwargs = run.params if budget is None else {"budget": budget, "sink": cfg.sink, **run.params}
             try:
                 policy = make_policy(run.name, **kwargs)
-                engine = StreamingEngine(model, policy, stride=cfg.stride, tokenizer=tokenizer)
+                # One row per question: a story's answers decode together (the stream's own row answers
+                # one of them in place), as the pipeline's AskMany does on its batched engine.
+                rows_needed = max(1, len(story.questions)) if cfg.parallel else 1
+                engine = BatchEngine(model, policy, rows=rows_needed, stride=cfg.stride, tokenizer=tokenizer)
             except ValueError as exc:  # PolicyConfigError included
                 message = f"story {story.id} ({len(doc)} tokens), {run.label} at {run.fraction}: {exc}"
                 log.warning("skipped: %s", message)
@@ -476,15 +488,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         dest="variants",
         metavar="NAME[:key=value,...]",
-        help="repeatable generation variant: GenerationSettings fields, prompt=NAME, clean=BOOL "
-        "(default: 'pipeline', today's QA settings)",
+        help="repeatable generation variant: GenerationSettings fields, prompt=NAME, clean=BOOL; the names "
+        "'pipeline' (the QA task's settings, the default) and 'before' (those up to e4e184a) are presets",
     )
     p.add_argument(
         "--prompt",
         action="append",
         default=[],
         metavar="NAME=TEMPLATE",
-        help="define a prompt template with {question} for variants (built in: qa)",
+        help="define a prompt template with {question} for variants (built in: qa, paragraph)",
     )
     p.add_argument(
         "--no-chat", dest="chat", action="store_false", help="plain text instead of the chat template"
@@ -493,6 +505,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=d.out, help="JSON results (default results/eval.json)")
     p.add_argument("--plot", type=Path, help="PNG plot (default: --out with .png)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument(
+        "--sequential",
+        dest="parallel",
+        action="store_false",
+        help="answer a story's questions one after another in one cache row (default: one row each)",
+    )
     p.add_argument("-v", "--verbose", action="store_true")
     return p
 

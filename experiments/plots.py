@@ -3,9 +3,11 @@
     python -m experiments.plots eval results/eval.json results/kvpress.json --out docs/eval_rougeL.png
     python -m experiments.plots ppl ppl.json --out docs/ppl_curve.png
     python -m experiments.plots passkey passkey.json --out docs/passkey_heatmap.png
+    python -m experiments.plots throughput pipeline.json --out docs/throughput_streams.png
 
 Contract: each ``plot_*`` takes what the experiment wrote (``longread-eval``'s summary, ``stream_ppl``'s
-rows recorded with ``--curve``, ``passkey``'s rows) and writes one PNG, about 1,100 px wide at most (100 dpi).
+rows recorded with ``--curve``, ``passkey``'s rows, ``bench_pipeline``'s rows) and writes one PNG, about
+1,100 px wide at most (100 dpi).
 ``eval`` given several JSON files merges their summaries (e.g. longread's and kvpress's) and prints the
 merged table.
 """
@@ -146,6 +148,32 @@ def plot_passkey(rows: list[dict[str, Any]], path: Path, title: str = "") -> Non
     _save(fig, path)
 
 
+def plot_throughput(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
+    """Job throughput (document tokens/s and generations/s over the whole job's wall time) against streams
+    per actor, one line per actor count (``benchmarks/bench_pipeline.py --out`` rows)."""
+    plt = _pyplot()
+    if not rows or "streams_per_actor" not in rows[0]:
+        raise ValueError("expected benchmarks/bench_pipeline.py --out JSON (rows with 'streams_per_actor')")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8, 3.4))
+    for actors in sorted({r["actors"] for r in rows}):
+        points = sorted((r["streams_per_actor"], r) for r in rows if r["actors"] == actors)
+        xs = [x for x, _ in points]
+        label = f"{actors} actor" + ("s" if actors > 1 else "")
+        left.plot(xs, [r["tokens_per_s"] for _, r in points], marker="o", label=label)
+        right.plot(xs, [r["generations"] / r["wall_s"] for _, r in points], marker="o", label=label)
+    for ax, ylabel in ((left, "document tokens/s (whole job)"), (right, "generations/s (whole job)")):
+        ax.set_xlabel("streams per actor")
+        ax.set_ylabel(ylabel)
+        ax.set_xticks(sorted({r["streams_per_actor"] for r in rows}))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    left.legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def _short_params(spec: str) -> str:
     """``lacache(budget=256,sink=4,span=15,overlap=0)`` -> `` 15/0``-style tail of the interesting params."""
     inside = spec.partition("(")[2].rstrip(")")
@@ -198,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("eval", "ROUGE-L vs budget from longread-eval / bench_kvpress JSON (several files merge)"),
         ("ppl", "perplexity vs position from experiments.stream_ppl --curve JSON"),
         ("passkey", "length x depth heat map from experiments.passkey JSON"),
+        ("throughput", "tokens/s vs streams per actor from benchmarks/bench_pipeline.py --out JSON"),
     ):
         s = sub.add_parser(kind, help=help_)
         s.add_argument("json", type=Path, nargs="+" if kind == "eval" else 1)
@@ -215,6 +244,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.kind == "ppl":
         data = _load(args.json[0])
         plot_ppl_curve(data if isinstance(data, list) else data["rows"], args.out, args.title)
+    elif args.kind == "throughput":
+        plot_throughput(_load(args.json[0]), args.out, args.title)
     else:
         plot_passkey(_load(args.json[0])["rows"], args.out, args.title)
     print(f"wrote {args.out}")

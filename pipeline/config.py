@@ -163,6 +163,9 @@ class ResourceSettings(Section):
 
 
 class GenerationSettings(Section):
+    """How every generation of a job samples and is framed; each kind of output (a segment summary, an
+    answer, a report) has its own length and repetition controls in its task's section (``Decoding``)."""
+
     temperature: float = Field(default=0.0, ge=0)
     top_p: float = Field(default=1.0, gt=0, le=1)
     top_k: int = Field(default=0, ge=0)
@@ -171,12 +174,46 @@ class GenerationSettings(Section):
         default=True,
         description="remove verbatim repeats of a sentence (small models loop under greedy decoding)",
     )
+    chat_template: bool = Field(
+        default=True, description="frame prompts with the model's chat template when it has one"
+    )
     system_prompt: str | None = Field(default=None, description="None: the chat template's own default")
 
     def sampling(self, stop: tuple[str, ...] = ()) -> Sampling:
         """The engine's generation settings for these (each request sets its own ``max_new_tokens``)."""
         return Sampling(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop
+        )
+
+
+class Decoding(Section):
+    """Length and repetition controls of one kind of output (``longread.generation`` semantics).
+
+    Defaults: the settings measured on SQuALITY dev (BENCHMARKS.md, "Output quality"); each task sets its
+    own ``max_new_tokens`` (and may tighten the others) per kind of output.
+    """
+
+    max_new_tokens: int = Field(default=128, ge=1, description="length cap of the output")
+    repetition_penalty: float = Field(
+        default=1.1, gt=0, description="HF semantics over the tokens generated so far; 1 = off"
+    )
+    no_repeat_ngram_size: int = Field(
+        default=4, ge=0, description="never repeat an n-gram of the output; 0 = off"
+    )
+    finish_sentence: int = Field(
+        default=32,
+        ge=0,
+        description="extra tokens allowed to end a sentence cut at max_new_tokens (else cut back to the "
+        "last sentence end); 0 = off",
+    )
+
+    def apply(self, base: Sampling) -> Sampling:
+        """``base`` (the job's sampling) with this output's length and repetition controls."""
+        return base.with_(
+            max_new_tokens=self.max_new_tokens,
+            repetition_penalty=self.repetition_penalty,
+            no_repeat_ngram_size=self.no_repeat_ngram_size,
+            finish_sentence=self.finish_sentence,
         )
 
 

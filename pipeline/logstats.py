@@ -20,6 +20,16 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from pipeline.logformats import (
+    ALERT_LEVELS,
+    DEFAULT_LEVEL_PATTERN,
+    GENERIC,
+    LEVEL_CHARS,
+    NOTABLE_LEVELS,
+    LogFormat,
+    normalize_level,
+)
+
 _MONTH_NAMES = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
 _MONTHS = {m: i for i, m in enumerate(_MONTH_NAMES, start=1)}
 _MON = f"(?P<b>{'|'.join(_MONTH_NAMES)})"
@@ -54,26 +64,8 @@ TIMESTAMP_FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 )
 SEARCH_CHARS = 96
 
-DEFAULT_LEVEL_PATTERN = (
-    r"\b(?P<level>TRACE|DEBUG|INFO|NOTICE|WARN(?:ING)?|ERROR|ERR|SEVERE|CRIT(?:ICAL)?|FATAL|ALERT|"
-    r"EMERG(?:ENCY)?|PANIC)\b"
-)
 # Android logcat: "03-17 16:13:38.811  1702  2395 D WindowManager: ..." (single-letter level after pid/tid)
 _ANDROID_LEVEL = re.compile(r"^\S+ \S+\s+\d+\s+\d+ (?P<level>[VDIWEFA]) ")
-_LEVEL_NAMES = {
-    "WARNING": "WARN",
-    "ERR": "ERROR",
-    "CRIT": "CRITICAL",
-    "EMERGENCY": "EMERG",
-    "V": "VERBOSE",
-    "D": "DEBUG",
-    "I": "INFO",
-    "W": "WARN",
-    "E": "ERROR",
-    "F": "FATAL",
-    "A": "ASSERT",
-}
-LEVEL_CHARS = 160
 
 _HEXID = re.compile(
     r"\b(?:[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}"  # UUIDs (first: they contain the others)
@@ -119,9 +111,19 @@ class LogLine:
     template: str
     alert: bool = False
 
+    @property
+    def notable(self) -> bool:
+        """An alert, or a line at WARN or above: worth listing in a report."""
+        return self.alert or self.level in NOTABLE_LEVELS
+
 
 class LogParser:
-    """Parses lines of one stream. Remembers the timestamp format that matched, to try it first."""
+    """Parses lines of one stream. Remembers the timestamp format that matched, to try it first.
+
+    ``log_format`` (``pipeline.logformats``; settable once the stream's first lines are seen) splits a line
+    into level, component and message and decides alerts; ``level_pattern`` and ``alert_pattern`` override
+    its level and alert rule. Lines that do not match it (continuations) are parsed as ``GENERIC`` ones.
+    """
 
     def __init__(
         self,
@@ -130,6 +132,7 @@ class LogParser:
         timestamp_format: str | None = None,
         level_pattern: str | None = None,
         alert_pattern: str | None = None,
+        log_format: LogFormat = GENERIC,
     ) -> None:
         self._custom: re.Pattern[str] | None = None
         if timestamp_pattern:
@@ -137,6 +140,7 @@ class LogParser:
             if "ts" not in self._custom.groupindex:
                 raise ValueError(f"timestamp_pattern {timestamp_pattern!r} needs a named group (?P<ts>...)")
         self._custom_format = timestamp_format
+        self._custom_level = level_pattern is not None
         self._level = re.compile(
             level_pattern or DEFAULT_LEVEL_PATTERN, 0 if level_pattern else re.IGNORECASE
         )
@@ -144,6 +148,7 @@ class LogParser:
             raise ValueError(f"level_pattern {level_pattern!r} needs a named group (?P<level>...)")
         self._alert = re.compile(alert_pattern) if alert_pattern else None
         self._last: re.Pattern[str] | None = None
+        self.format = log_format
 
     def timestamp(self, line: str) -> tuple[float | None, str | None, tuple[int, int] | None]:
         """(epoch seconds, the timestamp's text, its span) or Nones when the line has none."""
@@ -184,23 +189,62 @@ class LogParser:
         self._last = next((p for _, p in TIMESTAMP_FORMATS if p.pattern == pattern), None)
 
     def level(self, line: str) -> str:
-        m = _ANDROID_LEVEL.match(line) or self._level.search(line[:LEVEL_CHARS])
-        if not m:
-            return "NONE"
-        name = m.group("level").upper()
-        return _LEVEL_NAMES.get(name, name)
+        """The level searched for in the head of ``line`` (``level_pattern``, else the usual words)."""
+        m = (None if self._custom_level else _ANDROID_LEVEL.match(line)) or self._level.search(
+            line[:LEVEL_CHARS]
+        )
+        return normalize_level(m.group("level")) if m else "NONE"
 
     def parse(self, line: str) -> LogLine:
         ts, ts_text, span = self.timestamp(line)
-        message = line if span is None else line[: span[0]] + " " + line[span[1] :]
-        return LogLine(
-            text=line,
-            ts=ts,
-            ts_text=ts_text,
-            level=self.level(line),
-            template=mask_template(message),
-            alert=bool(self._alert.search(line)) if self._alert else False,
-        )
+        fmt = self.format
+        header = fmt.match(line) if fmt is not GENERIC else None
+        if header is None:  # the generic format, or a line that is not of the stream's (a continuation)
+            level = self.level(line)
+            template = mask_template(line if span is None else line[: span[0]] + " " + line[span[1] :])
+            alert = level in ALERT_LEVELS
+        else:
+            if self._custom_level or fmt.has_level:
+                level = self.level(line) if self._custom_level else header.level or "NONE"
+            else:
+                level = "NONE"  # the format writes no level: do not read one into its free text
+            message = f"{header.component}: {header.message}" if header.component else header.message
+            template = mask_template(message)
+            alert = fmt.is_alert(header)
+        if self._alert is not None:
+            alert = bool(self._alert.search(line))
+        return LogLine(text=line, ts=ts, ts_text=ts_text, level=level, template=template, alert=alert)
+
+
+@dataclass
+class TemplateStats:
+    """One message template's share of a window: how often, how many alerts, when first and last."""
+
+    count: int = 0
+    alerts: int = 0
+    level: str = "NONE"  # the level of its first line
+    first: str | None = None  # timestamp text of its first and last lines that have one
+    last: str | None = None
+
+
+@dataclass
+class Burst:
+    """A span of time in which the window's lines came much faster than its average rate."""
+
+    start: str
+    end: str
+    lines: int
+    alerts: int
+    rate_ratio: float  # lines per second in the burst / over the whole window
+
+
+#: Time resolutions bursts are measured at: the finest that cuts a window's span into at most
+#: ``BURST_BUCKETS`` buckets.
+BURST_RESOLUTIONS = (1, 5, 10, 30, 60, 300, 600, 1800, 3600, 6 * 3600, 86400, 7 * 86400)
+BURST_BUCKETS = 60
+#: A bucket is part of a burst when it holds at least this many lines and this many times the mean.
+BURST_MIN_LINES = 5
+BURST_FACTOR = 4.0
 
 
 @dataclass
@@ -212,28 +256,105 @@ class WindowStats:
     out_of_order: int = 0
     levels: Counter[str] = field(default_factory=Counter)
     templates: Counter[str] = field(default_factory=Counter)
+    template_stats: dict[str, TemplateStats] = field(default_factory=dict)
     first_ts: float | None = None
     last_ts: float | None = None
     first_ts_text: str | None = None
     last_ts_text: str | None = None
+    #: lines (and alert lines) per whole second of log time, with the text of each second's first stamp
+    per_second: Counter[int] = field(default_factory=Counter)
+    alerts_per_second: Counter[int] = field(default_factory=Counter)
+    second_text: dict[int, str] = field(default_factory=dict)
 
     def add(self, line: LogLine) -> None:
         self.lines += 1
         self.levels[line.level] += 1
         self.templates[line.template] += 1
         self.alerts += line.alert
+        t = self.template_stats.get(line.template)
+        if t is None:
+            t = self.template_stats[line.template] = TemplateStats(level=line.level)
+        t.count += 1
+        t.alerts += line.alert
         if line.ts is not None:
             if self.last_ts is not None and line.ts < self.last_ts:
                 self.out_of_order += 1
             if self.first_ts is None:
                 self.first_ts, self.first_ts_text = line.ts, line.ts_text
             self.last_ts, self.last_ts_text = line.ts, line.ts_text
+            if t.first is None:
+                t.first = line.ts_text
+            t.last = line.ts_text
+            second = int(line.ts // 1)
+            self.per_second[second] += 1
+            self.alerts_per_second[second] += line.alert
+            self.second_text.setdefault(second, line.ts_text or "")
 
     def top_templates(self, k: int) -> list[tuple[str, int]]:
         return sorted(self.templates.items(), key=lambda kv: (-kv[1], kv[0]))[:k]
 
+    def top_template_stats(self, k: int, alerts_only: bool = False) -> list[tuple[str, TemplateStats]]:
+        """The ``k`` most frequent templates (of alert lines only: by alert count), most frequent first."""
+        items = [(t, s) for t, s in self.template_stats.items() if s.alerts or not alerts_only]
+        key = (lambda ts: (-ts[1].alerts, ts[0])) if alerts_only else (lambda ts: (-ts[1].count, ts[0]))
+        return sorted(items, key=key)[:k]
+
+    def notable_templates(self, k: int) -> list[tuple[str, TemplateStats]]:
+        """The ``k`` most frequent templates of alert or WARN-and-above lines."""
+        items = [(t, s) for t, s in self.template_stats.items() if s.alerts or s.level in NOTABLE_LEVELS]
+        return sorted(items, key=lambda ts: (-ts[1].alerts, -ts[1].count, ts[0]))[:k]
+
     def level_counts(self) -> list[tuple[str, int]]:
         return sorted(self.levels.items(), key=lambda kv: (-kv[1], kv[0]))
+
+    @property
+    def span_seconds(self) -> float | None:
+        if not self.per_second:
+            return None
+        return float(max(self.per_second) - min(self.per_second) + 1)
+
+    def bursts(self, k: int = 3) -> list[Burst]:
+        """The ``k`` largest bursts (see ``BURST_*``), in time order. Buckets are aligned to the window's
+        first second; adjacent burst buckets merge. None when the lines span a single bucket."""
+        if not self.per_second:
+            return []
+        lo, hi = min(self.per_second), max(self.per_second)
+        span = hi - lo + 1
+        width = next((r for r in BURST_RESOLUTIONS if span / r <= BURST_BUCKETS), BURST_RESOLUTIONS[-1])
+        n_buckets = (span + width - 1) // width
+        if n_buckets < 2:
+            return []
+        lines = [0] * n_buckets
+        alerts = [0] * n_buckets
+        first: list[int | None] = [None] * n_buckets
+        last: list[int | None] = [None] * n_buckets
+        for second in sorted(self.per_second):
+            b = (second - lo) // width
+            lines[b] += self.per_second[second]
+            alerts[b] += self.alerts_per_second[second]
+            first[b] = second if first[b] is None else first[b]
+            last[b] = second
+        mean = sum(lines) / n_buckets
+        hot = [n >= BURST_MIN_LINES and n >= BURST_FACTOR * mean for n in lines]
+        found: list[Burst] = []
+        b = 0
+        while b < n_buckets:
+            if not hot[b]:
+                b += 1
+                continue
+            e = b
+            while e + 1 < n_buckets and hot[e + 1]:
+                e += 1
+            start, end = first[b], last[e]
+            assert start is not None and end is not None  # hot buckets hold lines
+            n = sum(lines[b : e + 1])
+            ratio = (n / ((e - b + 1) * width)) / (self.lines / span) if self.lines else 0.0
+            found.append(
+                Burst(self.second_text[start], self.second_text[end], n, sum(alerts[b : e + 1]), ratio)
+            )
+            b = e + 1
+        largest = sorted(found, key=lambda x: -x.lines)[:k]
+        return [x for x in found if x in largest]
 
 
 def compile_key_pattern(pattern: str) -> re.Pattern[str]:

@@ -17,6 +17,25 @@ SCHEMA_VERSION = "1"
 ROW_KINDS = ("segment", "final", "answer", "window", "error")
 
 _TEMPLATE = pa.struct([pa.field("template", pa.string()), pa.field("count", pa.int64())])
+_NOTABLE = pa.struct(
+    [
+        pa.field("template", pa.string()),
+        pa.field("count", pa.int64()),
+        pa.field("alerts", pa.int64()),
+        pa.field("level", pa.string()),
+        pa.field("first", pa.string()),
+        pa.field("last", pa.string()),
+    ]
+)
+_BURST = pa.struct(
+    [
+        pa.field("start", pa.string()),
+        pa.field("end", pa.string()),
+        pa.field("lines", pa.int64()),
+        pa.field("alerts", pa.int64()),
+        pa.field("rate_ratio", pa.float64()),
+    ]
+)
 
 
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
@@ -63,6 +82,10 @@ SCHEMA = pa.schema(
         _f("log_last_timestamp", pa.string()),
         _f("log_alert_lines", pa.int64()),
         _f("log_out_of_order_lines", pa.int64()),
+        _f("log_format", pa.string()),
+        _f("log_notable_templates", pa.list_(_NOTABLE)),
+        _f("log_bursts", pa.list_(_BURST)),
+        _f("log_report", pa.string()),
         # timings
         _f("feed_seconds", pa.float64()),
         _f("generate_seconds", pa.float64()),

@@ -155,6 +155,10 @@ def write_bad_corpus(folder: Path) -> dict[str, Path]:
     return files
 
 
+#: The tiny random model writes no sentence ends: no extra tokens to finish one (answers stay short).
+NO_FINISH = {"finish_sentence": 0}
+
+
 def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sections: dict[str, Any]) -> Any:
     """A small, fast JobConfig for the tiny model (sections override the defaults, merged per section)."""
     from actors.tasks import JobConfig
@@ -172,9 +176,11 @@ def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sec
             "min_segment_tokens": 16,
             "segment_max_new_tokens": 6,
             "final_max_new_tokens": 6,
+            "segment_generation": NO_FINISH,
+            "final_generation": NO_FINISH,
         },
-        "qa": {"max_new_tokens": 6},
-        "logs": {"window_tokens": 256, "max_new_tokens": 6},
+        "qa": {"max_new_tokens": 6, "generation": NO_FINISH},
+        "logs": {"window_tokens": 256, "max_new_tokens": 6, "generation": NO_FINISH},
     }
     if "window_seconds" in sections.get("logs", {}):
         del data["logs"]["window_tokens"]

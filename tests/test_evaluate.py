@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from actors.context import drop_repeated_sentences
+from actors.tasks.qa import QASettings
 from cache_policies import make_policy
 from experiments.eval_table import format_table, summarize
 from experiments.evaluate import (
@@ -93,8 +94,20 @@ def test_variants_and_prompts():
     assert v.name == "after" and not v.clean
     assert v.settings.max_new_tokens == 96 and v.settings.repetition_penalty == 1.2
     assert "<|im_end|>" in v.settings.stop  # the pipeline's stop strings always apply
-    assert parse_variant("pipeline").settings.max_new_tokens == 64  # the pipeline's QA default
-    assert "Question: Who?" in parse_variant("pipeline").instruction("Who?")
+    # Presets: "pipeline" is the QA task's settings, "before" those up to e4e184a; key=value overrides them.
+    qa = QASettings()
+    pipeline = parse_variant("pipeline")
+    assert pipeline.settings == qa.generation.apply(pipeline.settings)
+    assert pipeline.settings.max_new_tokens == 128
+    assert pipeline.instruction("Who?") == qa.prompt.format(question="Who?")
+    assert parse_variant("pipeline:max_new_tokens=32").settings.no_repeat_ngram_size == 4
+    before = parse_variant("before")
+    assert (before.settings.max_new_tokens, before.settings.no_repeat_ngram_size, before.prompt_name) == (
+        64,
+        0,
+        "qa",
+    )
+    assert parse_variant("other").settings == before.settings
     with pytest.raises(ValueError, match="unknown setting"):
         parse_variant("x:temprature=1")
     with pytest.raises(ValueError, match="unknown prompt 'brief'"):
@@ -260,6 +273,30 @@ def test_passkey_heatmap(tmp_path):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_throughput_plot_from_bench_pipeline_rows(tmp_path):
+    from experiments.plots import main as plots_main
+    from experiments.plots import plot_throughput
+
+    rows = [
+        {
+            "actors": a,
+            "streams_per_actor": s,
+            "tokens_per_s": 90.0 * s**0.5 * a,
+            "generations": 12,
+            "wall_s": 60 / s,
+        }
+        for a in (1, 2)
+        for s in (1, 2, 4)
+    ]
+    data = tmp_path / "pipeline.json"
+    data.write_text(json.dumps(rows))
+    png = tmp_path / "throughput.png"
+    assert plots_main(["throughput", str(data), "--out", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    with pytest.raises(ValueError, match="bench_pipeline"):
+        plot_throughput([{"x": 1}], png)
+
+
 def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama, data):
     stories, _ = load_stories(data, max_stories=1)
     cfg = EvalConfig(
@@ -275,3 +312,21 @@ def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama,
     rows, runs = evaluate(cfg, tiny_llama, CharTokenizer(), stories, errors=errors)
     assert [r["policy"] for r in runs] == ["streaming_llm"] and len(rows) == 2
     assert len(errors) == 1 and "cascades=32" in errors[0]["error"] and "divisible" in errors[0]["error"]
+
+
+def test_answers_in_parallel_rows_equal_answers_one_after_another(tiny_llama, data):
+    """The default runs a story's questions in cache rows of their own (batched decoding); the answers
+    must be token for token those of answering them one after another in the stream's single row."""
+    stories, _ = load_stories(data, max_stories=1, skip=2)  # p2: three questions
+    base = {
+        "policies": ["lacache:span=2,overlap=0", "cascading:cascades=2"],
+        "budgets": [0.5],
+        "stride": 32,
+        "variants": ["a:max_new_tokens=5,repetition_penalty=1.2,no_repeat_ngram_size=2"],
+        "chat": False,
+        "progress": False,
+    }
+    parallel, _ = evaluate(EvalConfig(**base), tiny_llama, CharTokenizer(), stories)
+    sequential, _ = evaluate(EvalConfig(**base, parallel=False), tiny_llama, CharTokenizer(), stories)
+    assert len(parallel) == 3 * 3
+    assert [r["answer"] for r in parallel] == [r["answer"] for r in sequential]

@@ -25,6 +25,31 @@ def test_example_configs_validate(path):
     assert cfg.output.path and cfg.policy.build().name == cfg.policy.name
 
 
+#: The generation settings measured on SQuALITY dev (BENCHMARKS.md, "Recommended generation settings per
+#: task"): (max_new_tokens, repetition_penalty, no_repeat_ngram_size, finish_sentence).
+RECOMMENDED = {
+    ("summarize_books.yaml", "segment_generation"): (96, 1.1, 4, 32),
+    ("summarize_books.yaml", "final_generation"): (192, 1.1, 4, 48),
+    ("answer_questions.yaml", "generation"): (128, 1.1, 4, 32),
+    ("analyze_logs.yaml", "generation"): (128, 1.1, 3, 32),
+}
+
+
+@pytest.mark.parametrize(("name", "section"), sorted(RECOMMENDED))
+def test_sample_jobs_generate_with_the_recommended_settings(name, section):
+    """The three sample jobs keep the measured per-task defaults (no flat override shrinking them back)."""
+    data = read_yaml(CONFIG_DIR / name)
+    cfg = config_from_dict(data["task"], data, name)
+    d = getattr(getattr(cfg, cfg.task), section)
+    assert (d.max_new_tokens, d.repetition_penalty, d.no_repeat_ngram_size, d.finish_sentence) == (
+        RECOMMENDED[name, section]
+    )
+    if cfg.task == "qa":
+        assert "short paragraph of three to five sentences" in cfg.qa.prompt
+    if cfg.task == "logs":
+        assert cfg.logs.format == "auto" and cfg.logs.alert_pattern is None  # the per-format alert rules
+
+
 def test_there_is_an_example_per_job_and_the_main_job_default():
     names = {p.name for p in EXAMPLES}
     assert {"summarize_books.yaml", "answer_questions.yaml", "analyze_logs.yaml"} <= names
@@ -156,3 +181,37 @@ def test_every_registered_task_is_wired(name):
     data = {"input": {"paths": ["x"]}}
     cfg = config_from_dict(name, data, "test")
     assert cfg.output.path == f"output/{task.job_name}"
+
+
+def test_generation_controls_per_kind_of_output():
+    """Each kind of output has its own length and repetition controls; the flat max_new_tokens keys of
+    earlier configs are shorthand for them and keep the kind's other defaults."""
+    cfg = config_from_dict("summarize", {})
+    seg, final = cfg.summarize.segment_generation, cfg.summarize.final_generation
+    assert (seg.max_new_tokens, seg.no_repeat_ngram_size, seg.finish_sentence) == (96, 4, 32)
+    assert (final.max_new_tokens, final.finish_sentence) == (192, 48)
+    cfg = config_from_dict(
+        "summarize",
+        {"summarize": {"final_max_new_tokens": 64, "segment_generation": {"repetition_penalty": 1.3}}},
+    )
+    final, seg = cfg.summarize.final_generation, cfg.summarize.segment_generation
+    assert (final.max_new_tokens, final.finish_sentence) == (64, 48)  # the kind's other defaults stay
+    assert (seg.max_new_tokens, seg.repetition_penalty) == (96, 1.3)
+    qa = config_from_dict("qa", {"input": {"paths": ["x"]}, "qa": {"max_new_tokens": 12}}).qa.generation
+    assert (qa.max_new_tokens, qa.repetition_penalty, qa.no_repeat_ngram_size) == (12, 1.1, 4)
+    logs = config_from_dict("logs", {"input": {"paths": ["x"]}}).logs.generation
+    assert (logs.max_new_tokens, logs.no_repeat_ngram_size, logs.finish_sentence) == (128, 3, 32)
+    cfg, _ = load_config("logs", ["--input", "x", "--set", "logs.generation.finish_sentence=0"])
+    assert cfg.logs.generation.finish_sentence == 0 and cfg.logs.generation.max_new_tokens == 128
+    # What the engine gets: the job's sampling plus the kind's controls.
+    settings = cfg.logs.generation.apply(cfg.generation.sampling(stop=("</s>",)))
+    assert (settings.max_new_tokens, settings.no_repeat_ngram_size, settings.stop) == (128, 3, ("</s>",))
+    with pytest.raises(ConfigError, match=r"max_new_tokens=12 and generation.max_new_tokens=20 disagree"):
+        config_from_dict(
+            "qa",
+            {"input": {"paths": ["x"]}, "qa": {"max_new_tokens": 12, "generation": {"max_new_tokens": 20}}},
+        )
+    with pytest.raises(ConfigError, match=r"qa.generation.repetition_penalty"):
+        config_from_dict("qa", {"input": {"paths": ["x"]}, "qa": {"generation": {"repetition_penalty": 0}}})
+    with pytest.raises(ConfigError, match=r"unknown log format 'nginx'"):
+        config_from_dict("logs", {"input": {"paths": ["x"]}, "logs": {"format": "nginx"}})

@@ -135,7 +135,7 @@ def test_logs_job_on_loghub_files(ray_local, model_dir, tmp_path):
         sources[name] = tmp_path / name
         sources[name].write_text("\n".join(lines) + "\n", encoding="utf-8")
     cfg = job_config("logs", [str(p) for p in sources.values()], str(tmp_path / "out"),
-                     model_dir, logs={"window_tokens": 4096, "alert_pattern": "^(?!- )"})  # fmt: skip
+                     model_dir, logs={"window_tokens": 4096})  # fmt: skip
     report = run_job(cfg)
     assert report.streams_ok == 2
     rows = read_output(tmp_path / "out")
@@ -144,6 +144,8 @@ def test_logs_job_on_loghub_files(ray_local, model_dir, tmp_path):
         windows = rows[rows.stream_id == str(path)].sort_values("segment_index")
         lines = path.read_text(encoding="utf-8").splitlines()
         assert windows.log_lines.sum() == len(lines) == 300
+        # Both formats are detected; their alert rule is Loghub's label column (not "-": an alert).
+        assert set(windows.log_format) == {path.name.split("_")[0].lower()}
         assert windows.log_alert_lines.sum() == sum(not line.startswith("- ") for line in lines)
         assert windows.log_first_timestamp.iloc[0] == lines[0].split()[1]  # the epoch seconds field
     assert rows[rows.stream_id == str(sources["BGL_2k.log"])].log_alert_lines.sum() > 0

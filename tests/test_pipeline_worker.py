@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers_pipeline import (
+    NO_FINISH,
     book_text,
     build_tiny_model,
     job_config,
@@ -18,7 +19,7 @@ from helpers_pipeline import (
     write_good_corpus,
 )
 
-from actors.context import drop_repeated_sentences
+from actors.context import STOP_STRINGS, drop_repeated_sentences
 from actors.stream_worker import StreamWorker
 from cache_policies import POLICIES
 from longread.engine import Snapshot, StreamingEngine
@@ -176,6 +177,18 @@ def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     assert (rows.token_start.values[1:] == rows.token_end.values[:-1]).all()
     top = rows.log_top_templates.iloc[0]
     assert top[0]["count"] >= top[-1]["count"] and "<*>" in top[0]["template"]
+    # The report: statistics first (computed without the model), the model's text last.
+    assert (rows.log_format == "generic").all()
+    for row in rows.itertuples():
+        assert row.log_report.startswith(f"Incident report: {path}, window {row.segment_index + 1}")
+        assert f"Alerts: {row.log_alert_lines} lines" in row.log_report
+        assert row.log_report.endswith(f"Summary ({row.model}): {row.output_text.strip()}") or not (
+            row.output_text.strip()
+        )
+    notable = [t for templates in rows.log_notable_templates for t in templates]
+    errors = [t for t in notable if t["level"] == "ERROR"]
+    assert errors and all(t["template"].endswith("connection refused to db-<*>") for t in errors)
+    assert sum(t["alerts"] for t in errors) == expected["ERROR"]
 
 
 def test_log_windows_by_time(tmp_path, model_dir):
@@ -337,3 +350,40 @@ def test_statuses_come_as_streams_end_not_per_file(tmp_path, model_dir):
     assert len(list((tmp_path / "out").glob("part-*"))) < 8  # the file's other records are still to come
     rest = list(statuses)
     assert len(rest) == 7 and len(list((tmp_path / "out").glob("part-*"))) == 8
+
+
+def test_each_kind_of_output_reaches_the_decoder_with_its_controls(tmp_path, model_dir, monkeypatch):
+    """The decoder of every generation gets that kind of output's controls: the task's defaults
+    (repetition penalty, n-gram ban) with the job's overrides, plus the job's sampling and stop strings."""
+    from longread.engine import BatchEngine
+
+    seen: list = []
+    decoder = BatchEngine.decoder
+
+    def spy(self, settings):
+        seen.append(settings)
+        return decoder(self, settings)
+
+    monkeypatch.setattr(BatchEngine, "decoder", spy)
+    files = write_good_corpus(tmp_path / "in")
+    log = tmp_path / "app.log"
+    log.write_text("\n".join(log_lines(60)) + "\n")
+
+    def controls(task, inputs, **sections):
+        seen.clear()
+        cfg = job_config(task, inputs, str(tmp_path / task), model_dir, **sections)
+        assert {s["status"] for s in run(StreamWorker(cfg, "t"))} == {"ok"}
+        assert seen and all(s.stop == STOP_STRINGS and s.temperature == 0 for s in seen)
+        return {
+            (s.max_new_tokens, s.repetition_penalty, s.no_repeat_ngram_size, s.finish_sentence) for s in seen
+        }
+
+    book = [str(files["book_a"])]
+    # Segments and the final summary: their own lengths, the summarize defaults' repetition controls.
+    lengths = {"segment_max_new_tokens": 5, "final_max_new_tokens": 7}
+    assert controls("summarize", book, summarize=lengths) == {(5, 1.1, 4, 0), (7, 1.1, 4, 0)}
+    qa = {"questions": ["Who?"], "max_new_tokens": 9, "generation": {**NO_FINISH, "repetition_penalty": 1.3}}
+    assert controls("qa", book, qa=qa) == {(9, 1.3, 4, 0)}
+    # Reports: the logs default bans repeated 3-grams (their loops are short: "A: A: A:").
+    logs = {"window_tokens": 256, "max_new_tokens": 8, "generation": {"finish_sentence": 2}}
+    assert controls("logs", [str(log)], logs=logs) == {(8, 1.1, 3, 2)}

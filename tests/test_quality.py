@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from typing import Any
 
 import pytest
 
@@ -66,3 +68,95 @@ def test_a_real_summary_with_some_repeated_phrases_passes():
 def test_rate():
     assert degenerate_rate(["Fine.", "cut off", "", "Also fine."]) == 0.5
     assert math.isnan(degenerate_rate([]))
+
+
+def row(stream: str, kind: str, index: int, text: str | None, stop: str | None = "eos", **extra: Any) -> dict:
+    """One output row of a job (the columns experiments.degenerate reads, plus the required ones)."""
+    from datetime import UTC, datetime
+
+    return {
+        "job_id": "j",
+        "stream_id": stream,
+        "source_uri": stream,
+        "task": "summarize",
+        "row_kind": kind,
+        "segment_index": index,
+        "part_index": 0,
+        "part_count": 1,
+        "model": "m",
+        "policy": "lacache",
+        "policy_params": "{}",
+        "stride": 16,
+        "output_text": text,
+        "stop_reason": stop,
+        "created_at": datetime.now(UTC),
+        **extra,
+    }
+
+
+def test_degenerate_command_on_a_job_output(tmp_path, capsys):
+    """experiments.degenerate reads a job's Parquet folder and counts with the same rule, per row kind."""
+    from experiments.degenerate import main
+    from pipeline.writer import PartWriter
+
+    out = tmp_path / "out"
+    writer = PartWriter(str(out))
+    writer.prepare()
+    writer.write("a", [row("a", "segment", 0, "A fine summary."), row("a", "segment", 1, "and then the")])
+    writer.write("a2", [row("a2", "final", 2, "A: A: A: A: A: A: A: A:", "max_new_tokens")])
+    writer.write("b", [row("b", "segment", 0, "Also fine."), row("b", "final", 1, "")])
+    writer.write("c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
+    report = tmp_path / "d.json"
+    assert main([str(out), "--examples", "5", "--json", str(report)]) == 0
+    printed = capsys.readouterr().out
+    table = {t["kind"]: t for t in json.loads(report.read_text())["table"]}
+    assert table["segment"]["rows"] == 3 and table["segment"]["degenerate"] == pytest.approx(1 / 3)
+    assert table["final"]["degenerate"] == 1.0 and table["final"]["empty"] == 0.5
+    assert table["all"]["rows"] == 5 and table["all"]["degenerate"] == pytest.approx(3 / 5)
+    assert table["all"]["error_rows"] == 1 and table["all"]["stop_reasons"] == {"eos": 4, "max_new_tokens": 1}
+    assert "and then the" in printed and "['unfinished']" in printed
+    assert main([str(tmp_path / "nothing")]) == 2
+
+
+def test_degenerate_command_scores_answers_against_their_references(tmp_path, capsys):
+    """--references: ROUGE of each answer against its own story's references (record index + question)."""
+    from experiments.degenerate import main
+    from experiments.evaluate import Scorer
+    from pipeline.writer import PartWriter
+
+    refs = [["The crew repairs the ship and escapes."], ["A robot guards the gate.", "The gate has a guard."]]
+    stories = tmp_path / "stories.jsonl"
+    stories.write_text(
+        "\n\n".join(
+            json.dumps(
+                {
+                    "document": f"story {i}",
+                    "questions": [
+                        {"question_text": "What happens?", "responses": [{"response_text": t} for t in texts]}
+                    ],
+                }
+            )
+            for i, texts in enumerate(refs)
+        )
+        + "\n"
+    )
+    answers = ["The crew repairs the ship.", "A robot guards it."]
+    out = tmp_path / "out"
+    writer = PartWriter(str(out))
+    writer.prepare()
+    for i, text in enumerate(answers):
+        stream = f"{stories}#record={i}"
+        writer.write(stream, [row(stream, "answer", 0, text, record_id=str(i), question="What happens?")])
+    report = tmp_path / "d.json"
+    assert main([str(out), "--references", str(stories), "--json", str(report)]) == 0
+    table = {t["kind"]: t for t in json.loads(report.read_text())["table"]}
+    scorer = Scorer()
+    expected = [scorer.score(text, r)["rougeL"] for text, r in zip(answers, refs)]
+    assert table["answer"]["rougeL"] == pytest.approx(sum(expected) / 2)
+    assert expected[1] == pytest.approx(scorer.score(answers[1], refs[1][:1])["rougeL"])  # its best reference
+    assert "ROUGE-1/2/L" in capsys.readouterr().out
+    # An answer whose question is not in the file is an error, never a silent zero.
+    stream = f"{stories}#record=1"
+    writer.write(stream, [row(stream, "answer", 0, "x", record_id="1", question="Who?")])
+    assert main([str(out), "--references", str(stories)]) == 2
+    assert "no references" in capsys.readouterr().out

@@ -27,6 +27,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from pydantic import BaseModel
+
 from actors.context import Row, StreamInfo, TaskContext
 from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
@@ -116,6 +118,28 @@ class Task:
 
 
 # ---------------------------------------------------------------------------------- settings helpers
+def max_new_tokens_shorthand(data: Any, aliases: dict[str, str]) -> Any:
+    """Before a task section validates: each flat ``alias: N`` (the keys of earlier configs, e.g.
+    ``qa.max_new_tokens``) becomes ``section.max_new_tokens: N`` of that output's ``Decoding``."""
+    if not isinstance(data, dict):
+        return data
+    data = dict(data)
+    for alias, section in aliases.items():
+        if alias not in data:
+            continue
+        value = data.pop(alias)
+        given = data.get(section)
+        sub = dict(given.model_dump(exclude_unset=True) if isinstance(given, BaseModel) else given or {})
+        if sub.get("max_new_tokens", value) != value:
+            raise ValueError(
+                f"{alias}={value} and {section}.max_new_tokens={sub['max_new_tokens']} disagree: set one "
+                f"({alias} is shorthand for {section}.max_new_tokens)"
+            )
+        sub["max_new_tokens"] = value
+        data[section] = sub
+    return data
+
+
 def check_template(text: str, allowed: set[str], name: str, required: frozenset[str] = frozenset()) -> None:
     """A prompt template may use only ``allowed`` placeholders and must use the ``required`` ones."""
     fields = {f for _, f, _, _ in string.Formatter().parse(text) if f is not None}

@@ -7,14 +7,17 @@ time order while read incrementally, see ``merge_in_time_order``), or the lines 
 bounded cache and cut into windows, either by tokens (a window closes once it holds ``window_tokens``) or
 by time (``window_seconds`` buckets of the parsed timestamps; lines without a timestamp belong to the
 window of the line before, and a line that goes back in time stays in the current window). At each
-window's end the model writes an incident report from a copy of the stream's state (reports never enter
-the stream) given the window's exact statistics, which are computed without the model
-(``pipeline.logstats``). One ``window`` row per window.
+window's end an incident report is written: the window's exact statistics, computed without the model
+(``pipeline.logstats``: counts by level, alert lines by the log format's rule (``pipeline.logformats``,
+detected from the stream's first lines unless ``logs.format`` names one), notable and most frequent
+message templates with their first and last occurrence, bursts in time), rendered as text
+(``pipeline.logreport``), then the model's short summary of them, written from a copy of the stream's state
+given those statistics (summaries never enter the stream). One ``window`` row per window.
 
 Everything the program knows lives in one ``LogsState`` (where the next batch of lines starts, the open
-window and its statistics, tokens not fed yet, the rows so far): a checkpoint before each batch of lines
-holds it, and a resumed stream reads on from that batch -- in a file, in a file's records, in the lines a
-shuffle gathered, or, for files merged in time order, in each file at once.
+window and its statistics, tokens not fed yet, the detected format, the rows so far): a checkpoint before
+each batch of lines holds it, and a resumed stream reads on from that batch -- in a file, in a file's
+records, in the lines a shuffle gathered, or, for files merged in time order, in each file at once.
 """
 
 from __future__ import annotations
@@ -31,9 +34,11 @@ from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
 from actors.context import Row, StreamInfo, TaskContext
-from actors.tasks.base import Stream, Task, check_regex, check_template
+from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
-from pipeline.config import Section
+from pipeline.config import Decoding, Section
+from pipeline.logformats import FORMAT_NAMES, GENERIC, detect_format, get_format
+from pipeline.logreport import burst_rows, render_report, statistics_text, template_rows
 from pipeline.logstats import LogParser, WindowStats
 from pipeline.readers import Damage, Position, PositionedLines, iter_log_lines_at
 from pipeline.sharding import StreamTask, group_by_path_key
@@ -41,7 +46,25 @@ from pipeline.shuffle import LineGrouping
 from pipeline.sources import InputError, SourceFile
 
 BATCH_LINES = 128
-LOG_PROMPT_FIELDS = {"source", "window", "lines", "first", "last", "levels", "templates", "alerts"}
+LOG_PROMPT_FIELDS = {
+    "source",
+    "window",
+    "lines",
+    "first",
+    "last",
+    "levels",
+    "templates",
+    "alerts",
+    "format",
+    "statistics",
+}
+
+
+class ReportGeneration(Decoding):
+    """A window's summary: a few sentences; log loops are short ("A: A: A:"), so a 3-gram ban."""
+
+    max_new_tokens: int = Field(default=128, ge=1)
+    no_repeat_ngram_size: int = Field(default=3, ge=0)
 
 
 class LogsSettings(Section):
@@ -59,16 +82,28 @@ class LogsSettings(Section):
     timestamp_format: str | None = Field(
         default=None, description="strptime format of ts; unset: epoch seconds"
     )
+    format: str = Field(
+        default="auto",
+        description="the log's format (pipeline.logformats: level, message, alert rule); auto: detected",
+    )
     level_pattern: str | None = Field(default=None, description="regex with (?P<level>...)")
-    alert_pattern: str | None = Field(default=None, description="regex: matching lines count as alerts")
+    alert_pattern: str | None = Field(
+        default=None, description="regex: matching lines count as alerts; unset: the format's rule"
+    )
     top_templates: int = Field(default=5, ge=1)
     report_prompt: str = (
-        "The log lines above come from {source}. Window {window}: {lines} lines from {first} to {last}; "
-        "levels: {levels}; alert lines: {alerts}. Most frequent messages:\n{templates}\n\n"
-        "Write a short incident report for this window: what went wrong, which components are affected, "
-        "and how severe it is. If nothing looks wrong, say so."
+        "Statistics of the log lines above ({source}, window {window}, {format} log):\n{statistics}\n\n"
+        "In two or three sentences, tell an on-call engineer what happened in this window and whether "
+        "anything needs attention."
     )
-    max_new_tokens: int = Field(default=96, ge=1)
+    generation: ReportGeneration = Field(
+        default_factory=lambda: ReportGeneration(), description="the summary's controls"
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return max_new_tokens_shorthand(data, {"max_new_tokens": "generation"})
 
     @model_validator(mode="after")
     def _check(self) -> LogsSettings:
@@ -85,14 +120,23 @@ class LogsSettings(Section):
         if self.level_pattern and "(?P<level>" not in self.level_pattern:
             raise ValueError("level_pattern needs a named group (?P<level>...)")
         check_template(self.report_prompt, LOG_PROMPT_FIELDS, "report_prompt")
+        if self.format not in FORMAT_NAMES:
+            raise ValueError(f"unknown log format {self.format!r}; choose one of {list(FORMAT_NAMES)}")
         return self
 
+    @property
+    def alert_rule(self) -> str | None:
+        """How alerts are counted when ``alert_pattern`` overrides the format's rule (else None)."""
+        return f"lines matching alert_pattern {self.alert_pattern!r}" if self.alert_pattern else None
+
     def parser(self) -> LogParser:
+        """A parser of this stream's lines (``format: auto``: generic until the format is detected)."""
         return LogParser(
             timestamp_pattern=self.timestamp_pattern,
             timestamp_format=self.timestamp_format,
             level_pattern=self.level_pattern,
             alert_pattern=self.alert_pattern,
+            log_format=get_format(self.format) if self.format != "auto" else GENERIC,
         )
 
 
@@ -170,11 +214,16 @@ class LogsState:
     has_text: bool = False
     rows: list[Row] = field(default_factory=list)
     parser_memory: str | None = None  # the timestamp format the parser tries first
+    log_format: str | None = None  # detected from the first lines (format: auto); a resumed stream keeps it
 
 
-def _prompt(template: str, window: Window, source: str, top: list[tuple[str, int]]) -> str:
+def _prompt(
+    template: str, window: Window, source: str, top: list[tuple[str, int]], fmt: str, statistics: str
+) -> str:
     st = window.stats
     return template.format(
+        format=fmt,
+        statistics=statistics,
         source=source,
         window=window.index + 1,
         lines=st.lines,
@@ -283,7 +332,11 @@ class Logs(Task):
                 return
             stats = window.stats
             top = stats.top_templates(s.top_templates)
-            result = yield from ctx.ask(_prompt(s.report_prompt, window, source, top), s.max_new_tokens)
+            fmt = parser.format.name
+            facts = statistics_text(stats, s.alert_rule or parser.format.alert_text, s.top_templates)
+            prompt = _prompt(s.report_prompt, window, source, top, fmt, facts)
+            result = yield from ctx.ask(prompt, s.generation)
+            title = f"Incident report: {source}, window {window.index + 1} ({fmt} log)"
             span = f"{stats.first_ts_text} .. {stats.last_ts_text}" if stats.first_ts_text else None
             row = yield from ctx.row(
                 "window",
@@ -300,6 +353,10 @@ class Logs(Task):
                 log_last_timestamp=stats.last_ts_text,
                 log_alert_lines=stats.alerts,
                 log_out_of_order_lines=stats.out_of_order,
+                log_format=fmt,
+                log_notable_templates=template_rows(stats.notable_templates(s.top_templates)),
+                log_bursts=burst_rows(stats.bursts()),
+                log_report=render_report(title, facts, result.text, str(ctx.env.columns["model"])),
                 feed_seconds=window.feed_seconds,
                 generate_seconds=result.seconds,
             )
@@ -308,10 +365,16 @@ class Logs(Task):
 
         iterator = lines(st.position, ctx.damage)
         stop = False
+        if st.log_format is not None:
+            parser.format = get_format(st.log_format)
+        detect = s.format == "auto" and st.log_format is None
         while not stop:
             batch = list(islice(iterator, BATCH_LINES))
             if not batch:
                 break
+            if detect:  # the stream's format, from its first lines
+                parser.format = detect_format([line for _, line in batch])
+                st.log_format, detect = parser.format.name, False
             st.position, st.parser_memory = batch[0][0], parser.memory()
             yield from ctx.checkpoint(st)  # all before this batch is done: a resumed stream reads from here
             texts = [line + "\n" for _, line in batch]

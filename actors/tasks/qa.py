@@ -21,13 +21,13 @@ from functools import partial
 from typing import Any
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 from actors.checkpoint import allow
 from actors.context import Row, TaskContext
-from actors.tasks.base import Stream, Task, check_template
+from actors.tasks.base import Stream, Task, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
-from pipeline.config import BaseJobConfig, Section
+from pipeline.config import BaseJobConfig, Decoding, Section
 from pipeline.fs import Storage, display_uri, get_fs
 from pipeline.readers import Document, parse_questions
 from pipeline.sharding import ChapterSplitter, StreamTask
@@ -45,8 +45,16 @@ class QASettings(Section):
         default="questions", description="JSONL/Parquet field with the record's questions"
     )
     question_field: str = Field(default="question_text", description="key of the question in mapping items")
-    prompt: str = "Answer the question about the text above in one or two sentences.\nQuestion: {question}"
-    max_new_tokens: int = Field(default=64, ge=1)
+    prompt: str = (
+        "Answer the question about the text above in a short paragraph of three to five sentences.\n"
+        "Question: {question}"
+    )
+    generation: Decoding = Field(default_factory=lambda: Decoding(), description="an answer's controls")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return max_new_tokens_shorthand(data, {"max_new_tokens": "generation"})
 
     @field_validator("prompt")
     @classmethod
@@ -161,7 +169,7 @@ class QA(Task):
         s = self.settings
         feed_seconds = ctx.feed_seconds
         # Every answer starts from the same streamed state: none sees another question or answer.
-        results = yield from ctx.ask_many([s.prompt.format(question=q) for q in questions], s.max_new_tokens)
+        results = yield from ctx.ask_many([s.prompt.format(question=q) for q in questions], s.generation)
         rows = []
         for index, (question, result) in enumerate(zip(questions, results)):
             row = yield from ctx.row(

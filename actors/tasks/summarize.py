@@ -26,14 +26,27 @@ from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
 from actors.context import Row, TaskContext
-from actors.tasks.base import Stream, Task, check_regex, check_template
+from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
-from pipeline.config import Section
+from pipeline.config import Decoding, Section
 from pipeline.readers import Document
 from pipeline.sharding import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece, StreamTask
 from pipeline.sources import InputError
 
 MAX_TITLES = 3
+
+
+class SegmentGeneration(Decoding):
+    """A segment's summary: two sentences."""
+
+    max_new_tokens: int = Field(default=96, ge=1)
+
+
+class FinalGeneration(Decoding):
+    """The whole text's summary: three to five sentences, more room to end the last one."""
+
+    max_new_tokens: int = Field(default=192, ge=1)
+    finish_sentence: int = Field(default=48, ge=0)
 
 
 class SummarizeSettings(Section):
@@ -50,8 +63,19 @@ class SummarizeSettings(Section):
         "Summaries of the parts of the text above, in order:\n{summaries}\n\n"
         "Now summarize the whole text in 3 to 5 sentences."
     )
-    segment_max_new_tokens: int = Field(default=64, ge=1)
-    final_max_new_tokens: int = Field(default=128, ge=1)
+    segment_generation: SegmentGeneration = Field(default_factory=lambda: SegmentGeneration())
+    final_generation: FinalGeneration = Field(default_factory=lambda: FinalGeneration())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        return max_new_tokens_shorthand(
+            data,
+            {
+                "segment_max_new_tokens": "segment_generation",
+                "final_max_new_tokens": "final_generation",
+            },
+        )
 
     @model_validator(mode="after")
     def _check(self) -> SummarizeSettings:
@@ -123,7 +147,7 @@ class Summarize(Task):
 
         def close() -> Program[None]:
             seg = st.segment
-            result = yield from ctx.ask(s.segment_prompt, s.segment_max_new_tokens)
+            result = yield from ctx.ask(s.segment_prompt, s.segment_generation)
             row = yield from ctx.row(
                 "segment",
                 segment_index=seg.index,
@@ -174,7 +198,7 @@ class Summarize(Task):
             yield from close()
         t0 = time.perf_counter()
         listing = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(st.summaries))
-        result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_max_new_tokens)
+        result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_generation)
         row = yield from ctx.row(
             "final",
             segment_index=len(st.summaries),
