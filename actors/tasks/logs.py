@@ -39,7 +39,7 @@ from longread.scheduler import Program
 from pipeline.config import Decoding, Section
 from pipeline.logformats import FORMAT_NAMES, GENERIC, detect_format, get_format
 from pipeline.logreport import burst_rows, render_report, statistics_text, template_rows
-from pipeline.logstats import LogParser, WindowStats
+from pipeline.logstats import LogParser, TemplateStats, WindowStats
 from pipeline.readers import Damage, Position, PositionedLines, iter_log_lines_at
 from pipeline.sharding import StreamTask, group_by_path_key
 from pipeline.shuffle import LineGrouping
@@ -199,6 +199,7 @@ class Window:
 
 
 allow(WindowStats)
+allow(TemplateStats)  # per-template first/last occurrence, inside WindowStats
 
 
 @allow
