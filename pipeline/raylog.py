@@ -76,7 +76,12 @@ def absorb_actor_restart_warning() -> bool:
     try:
         arg = ray.put(None)  # by reference, like Ray Data's DataContext and UDF
         probe, captured = capture_stderr_fd(lambda: _RestartProbe.remote(arg))  # type: ignore[attr-defined]
-        ray.kill(probe, no_restart=True)
+        # Killed only once it exists: killing an actor whose creation is in flight makes the GCS log
+        # "Failed to kill actor NIL_ID" at ERROR level, a false alarm of its own.
+        try:
+            ray.get(probe.__ray_ready__.remote(), timeout=60)
+        finally:
+            ray.kill(probe, no_restart=True)
     except Exception as exc:  # cosmetic only: never let it stop a job
         log.debug("could not absorb Ray's actor-restart warning: %s", exc)
         return False

@@ -243,7 +243,9 @@ class PartWriter:
 
     def write_job_record(self, job_id: str, record: dict[str, Any], last: bool = False) -> None:
         """Replace the run's record atomically. ``last``: a run's final record -- on a full disk, where no
-        temporary copy fits, it overwrites the old record in place (freeing its space first)."""
+        temporary copy fits, it overwrites the old record in place (freeing its space first), and if even
+        that does not fit (a failed run's record is longer: it carries the error), without the config, so
+        that the state and the error are what survives."""
         path = f"{self.root}/{JOBS_DIR}/{job_id}.json"
         data = json.dumps(record, indent=2, default=str).encode()
         try:
@@ -251,11 +253,15 @@ class PartWriter:
         except OutputError:
             if not (last and self.local and os.path.exists(path)):
                 raise
-            try:
-                with open(path, "wb") as fh:
-                    fh.write(data)
-            except OSError as exc:
-                raise output_error(self.output, path, exc) from None
+            compact = {**record, "config": "omitted: the output was full"}
+            for attempt in (data, json.dumps(compact, default=str).encode()):
+                try:
+                    with open(path, "wb") as fh:
+                        fh.write(attempt)
+                    return
+                except OSError as exc:
+                    error = exc
+            raise output_error(self.output, path, error) from None
 
     def job_records(self) -> list[dict[str, Any]]:
         folder = f"{self.root}/{JOBS_DIR}"
