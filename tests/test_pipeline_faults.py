@@ -47,21 +47,19 @@ def s3(tmp_path_factory):
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in (*NO_CREDENTIALS, *CREDENTIAL_VARIABLES, "AWS_ENDPOINT_URL")}
-    for name in CREDENTIAL_VARIABLES:
-        os.environ.pop(name, None)
-    os.environ.update(NO_CREDENTIALS, AWS_ENDPOINT_URL=endpoint)
-    fs = s3fs.S3FileSystem(key=ADMIN["key"], secret=ADMIN["secret"], client_kwargs={"endpoint_url": endpoint})
-    fs.mkdir("guarded")  # moto's buckets outlive the server (one state per process): a name of its own
-    fs.pipe_file("guarded/open/book.txt", book_text(repeat=3).encode())
-    fs.pipe_file("guarded/secret/book.txt", book_text(repeat=2).encode())
-    yield endpoint
-    server.stop()
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with pytest.MonkeyPatch.context() as env:  # restored when the module's tests are done
+        for name in CREDENTIAL_VARIABLES:
+            env.delenv(name, raising=False)
+        for name, value in {**NO_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}.items():
+            env.setenv(name, value)
+        fs = s3fs.S3FileSystem(
+            key=ADMIN["key"], secret=ADMIN["secret"], client_kwargs={"endpoint_url": endpoint}
+        )
+        fs.mkdir("guarded")  # moto's buckets outlive the server (one state per process): a name of its own
+        fs.pipe_file("guarded/open/book.txt", book_text(repeat=3).encode())
+        fs.pipe_file("guarded/secret/book.txt", book_text(repeat=2).encode())
+        yield endpoint
+        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ import gzip
 import io
 import json
 import logging
-import os
 import threading
 import time
 
@@ -52,19 +51,15 @@ def s3_server(moto):
         "AWS_SECRET_ACCESS_KEY": SECRET,
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    import s3fs
+    with pytest.MonkeyPatch.context() as patch:  # restored when the module's tests are done
+        for name, value in env.items():
+            patch.setenv(name, value)
+        import s3fs
 
-    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]})
-    fs.mkdir("corpus")
-    fs.mkdir("results")
-    yield fs
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+        fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": env["AWS_ENDPOINT_URL"]})
+        fs.mkdir("corpus")
+        fs.mkdir("results")
+        yield fs
 
 
 @pytest.fixture(scope="module")
