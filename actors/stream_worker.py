@@ -110,6 +110,7 @@ class StreamWorker:
             stride=cfg.policy.stride,
             rope_mode=cfg.policy.rope_mode,
             tokenizer=tokenizer,
+            cuda_graphs=cfg.model.cuda_graphs,
         )
         self.batcher = Batcher(self.engine, max_streams=self.streams)
         self.env = StreamEnv.create(cfg, job_id, tokenizer, self.engine.prototype, self.engine.device)

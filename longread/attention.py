@@ -64,7 +64,9 @@ class Timer:
 
     @contextmanager
     def measure(self, device: torch.device) -> Iterator[None]:
-        if device.type == "cuda":
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            yield  # inside a CUDA graph capture: events cannot time it (the replay is timed as a whole)
+        elif device.type == "cuda":
             start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
             yield

@@ -50,6 +50,7 @@ from longread.attention import (
 )
 from longread.cache import BatchCache, BatchLayer, RopeMode, to_device
 from longread.generation import Decoder, GenerationResult, GenerationSettings, eos_ids
+from longread.graphs import GraphSteps, StepKey
 from longread.rope import Rope, default_rope_mode
 
 log = logging.getLogger(__name__)
@@ -58,8 +59,6 @@ log = logging.getLogger(__name__)
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 
 Logits = Literal["last", "all"]
-#: CUDA graphs kept for decode steps (keyed by row block and cached length)
-MAX_GRAPHS = 8
 
 
 @dataclass(eq=False)
@@ -205,9 +204,10 @@ class BatchEngine:
             raise ValueError(f"decode_compaction={decode_compaction!r}: use 'chunk' or 'token'.")
         #: when generation compacts: once per `stride` tokens ("chunk") or after every token ("token")
         self.decode_compaction = decode_compaction
-        #: replay one-token steps from captured CUDA graphs (CUDA, "token" compaction, no scores, SDPA)
+        #: replay steady-state steps (full chunks; one-token steps with "token" compaction) from captured
+        #: CUDA graphs: bounded policies, SDPA or eager attention (``longread.graphs``)
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[int, int, int], tuple[Any, torch.Tensor, torch.Tensor]] = {}
+        self.graphs = GraphSteps()
 
     # ----------------------------------------------------------------- streams
     @property
@@ -357,8 +357,12 @@ class BatchEngine:
         self.kv.begin(row0, sizes, width)
         try:
             with self.stats.forward.measure(self.device), forward_context(ctx):
-                if self._graphable(uniform, width, lengths[0]):
-                    out_logits = self._replay(row0, n, lengths[0], batch)
+                key = self._step_key(row0, n, uniform, width, lengths[0], keep)
+                replayed = None
+                if key is not None:
+                    replayed = self._run_step(key, batch, position_ids, ctx, sink, sums)
+                if replayed is not None:
+                    out_logits, sums = replayed
                 else:
                     out_logits = self.model(
                         input_ids=to_device(batch, self.device),
@@ -388,51 +392,59 @@ class BatchEngine:
                 self._compact(ordered)
         return results
 
-    # ----------------------------------------------------------------- CUDA graphs (decode)
-    def _graphable(self, uniform: bool, width: int, length: int) -> bool:
-        """A one-token step of rows that all hold the same number of tokens has static shapes: with
-        ``cuda_graphs`` on, it replays a captured graph instead of launching every kernel from Python."""
-        return (
+    # ----------------------------------------------------------------- captured steps (CUDA graphs)
+    def _step_key(
+        self, row0: int, n: int, uniform: bool, width: int, length: int, keep: Any
+    ) -> StepKey | None:
+        """The step's key when it can replay from a captured graph (``longread.graphs``), else None: rows
+        that all hold the same number of tokens and feed the same number (a full chunk in steady state, or
+        one token with per-token compaction) under a bounded policy, with ``cuda_graphs`` on."""
+        if not (
             self.cuda_graphs
-            and self.decode_compaction == "token"  # deferred compaction changes the length every step
-            and width == 1
             and uniform
             and length > 0
-            and self.device.type == "cuda"
+            and isinstance(keep, int)
+            and self.graphs.backend.supports(self.device)
             and self.prototype.bounded  # buffers never reallocated: the graph's addresses stay valid
-            and not self.prototype.needs_scores
-            and not self.flash
-        )
+            and not self.flash  # the flash wrappers' kernel loading is not capture-safe
+            # with deferred compaction a decode step's length changes at every token
+            and (width > 1 or self.decode_compaction == "token")
+        ):
+            return None
+        return StepKey(row0, n, length, width, keep)
 
-    def _replay(self, row0: int, n: int, length: int, batch: torch.Tensor) -> torch.Tensor:
-        """Logits ``(n, 1, V)`` of one decode step of rows ``[row0, row0 + n)`` at ``length`` cached tokens,
-        from a CUDA graph captured on first use (keyed by the block and the length; a few are kept)."""
-        key = (row0, n, length)
-        graph = self._graphs.pop(key, None)
-        if graph is None:
-            ids = torch.zeros(n, 1, dtype=torch.long, device=self.device)
-            positions = torch.full((n, 1), length, dtype=torch.long, device=self.device)
+    def _run_step(
+        self,
+        key: StepKey,
+        batch: torch.Tensor,
+        position_ids: torch.Tensor,
+        ctx: ForwardContext,
+        sink: ScoreSink | None,
+        sums: list[torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None] | None:
+        """Replay (or capture, on the key's second sighting) the step; None: run it eagerly."""
+        step = self.graphs.get(key)
+        if step is None:
+            if not self.graphs.ready(key):
+                return None
+            ids = torch.zeros(key.rows, key.width, dtype=torch.long, device=self.device)
 
-            def step() -> torch.Tensor:
-                out = self.model(input_ids=ids, position_ids=positions, cache=self.kv, use_cache=True)
-                return out.logits
+            def run() -> torch.Tensor:
+                return self.model(
+                    input_ids=ids,
+                    position_ids=position_ids,
+                    cache=self.kv,
+                    use_cache=True,
+                    logits_to_keep=key.keep,
+                ).logits
 
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):  # warm-up outside the graph (lazy inits, autotuning)
-                step()
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            cuda_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(cuda_graph):
-                logits = step()
-            graph = (cuda_graph, ids, logits)
-            if len(self._graphs) >= MAX_GRAPHS:
-                self._graphs.pop(next(iter(self._graphs)))
-        self._graphs[key] = graph  # most recently used last
-        cuda_graph, ids, logits = graph
-        ids.copy_(to_device(batch, self.device))
-        cuda_graph.replay()
-        return logits
+            weights = None if sink is None else sink.weights
+            step = self.graphs.capture(
+                key, run, self.device, ids=ids, weights=weights, sums=sums, held=(position_ids, ctx)
+            )
+        self.graphs.replay(step, to_device(batch, self.device), None if sink is None else sink.weights)
+        # The graph's outputs are overwritten by its next replay: hand out copies.
+        return step.logits.clone(), step.sums
 
     def _score_sink(
         self, streams: Sequence[Stream], sizes: list[int], width: int

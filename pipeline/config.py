@@ -39,6 +39,11 @@ class ModelSettings(Section):
     )
     attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_4"] = "sdpa"
     trust_remote_code: bool = False
+    cuda_graphs: bool = Field(
+        default=False,
+        description="replay steady-state full-chunk forwards from CUDA graphs (GPU, bounded policy, SDPA "
+        "or eager attention; longread.graphs); ignored on CPU",
+    )
 
     @property
     def display_name(self) -> str:

@@ -387,3 +387,27 @@ def test_each_kind_of_output_reaches_the_decoder_with_its_controls(tmp_path, mod
     # Reports: the logs default bans repeated 3-grams (their loops are short: "A: A: A:").
     logs = {"window_tokens": 256, "max_new_tokens": 8, "generation": {"finish_sentence": 2}}
     assert controls("logs", [str(log)], logs=logs) == {(8, 1.1, 3, 2)}
+
+
+@pytest.mark.parametrize("policy", ["streaming_llm", "cascading"])
+def test_worker_with_graph_replays_writes_the_same_rows(tmp_path, model_dir, policy):
+    """`model.cuda_graphs` reaches the engine, and a job whose steady-state chunks replay from captured
+    graphs (the CPU emulator of longread.graphs) writes the rows of an eager run."""
+    from longread.graphs import GraphSteps, RecordedGraphs
+
+    files = write_good_corpus(tmp_path / "in")
+    texts = {}
+    for graphs in (False, True):
+        out = tmp_path / f"out_{graphs}"
+        cfg = job_config("summarize", [str(files["book_a"])], str(out), model_dir,
+                         policy={**POLICY_SETTINGS[policy], "stride": 16})  # fmt: skip
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"cuda_graphs": graphs})})
+        worker = StreamWorker(cfg, "t")
+        assert worker.engine.cuda_graphs is graphs
+        worker.engine.graphs = GraphSteps(RecordedGraphs())
+        assert [s["status"] for s in run(worker)] == ["ok"]
+        if graphs:
+            assert worker.engine.graphs.replays > 0, "no steady-state chunk was replayed"
+        rows = read_output(out).sort_values("segment_index")
+        texts[graphs] = list(zip(rows.row_kind, rows.token_end, rows.output_text))
+    assert texts[True] == texts[False]
