@@ -269,6 +269,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-bare", action="store_true")
     p.add_argument(
+        "--no-discard",
+        action="store_true",
+        help="CUDA: no discarded engine after each bare step (to study the first-engine slowdown)",
+    )
+    p.add_argument(
         "--cuda-graphs",
         action="store_true",
         help="also time feed and decode replayed from CUDA graphs (on CPU: a dry run through the "
@@ -306,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
         if not args.no_bare:
             rows.append(bench_bare(model, batch, args))
             log.info("%s", rows[-1])
-            if device.type == "cuda":
+            if device.type == "cuda" and not args.no_discard:
                 # On the H100 the first engine measured after a bare step decoded 2-4x slower, whatever its
                 # policy (three runs; BENCHMARKS.md): a discarded engine absorbs that.
                 short = argparse.Namespace(
