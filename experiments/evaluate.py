@@ -478,6 +478,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"repeatable budget as a fraction of the story's tokens (default {d.budgets})",
     )
     p.add_argument("--no-full", dest="full", action="store_false", help="skip the full-cache run")
+    p.add_argument("--full-only", action="store_true", help="the full-cache run alone (no policies)")
     p.add_argument("--stride", type=int, default=d.stride)
     p.add_argument("--sink", type=int, default=d.sink)
     p.add_argument("--model", default=d.model, help="'default' (embedded SmolLM2), a model folder or a .gguf")
@@ -519,7 +520,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, bool]:
     """The run's config and whether --verbose was given; bad flags exit with status 2 and the fix."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    values = {k: v for k, v in vars(args).items() if v is not None and k not in ("prompt", "verbose")}
+    values = {
+        k: v for k, v in vars(args).items() if v is not None and k not in ("prompt", "verbose", "full_only")
+    }
+    if args.full_only:
+        if args.policies or not args.full:
+            parser.error("--full-only runs the full cache alone: drop --policy and --no-full")
+        values["policies"] = []
     try:
         values["prompts"] = dict(parse_prompt(item) for item in args.prompt)
         cfg = EvalConfig(**values)

@@ -151,6 +151,11 @@ def test_parse_args_defaults_and_errors(capsys):
     with pytest.raises(SystemExit):
         parse_args(["--budget", "25"])
     assert "fractions" in capsys.readouterr().err
+    cfg, _ = parse_args(["--full-only"])
+    assert cfg.policies == [] and cfg.full
+    assert [r.name for r in parse_policies(cfg.policies, cfg.budgets, cfg.full)] == ["full"]
+    with pytest.raises(SystemExit):
+        parse_args(["--full-only", "--no-full"])
 
 
 def test_rouge_is_the_best_reference_per_metric():
