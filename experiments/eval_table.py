@@ -69,4 +69,83 @@ def format_table(summary: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def label(row: dict[str, Any]) -> str:
+    """A row's system, policy and budget, e.g. ``longread lacache:span=15,overlap=0 25%``."""
+    budget = "full" if row["fraction"] is None else f"{100 * row['fraction']:.0f}%"
+    return f"{row['system']} {row['policy']} {budget}"
+
+
+def paired(
+    rows: list[dict[str, Any]],
+    baseline: str,
+    metric: str = "rougeL",
+    samples: int = 4000,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Each (system, policy, budget, variant) against ``baseline`` (a substring of one row's ``label``)
+    on the questions both answered: the mean paired difference of ``metric`` and a 95% interval from a
+    bootstrap that resamples whole stories (a story's questions share its cache, so they are not
+    independent). An interval that contains 0 means the sample cannot rank the two."""
+    import random
+
+    keyed: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
+    for r in rows:
+        keyed.setdefault((label(r), r["variant"]), {})[(r["story"], r["question_index"])] = r[metric]
+    bases = [k for k in keyed if baseline in k[0]]
+    if len({k[0] for k in bases}) != 1:
+        found = sorted({k[0] for k in keyed})
+        raise ValueError(f"baseline {baseline!r} must match exactly one of {found}")
+    rng = random.Random(seed)
+    out = []
+    for (name, variant), scores in sorted(keyed.items()):
+        base = keyed.get((bases[0][0], variant))
+        if base is None or (name, variant) in bases:
+            continue
+        by_story: dict[str, list[float]] = {}
+        for q, value in scores.items():
+            if q in base:
+                by_story.setdefault(q[0], []).append(value - base[q])
+        if not by_story:
+            continue
+        stories = list(by_story.values())
+        diffs = [d for ds in stories for d in ds]
+        boot = []
+        for _ in range(samples):
+            pick = [d for ds in rng.choices(stories, k=len(stories)) for d in ds]
+            boot.append(sum(pick) / len(pick))
+        boot.sort()
+        out.append(
+            {
+                "label": name,
+                "variant": variant,
+                "baseline": bases[0][0],
+                "n": len(diffs),
+                "stories": len(stories),
+                "mean_diff": sum(diffs) / len(diffs),
+                "ci_low": boot[int(0.025 * samples)],
+                "ci_high": boot[int(0.975 * samples) - 1],
+                "wins": sum(d > 0 for d in diffs),
+                "losses": sum(d < 0 for d in diffs),
+            }
+        )
+    return out
+
+
+def format_paired(results: list[dict[str, Any]], metric: str = "rougeL") -> str:
+    if not results:
+        return "no rows share questions with the baseline"
+    head = (
+        f"{'vs ' + results[0]['baseline']:<48} {'variant':<10} {'n':>4} {'d ' + metric:>9} "
+        f"{'95% CI':>17} {'W/L':>7}"
+    )
+    lines = [head, "-" * len(head)]
+    for r in results:
+        ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
+        lines.append(
+            f"{r['label'][:48]:<48} {r['variant'][:10]:<10} {r['n']:>4} {r['mean_diff']:>+9.4f} {ci:>17} "
+            f"{r['wins']:>3}/{r['losses']:<3}"
+        )
+    return "\n".join(lines)
+
+
 # ----------------------------------------------------------------------------------------------- run

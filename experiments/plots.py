@@ -189,20 +189,33 @@ def _save(fig: Any, path: Path) -> None:
     plt.close(fig)
 
 
-def merge_eval(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
-    """One summary over several evaluation JSONs (longread-eval, bench_kvpress), restricted to the stories
-    that every (system, policy, budget) answered, so every row is measured on the same questions."""
-    from experiments.eval_table import summarize
-
-    rows = [r for res in results for r in res["rows"] if variants is None or r["variant"] in variants]
-    runs = [r for res in results for r in res["runs"]]
+def merged_rows(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """The answers of several evaluation JSONs (longread-eval, bench_kvpress), restricted to the stories
+    that every (system, policy, budget) answered, so every row is measured on the same questions. A
+    question answered in several files counts once: the last file's answer (files that re-run a story)."""
+    answers = {
+        (r["system"], r["policy"], r["fraction"], r["variant"], r["story"], r["question_index"]): r
+        for res in results
+        for r in res["rows"]
+        if variants is None or r["variant"] in variants
+    }
     stories: dict[tuple, set[str]] = {}
-    for r in rows:
+    for r in answers.values():
         stories.setdefault((r["system"], r["policy"], r["fraction"]), set()).add(r["story"])
     common = set.intersection(*stories.values()) if stories else set()
     if stories and not common:
         raise SystemExit("error: the files share no story; run them on the same --data/--stories/--skip")
-    summary = summarize([r for r in rows if r["story"] in common], [r for r in runs if r["story"] in common])
+    return [r for r in answers.values() if r["story"] in common]
+
+
+def merge_eval(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """One summary over several evaluation JSONs on their common stories (see ``merged_rows``)."""
+    from experiments.eval_table import summarize
+
+    rows = merged_rows(results, variants)
+    common = {r["story"] for r in rows}
+    runs = {(r["system"], r["policy"], r["fraction"], r["story"]): r for res in results for r in res["runs"]}
+    summary = summarize(rows, [r for r in runs.values() if r["story"] in common])
     for s in summary:
         s["common_stories"] = len(common)
     return summary
@@ -234,12 +247,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         s.add_argument("--title", default="")
         if kind == "eval":
             s.add_argument("--variant", action="append", help="only these generation variants (repeatable)")
+            s.add_argument(
+                "--paired",
+                metavar="BASELINE",
+                help="also print each row's paired ROUGE-L difference to BASELINE (part of a row's label, "
+                "e.g. KnormPress) with a 95%% story-bootstrap interval",
+            )
     args = p.parse_args(argv)
     if args.kind == "eval":
         from experiments.eval_table import format_table
 
-        summary = merge_eval([_load(path) for path in args.json], args.variant)
+        results = [_load(path) for path in args.json]
+        summary = merge_eval(results, args.variant)
         print(format_table(summary))
+        if args.paired:
+            from experiments.eval_table import format_paired, paired
+
+            try:
+                print(format_paired(paired(merged_rows(results, args.variant), args.paired)))
+            except ValueError as exc:
+                raise SystemExit(f"error: --paired: {exc}") from None
         plot_eval(summary, args.out, args.title)
     elif args.kind == "ppl":
         data = _load(args.json[0])

@@ -335,3 +335,38 @@ def test_answers_in_parallel_rows_equal_answers_one_after_another(tiny_llama, da
     sequential, _ = evaluate(EvalConfig(**base, parallel=False), tiny_llama, CharTokenizer(), stories)
     assert len(parallel) == 3 * 3
     assert [r["answer"] for r in parallel] == [r["answer"] for r in sequential]
+
+
+def test_merged_rows_count_a_question_once_and_paired_differences():
+    """Files that re-run a story count its answers once; paired differences to a baseline come with a
+    story-bootstrap interval that covers the true difference."""
+    from experiments.eval_table import paired
+    from experiments.plots import merge_eval, merged_rows
+
+    def row(system, policy, story, q, score):
+        return {"system": system, "policy": policy, "fraction": 0.25, "variant": "v", "story": story,
+                "question_index": q, "rougeL": score, "rouge1": score, "rouge2": score, "words": 10,
+                "degenerate": []}  # fmt: skip
+
+    rng = torch.Generator().manual_seed(0)
+    base = [
+        row("peer", "press", f"s{s}", q, float(torch.rand(1, generator=rng)))
+        for s in range(8)
+        for q in range(5)
+    ]
+    shift = [0.05 + 0.02 * (i % 2 - 0.5) for i in range(len(base))]  # mean 0.05 exactly
+    mine = [{**r, "system": "longread", "policy": "lacache", "rougeL": r["rougeL"] + d}
+            for r, d in zip(base, shift)]  # fmt: skip
+    first = {"rows": base + mine[:20], "runs": []}
+    again = {"rows": mine, "runs": []}  # re-runs the first four stories and adds four more
+    rows = merged_rows([first, again])
+    assert len(rows) == 80
+    summary = {s["system"]: s for s in merge_eval([first, again])}
+    assert summary["longread"]["n"] == summary["peer"]["n"] == 40
+    [result] = paired(rows, "press")
+    assert result["label"] == "longread lacache 25%" and result["n"] == 40 and result["stories"] == 8
+    assert abs(result["mean_diff"] - 0.05) < 1e-9
+    assert result["ci_low"] <= 0.05 <= result["ci_high"] and result["ci_high"] - result["ci_low"] < 0.02
+    assert result["wins"] == 40
+    with pytest.raises(ValueError, match="must match exactly one"):
+        paired(rows, "25%")
