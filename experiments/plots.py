@@ -248,6 +248,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind == "eval":
             s.add_argument("--variant", action="append", help="only these generation variants (repeatable)")
             s.add_argument(
+                "--summary-json", type=Path, help="also write the merged summary (no answer texts) as JSON"
+            )
+            s.add_argument(
                 "--paired",
                 metavar="BASELINE",
                 help="also print each row's paired ROUGE-L difference to BASELINE (part of a row's label, "
@@ -260,13 +263,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         results = [_load(path) for path in args.json]
         summary = merge_eval(results, args.variant)
         print(format_table(summary))
+        comparisons: list[dict[str, Any]] = []
         if args.paired:
             from experiments.eval_table import format_paired, paired
 
             try:
-                print(format_paired(paired(merged_rows(results, args.variant), args.paired)))
+                comparisons = paired(merged_rows(results, args.variant), args.paired)
             except ValueError as exc:
                 raise SystemExit(f"error: --paired: {exc}") from None
+            print(format_paired(comparisons))
+        if args.summary_json:
+            args.summary_json.parent.mkdir(parents=True, exist_ok=True)
+            payload = {"files": [p.name for p in args.json], "summary": summary, "paired": comparisons}
+            args.summary_json.write_text(json.dumps(payload, indent=2), encoding="utf-8")
         plot_eval(summary, args.out, args.title)
     elif args.kind == "ppl":
         data = _load(args.json[0])

@@ -370,3 +370,26 @@ def test_merged_rows_count_a_question_once_and_paired_differences():
     assert result["wins"] == 40
     with pytest.raises(ValueError, match="must match exactly one"):
         paired(rows, "25%")
+
+
+def test_plots_eval_cli_paired_and_summary_json(tmp_path, capsys):
+    from experiments.plots import main as plots_main
+
+    def rows(system, policy, bonus):
+        return [{"system": system, "policy": policy, "fraction": 0.25, "variant": "v", "story": f"s{s}",
+                 "question_index": q, "rougeL": 0.1 * q + bonus, "rouge1": 0.2, "rouge2": 0.1, "words": 9,
+                 "degenerate": []} for s in range(3) for q in range(2)]  # fmt: skip
+
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    a.write_text(json.dumps({"rows": rows("longread", "lacache", 0.01), "runs": []}))
+    b.write_text(json.dumps({"rows": rows("kvpress", "KnormPress", 0.0), "runs": []}))
+    out = tmp_path / "s.json"
+    assert plots_main(["eval", str(a), str(b), "--paired", "Knorm", "--summary-json", str(out),
+                       "--out", str(tmp_path / "p.png")]) == 0  # fmt: skip
+    assert "vs kvpress KnormPress 25%" in capsys.readouterr().out
+    saved = json.loads(out.read_text())
+    assert saved["files"] == ["a.json", "b.json"] and len(saved["summary"]) == 2
+    [comparison] = saved["paired"]
+    assert abs(comparison["mean_diff"] - 0.01) < 1e-9 and comparison["wins"] == 6
+    with pytest.raises(SystemExit, match="must match exactly one"):
+        plots_main(["eval", str(a), str(b), "--paired", "nothing", "--out", str(tmp_path / "p.png")])
