@@ -69,6 +69,34 @@ def plot_eval(summary: list[dict[str, Any]], path: Path, title: str = "", metric
     _save(fig, path)
 
 
+def plot_paired(
+    comparisons: list[dict[str, Any]], path: Path, title: str = "", metric: str = "rougeL"
+) -> None:
+    """Each row's mean paired difference to the baseline with its 95% story-bootstrap interval: the
+    picture of whether a sample can rank them at all (an interval across 0 cannot)."""
+    plt = _pyplot()
+    if not comparisons:
+        raise ValueError("no paired comparisons to plot")
+    rows = sorted(comparisons, key=lambda c: c["mean_diff"])
+    fig, ax = plt.subplots(figsize=(8.5, 1.4 + 0.45 * len(rows)))
+    ys = range(len(rows))
+    means = [c["mean_diff"] for c in rows]
+    low = [c["mean_diff"] - c["ci_low"] for c in rows]
+    high = [c["ci_high"] - c["mean_diff"] for c in rows]
+    ax.errorbar(means, list(ys), xerr=[low, high], fmt="o", capsize=3)
+    ax.axvline(0.0, color="black", linestyle=":")
+    ax.set_yticks(list(ys), [f"{c['label']} (n={c['n']})" for c in rows], fontsize=8)
+    ax.set_xlabel(f"{metric} F1 minus {rows[0]['baseline']}, same questions (95% interval)", fontsize=9)
+    ax.xaxis.set_major_locator(plt.MaxNLocator(6))
+    ax.xaxis.set_major_formatter(plt.FuncFormatter(lambda x, _: f"{x:+.3f}"))
+    ax.tick_params(axis="x", labelsize=8)
+    ax.grid(alpha=0.3, axis="x")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    _save(fig, path)
+
+
 def plot_ppl_curve(rows: list[dict[str, Any]], path: Path, title: str = "") -> None:
     """Perplexity per window of positions, one line per stream_ppl row that has a ``curve``."""
     plt = _pyplot()
@@ -272,6 +300,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             except ValueError as exc:
                 raise SystemExit(f"error: --paired: {exc}") from None
             print(format_paired(comparisons))
+            paired_png = args.out.with_name(args.out.stem + "_paired.png")
+            plot_paired(comparisons, paired_png, args.title)
+            print(f"wrote {paired_png}")
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)
             payload = {"files": [p.name for p in args.json], "summary": summary, "paired": comparisons}

@@ -391,5 +391,6 @@ def test_plots_eval_cli_paired_and_summary_json(tmp_path, capsys):
     assert saved["files"] == ["a.json", "b.json"] and len(saved["summary"]) == 2
     [comparison] = saved["paired"]
     assert abs(comparison["mean_diff"] - 0.01) < 1e-9 and comparison["wins"] == 6
+    assert (tmp_path / "p_paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="must match exactly one"):
         plots_main(["eval", str(a), str(b), "--paired", "nothing", "--out", str(tmp_path / "p.png")])
