@@ -33,6 +33,13 @@ GEOMETRIES: dict[str, dict[str, Any]] = {
         num_key_value_heads=2, max_position_embeddings=4096,
         rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
     ),
+    # The 8B model's 32 layers at the toy's width: on a CPU its step time is mostly per-layer host work
+    # (Python, dispatch), the part of a GPU step that CUDA graphs remove.
+    "tiny-32": dict(
+        vocab_size=97, hidden_size=64, intermediate_size=128, num_hidden_layers=32, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=8192,
+        rope_parameters={"rope_type": "default", "rope_theta": 10000.0},
+    ),
 }  # fmt: skip
 
 
