@@ -439,9 +439,19 @@ class BatchEngine:
                 ).logits
 
             weights = None if sink is None else sink.weights
-            step = self.graphs.capture(
-                key, run, self.device, ids=ids, weights=weights, sums=sums, held=(position_ids, ctx)
-            )
+            try:
+                step = self.graphs.capture(
+                    key, run, self.device, ids=ids, weights=weights, sums=sums, held=(position_ids, ctx)
+                )
+            except Exception as exc:  # an optimization, not a requirement: keep serving, eagerly
+                log.warning(
+                    "CUDA graph capture of %s failed (%r); this engine runs every step eagerly from now on",
+                    key,
+                    exc,
+                )
+                self.cuda_graphs = False
+                self.graphs.clear()
+                return None
         self.graphs.replay(step, to_device(batch, self.device), None if sink is None else sink.weights)
         # The graph's outputs are overwritten by its next replay: hand out copies.
         return step.logits.clone(), step.sums

@@ -71,7 +71,8 @@ class CudaGraphs:
             step()
         torch.cuda.current_stream(device).wait_stream(side)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
+        # thread_local: another thread's CUDA call (a Ray or checkpoint thread) must not void this capture
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             out = step()
         return graph, out
 

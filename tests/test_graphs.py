@@ -130,3 +130,24 @@ def test_graph_steps_capture_on_second_sighting_and_evict():
     for key in keys:
         steps.capture(key, lambda: ids + 1, torch.device("cpu"), ids=ids, weights=None, sums=None, held=())
     assert list(steps.steps) == keys[1:], "least recently used first out"
+
+
+def test_batch_graph_capture_failure_falls_back_to_eager(caplog):
+    """A capture that fails (a kernel CUDA cannot capture) costs the speed-up, never the results."""
+
+    class Refusing(RecordedGraphs):
+        def capture(self, step, device):
+            step()  # the warm-up ran, as on CUDA, before the capture failed
+            raise RuntimeError("operation not permitted when stream is capturing")
+
+    model = tiny_model("llama")
+    chunks = [[list(range(i, i + STRIDE))] for i in range(8)]
+    eager = engine_for(model, "cascading", 1, graphs=False)
+    refusing = engine_for(model, "cascading", 1, graphs=True)
+    refusing.graphs = GraphSteps(Refusing())
+    ref, _ = feed_all(eager, [eager.open()], chunks, "last")
+    with caplog.at_level("WARNING", logger="longread.engine"):
+        got, _ = feed_all(refusing, [refusing.open()], chunks, "last")
+    assert not refusing.cuda_graphs and "runs every step eagerly" in caplog.text
+    for a, b in zip(got, ref):
+        torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=1e-6)
