@@ -440,8 +440,11 @@ class BatchEngine:
 
             weights = None if sink is None else sink.weights
             try:
+                # held: what the kernels read besides the cache (not ctx itself: its score hook refers to
+                # this engine, and a cycle would keep a dropped engine's cache alive until a GC pass)
+                held = (position_ids, *ctx.device_layout())
                 step = self.graphs.capture(
-                    key, run, self.device, ids=ids, weights=weights, sums=sums, held=(position_ids, ctx)
+                    key, run, self.device, ids=ids, weights=weights, sums=sums, held=held
                 )
             except Exception as exc:  # an optimization, not a requirement: keep serving, eagerly
                 log.warning(
