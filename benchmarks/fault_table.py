@@ -31,7 +31,6 @@ import random
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -145,8 +144,7 @@ def killed_actors(work: Path, model_dir: Path, books: int, kills: int) -> dict[s
 
 # ------------------------------------------------------------------------------------------ 2. driver
 def killed_driver(work: Path, model_dir: Path) -> dict[str, Any]:
-    import yaml
-    from helpers_pipeline import book_text, job_config, kill_session
+    from helpers_pipeline import book_text, job_config, kill_session, spawn_driver
 
     from jobs.run import run_job
 
@@ -158,12 +156,7 @@ def killed_driver(work: Path, model_dir: Path) -> dict[str, Any]:
     cfg = job_config("summarize", [str(folder)], str(out), model_dir,
                      resources={"actors": 1, "threads_per_actor": 1, "ray_address": "local"},
                      summarize={"segment_tokens": 64, "segment_max_new_tokens": 16})  # fmt: skip
-    config = work / "driver-job.yaml"
-    config.write_text(yaml.safe_dump(cfg.public_dict()))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen([sys.executable, "-m", "jobs.summarize_books", "--config", str(config)], cwd=ROOT,
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    proc = spawn_driver(cfg, work / "driver-job.yaml", ROOT)
     deadline = time.monotonic() + 300
     while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -309,7 +302,7 @@ def bad_inputs(work: Path, model_dir: Path, endpoint: str) -> list[dict[str, Any
 # ------------------------------------------------------------------------------------------ 4. S3
 def s3_outage(work: Path, model_dir: Path, moto: Any, endpoint: str, seconds: float) -> dict[str, Any]:
     import s3fs
-    from helpers_pipeline import book_text, job_config
+    from helpers_pipeline import book_text, job_config, take_s3_away
 
     from jobs.run import run_job
     from pipeline.fs import Storage
@@ -321,22 +314,9 @@ def s3_outage(work: Path, model_dir: Path, moto: Any, endpoint: str, seconds: fl
     cfg = job_config("summarize", ["s3://outage/in/"], "s3://outage/out", model_dir,
                      resources={"actors": 1, "threads_per_actor": 1}, storage=S3_KEYS)  # fmt: skip
     events: dict[str, float] = {}
-
-    def outage() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            fs.invalidate_cache()
-            if fs.exists("outage/out") and any("/part-" in k for k in fs.find("outage/out")):
-                break
-            time.sleep(0.05)
-        events["parts_before"] = len([k for k in fs.find("outage/out") if "/part-" in k])
-        moto.stop()
-        events["down"] = time.time()
-        time.sleep(seconds)
-        moto.start()
-        events["up"] = time.time()
-
-    thread = threading.Thread(target=outage, daemon=True)
+    thread = threading.Thread(
+        target=take_s3_away, args=(fs, moto, "outage/out", seconds, events), daemon=True
+    )
     thread.start()
     report = run_job(cfg)
     thread.join()

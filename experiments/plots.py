@@ -236,11 +236,16 @@ def merged_rows(results: list[dict[str, Any]], variants: list[str] | None = None
     return [r for r in answers.values() if r["story"] in common]
 
 
-def merge_eval(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
-    """One summary over several evaluation JSONs on their common stories (see ``merged_rows``)."""
+def merge_eval(
+    results: list[dict[str, Any]],
+    variants: list[str] | None = None,
+    rows: list[dict[str, Any]] | None = None,
+) -> list[dict[str, Any]]:
+    """One summary over several evaluation JSONs on their common stories (``rows``: their
+    ``merged_rows``, when the caller has them already)."""
     from experiments.eval_table import summarize
 
-    rows = merged_rows(results, variants)
+    rows = merged_rows(results, variants) if rows is None else rows
     common = {r["story"] for r in rows}
     runs = {(r["system"], r["policy"], r["fraction"], r["story"]): r for res in results for r in res["runs"]}
     summary = summarize(rows, [r for r in runs.values() if r["story"] in common])
@@ -289,14 +294,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         from experiments.eval_table import format_table
 
         results = [_load(path) for path in args.json]
-        summary = merge_eval(results, args.variant)
+        rows = merged_rows(results, args.variant)
+        summary = merge_eval(results, rows=rows)
         print(format_table(summary))
         comparisons: list[dict[str, Any]] = []
         if args.paired:
             from experiments.eval_table import format_paired, paired
 
             try:
-                comparisons = paired(merged_rows(results, args.variant), args.paired)
+                comparisons = paired(rows, args.paired)
             except ValueError as exc:
                 raise SystemExit(f"error: --paired: {exc}") from None
             print(format_paired(comparisons))

@@ -90,10 +90,14 @@ HOST_SYNC_OPS = {
 }
 
 
+#: One recorded aten call: the op, its arguments, and the results that are new memory (index, tensor).
+RecordedOp = tuple[Any, tuple[Any, ...], dict[str, Any], list[tuple[int, torch.Tensor]]]
+
+
 class _Recorder(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
-        self.ops: list[tuple[Any, tuple[Any, ...], dict[str, Any], Any, list[tuple[int, torch.Tensor]]]] = []
+        self.ops: list[RecordedOp] = []
 
     def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
         kwargs = kwargs or {}
@@ -116,7 +120,7 @@ class _Recorder(TorchDispatchMode):
             for i, t in enumerate(tree_flatten(out)[0])
             if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in inputs
         ]
-        self.ops.append((func, args, kwargs, out, fresh))
+        self.ops.append((func, args, kwargs, fresh))
         return out
 
 
@@ -124,27 +128,20 @@ class _Recorder(TorchDispatchMode):
 class RecordedGraph:
     """A CUDA graph's semantics on any device: the captured aten ops, re-run on the same tensors."""
 
-    ops: list[tuple[Any, tuple[Any, ...], dict[str, Any], Any, list[tuple[int, torch.Tensor]]]] = field(
-        default_factory=list
-    )
-    replays: int = 0
+    ops: list[RecordedOp] = field(default_factory=list)
 
     def replay(self) -> None:
-        for func, args, kwargs, _out, fresh_outputs in self.ops:
+        for func, args, kwargs, fresh_outputs in self.ops:
             news, _ = tree_flatten(func(*args, **kwargs))
             for i, old in fresh_outputs:
                 # A fresh result goes into the tensor the later captured ops read (a graph's fixed
                 # address); views and in-place results alias an argument the re-run op already updated.
                 old.copy_(news[i])
-        self.replays += 1
 
 
 class RecordedGraphs:
     """``GraphBackend`` for CPU tests: capture records the step's aten ops (refusing host synchronizations)
     and replay re-runs exactly those, without the Python that produced them."""
-
-    def __init__(self) -> None:
-        self.graphs: list[RecordedGraph] = []
 
     def supports(self, device: torch.device) -> bool:
         return True
@@ -154,9 +151,7 @@ class RecordedGraphs:
         recorder = _Recorder()
         with recorder:
             out = step()
-        graph = RecordedGraph(recorder.ops)
-        self.graphs.append(graph)
-        return graph, out
+        return RecordedGraph(recorder.ops), out
 
 
 @dataclass

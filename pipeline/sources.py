@@ -258,12 +258,15 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
         def to_uri(name: str, protocol: str = protocol) -> str:
             return name if protocol == "file" else f"{protocol}://{name}"
 
+        def unreadable(exc: BaseException, uri: str = uri) -> None:  # this input's error row
+            error = input_error(exc, display_uri(uri))
+            add(uri, error=(error.kind, error.message))
+
         if has_magic(path):
             try:
                 matches = fs.glob(path, detail=True)
             except ACCESS_ERRORS as exc:
-                error = input_error(exc, display_uri(uri))
-                add(uri, error=(error.kind, error.message))
+                unreadable(exc)
                 continue
             files = sorted(n for n, info in matches.items() if info.get("type") != "directory")
             if not files:
@@ -278,16 +281,14 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
             info = fs.info(path)
         except FileNotFoundError:
             info = None  # reported when the file is read, as that input's error row
-        except ACCESS_ERRORS as exc:  # no credentials, access denied ...: this input's error row
-            error = input_error(explain_forbidden(fs, path, exc), display_uri(uri))
-            add(uri, error=(error.kind, error.message))
+        except ACCESS_ERRORS as exc:  # no credentials, access denied ...
+            unreadable(explain_forbidden(fs, path, exc))
             continue
         if info is not None and info.get("type") == "directory":
             try:
                 found = fs.find(path, detail=True)
             except ACCESS_ERRORS as exc:
-                error = input_error(exc, display_uri(uri))
-                add(uri, error=(error.kind, error.message))
+                unreadable(exc)
                 continue
             names = sorted(n for n in found if not _hidden(n[len(path) :]))
             if not names:

@@ -44,6 +44,14 @@ def tiny_llama():
 
 
 @pytest.fixture(scope="session")
+def model_dir(tmp_path_factory):
+    """The pipeline tests' tiny model saved as a Hugging Face folder (tests/helpers_pipeline.py)."""
+    from helpers_pipeline import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+
+
+@pytest.fixture(scope="session")
 def smollm2():
     """The real embedded model; skips with the fix when set-up has not been run."""
     try:

@@ -7,10 +7,13 @@ actors exactly as with a real model, in well under a second and without any down
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
 import socket
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -224,7 +227,6 @@ def kill_session(proc: Any) -> None:
     """A hard crash of a job started with ``start_new_session=True``: SIGKILL to its process group and to
     every process below it (its in-process Ray: GCS, raylet, actors), found before the kill because
     orphans lose their parent; waits until they are gone."""
-    import contextlib
     import signal
 
     import psutil
@@ -236,3 +238,53 @@ def kill_session(proc: Any) -> None:
             child.kill()
     proc.wait()
     psutil.wait_procs(tree, timeout=30)
+
+
+@contextlib.contextmanager
+def local_ray() -> Iterator[Any]:
+    """A local Ray of two CPUs for one test module (skips when Ray is not installed)."""
+    import pytest
+
+    ray = pytest.importorskip("ray")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        yield ray
+    finally:
+        ray.shutdown()
+
+
+def spawn_driver(cfg: Any, config_file: Path, cwd: Path) -> Any:
+    """Start the summarize job's driver as a subprocess in a session of its own (so ``kill_session`` can
+    crash it with its in-process Ray), from ``cfg`` written to ``config_file``."""
+    import subprocess
+    import sys
+
+    import yaml
+
+    config_file.write_text(yaml.safe_dump(cfg.public_dict()))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "jobs.summarize_books", "--config", str(config_file)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+
+
+def take_s3_away(fs: Any, moto: Any, out_prefix: str, seconds: float, events: dict[str, Any]) -> None:
+    """Once the first part file lands under ``out_prefix`` (bucket/key), stop the moto server for ``seconds``
+    and start it again; records ``parts_before`` and the wall times ``down`` and ``up`` in ``events``."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        fs.invalidate_cache()
+        if fs.exists(out_prefix) and any("/part-" in k for k in fs.find(out_prefix)):
+            break
+        time.sleep(0.05)
+    events["parts_before"] = len([k for k in fs.find(out_prefix) if "/part-" in k])
+    moto.stop()
+    events["down"] = time.time()
+    time.sleep(seconds)
+    moto.start()
+    events["up"] = time.time()

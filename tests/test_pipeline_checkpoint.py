@@ -10,7 +10,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers_pipeline import book_text, build_tiny_model, job_config, log_lines, read_output
+from helpers_pipeline import book_text, job_config, log_lines, read_output
 
 from actors.checkpoint import Checkpoint, fingerprint
 from actors.stream_worker import StreamWorker
@@ -22,11 +22,6 @@ EVERY = 40  # tokens between checkpoints: several per stream of the tiny corpus
 #: Columns that say when, where and how fast a row was made, not what it says.
 TIMING = ["job_id", "worker", "created_at", "stream_seconds", "feed_seconds", "generate_seconds",
           "tokens_per_second"]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
 
 
 @pytest.fixture(scope="module")

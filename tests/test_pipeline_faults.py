@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from helpers_pipeline import book_text, build_tiny_model, job_config, read_output
+from helpers_pipeline import book_text, job_config, local_ray, read_output
 
 from actors.checkpoint import Checkpoint
 from jobs.run import run_job
@@ -64,15 +64,8 @@ def s3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ray_local(s3):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+    with local_ray() as ray:
+        yield ray
 
 
 def test_s3_inputs_without_credentials_are_error_rows_and_the_rest_completes(s3, ray_local, model_dir,

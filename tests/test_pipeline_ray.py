@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -13,15 +10,15 @@ import duckdb
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
-import yaml
 from helpers_pipeline import (
     SHARED_DATA,
     book_text,
-    build_tiny_model,
     job_config,
     kill_session,
+    local_ray,
     log_lines,
     read_output,
+    spawn_driver,
     write_bad_corpus,
     write_good_corpus,
 )
@@ -37,15 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ray_local():
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+    with local_ray() as ray:
+        yield ray
 
 
 def test_books_job_writes_the_documented_schema(ray_local, model_dir, tmp_path):
@@ -196,17 +186,7 @@ def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, mo
     cfg = job_config("summarize", [str(books)], str(out), model_dir,
                      resources={"actors": 1, "threads_per_actor": 1, "ray_address": "local"},
                      summarize={"segment_tokens": 64, "segment_max_new_tokens": 16})  # fmt: skip
-    config_file = tmp_path / "job.yaml"
-    config_file.write_text(yaml.safe_dump(cfg.public_dict()))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "jobs.summarize_books", "--config", str(config_file)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = spawn_driver(cfg, tmp_path / "job.yaml", ROOT)
     try:
         deadline = time.monotonic() + 240
         while not list(out.glob("part-*.parquet")):

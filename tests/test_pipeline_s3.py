@@ -7,17 +7,17 @@ import io
 import json
 import logging
 import threading
-import time
 
 import pyarrow.parquet as pq
 import pytest
 from helpers_pipeline import (
     Moto,
     book_text,
-    build_tiny_model,
     job_config,
+    local_ray,
     log_lines,
     read_output,
+    take_s3_away,
     write_good_corpus,
 )
 
@@ -64,15 +64,8 @@ def s3_server(moto):
 
 @pytest.fixture(scope="module")
 def ray_local(s3_server):
-    ray = pytest.importorskip("ray")
-    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
+    with local_ray() as ray:
+        yield ray
 
 
 def test_books_from_a_bucket_to_a_bucket_with_resume(s3_server, ray_local, model_dir, tmp_path, caplog):
@@ -142,22 +135,9 @@ def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
     cfg = job_config("summarize", ["s3://corpus/outage/"], "s3://results/outage", model_dir,
                      resources={"actors": 1, "threads_per_actor": 1})  # fmt: skip
     outage: dict[str, float | int] = {}
-
-    def take_s3_away() -> None:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            fs.invalidate_cache()
-            if fs.exists("results/outage") and any("/part-" in k for k in fs.find("results/outage")):
-                break
-            time.sleep(0.05)
-        outage["parts_before"] = len([k for k in fs.find("results/outage") if "/part-" in k])
-        moto.stop()
-        outage["down"] = time.time()
-        time.sleep(OUTAGE_SECONDS)
-        moto.start()
-        outage["up"] = time.time()
-
-    thread = threading.Thread(target=take_s3_away, daemon=True)
+    thread = threading.Thread(
+        target=take_s3_away, args=(fs, moto, "results/outage", OUTAGE_SECONDS, outage), daemon=True
+    )
     thread.start()
     try:
         report = run_job(cfg)

@@ -11,7 +11,6 @@ import torch
 from helpers_pipeline import (
     NO_FINISH,
     book_text,
-    build_tiny_model,
     job_config,
     log_lines,
     read_output,
@@ -35,11 +34,6 @@ POLICY_SETTINGS = {
     "lacache": {"name": "lacache", "budget": 48, "params": {"span": 2}},
     "cascading": {"name": "cascading", "budget": 52, "params": {"cascades": 4}},
 }
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    return build_tiny_model(tmp_path_factory.getbasetemp() / "tiny-model")
 
 
 def run(worker: StreamWorker) -> list[dict]:
