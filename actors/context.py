@@ -204,13 +204,8 @@ class StreamEnv:
             size *= 4
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"][:want])
 
-    def context(
-        self,
-        info: StreamInfo,
-        resume: Checkpoint | None = None,
-        saver: Callable[[Checkpoint], None] | None = None,
-    ) -> TaskContext:
-        return TaskContext(self, info, resume, saver)
+    def context(self, info: StreamInfo, resume: Checkpoint | None = None) -> TaskContext:
+        return TaskContext(self, info, resume)
 
 
 class TaskContext:
@@ -221,7 +216,6 @@ class TaskContext:
         env: StreamEnv,
         info: StreamInfo,
         resume: Checkpoint | None = None,
-        saver: Callable[[Checkpoint], None] | None = None,
     ) -> None:
         self.env = env
         self.info = info
@@ -231,12 +225,17 @@ class TaskContext:
         self.started = time.perf_counter()
         #: the checkpoint this stream resumes from (None: it starts at the beginning)
         self.resume = resume
-        self.resumed_tokens = 0
-        self.saver = saver
+        #: set by the worker: writes a checkpoint (None: checkpoints are not saved)
+        self.saver: Callable[[Checkpoint], None] | None = None
         self.checkpoints = 0  # checkpoints saved by this run of the stream
         self.pending_write: Any = None  # the saver's write in progress (a Future), for the worker
         self._saved_at = 0  # ``tokens`` at the last checkpoint
         self.damage = Damage()
+
+    @property
+    def resumed_tokens(self) -> int:
+        """Document tokens this stream did not stream again (it resumed from a checkpoint there)."""
+        return self.resume.tokens if self.resume is not None else 0
 
     # ------------------------------------------------------------------ text
     @property
@@ -253,13 +252,10 @@ class TaskContext:
     @property
     def room(self) -> int | None:
         """Tokens left before ``max_tokens_per_stream`` (None: no limit)."""
-        return self._left(0)
+        return self.left(0)
 
     def left(self, pending: int) -> int | None:
         """Tokens left once ``pending`` tokens the program holds are fed (None: no limit)."""
-        return self._left(pending)
-
-    def _left(self, pending: int) -> int | None:
         limit = self.env.limit
         return None if limit is None else max(0, limit - self.tokens - pending)
 
@@ -268,7 +264,7 @@ class TaskContext:
 
         ``pending``: tokens the program has accepted but not fed yet. Without a limit: ``(ids, False)``.
         """
-        left = self._left(pending)
+        left = self.left(pending)
         if left is None:
             return ids, False
         return ids[:left], len(ids) >= left
@@ -284,7 +280,7 @@ class TaskContext:
                 log.warning("%s: checkpoint not usable (%s); starting over", self.info.stream_id, exc)
                 self.resume = None
             else:
-                self.tokens = self._saved_at = self.resumed_tokens = self.resume.tokens
+                self.tokens = self._saved_at = self.resume.tokens
                 self.feed_seconds = self.resume.feed_seconds
                 self.started -= self.resume.elapsed
         if self.resume is None and self.env.prefix_ids:

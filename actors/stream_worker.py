@@ -163,6 +163,8 @@ class StreamWorker:
         streams of the descriptor run at once (a bounded window: a huge file is read as it goes)."""
         src = unit.sources[0]
         running: dict[Future[list[Row]], _Started] = {}
+        # One listing of the checkpoints per call, not one read per stream (per record of a file).
+        checkpoints = self._checkpoint_keys()
 
         def finish_some(block_until_below: int) -> Iterator[dict[str, Any]]:
             while len(running) >= block_until_below and running:
@@ -177,7 +179,7 @@ class StreamWorker:
 
         try:
             for stream in self.task.streams(unit, lines):
-                started = self._start(stream)
+                started = self._start(stream, checkpoints)
                 if started.result is None:
                     yield self._finish(started)  # skipped, or the output failed: nothing to run
                     if self.fatal is not None:
@@ -193,14 +195,14 @@ class StreamWorker:
             if not every or int(every[1]) == 0:
                 error = exc if isinstance(exc, InputError) else _internal(exc, src.display)
                 base = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
-                started = self._start(Stream(base, partial(_fail, error)), check_done=False)
+                started = self._start(Stream(base, partial(_fail, error)), checkpoints, check_done=False)
                 if started.result is None:
                     yield self._finish(started)
                 else:
                     running[started.result] = started
         yield from finish_some(1)
 
-    def _start(self, stream: Stream, check_done: bool = True) -> _Started:
+    def _start(self, stream: Stream, checkpoints: set[str], check_done: bool = True) -> _Started:
         info = stream.info
         if self.fatal is None:
             self.fatal = self.stop.get()
@@ -208,8 +210,8 @@ class StreamWorker:
             return _Started(info, None, None, 0.0)
         if check_done and stream_key(info.stream_id) in self.done():
             return _Started(info, None, None, 0.0)
-        resume = self._checkpoint(info.stream_id)
-        ctx = self.env.context(info, resume, saver=None)
+        resume = self._checkpoint(info.stream_id) if stream_key(info.stream_id) in checkpoints else None
+        ctx = self.env.context(info, resume)
         ctx.saver = partial(self._save, ctx)
 
         def program() -> Program[list[Row]]:
@@ -219,6 +221,16 @@ class StreamWorker:
         return _Started(info, ctx, self.batcher.submit(program()), time.perf_counter())
 
     # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_keys(self) -> set[str]:
+        """Streams with a checkpoint under the output (none when checkpoints are off or unlistable)."""
+        if self.cfg.output.checkpoint_every_tokens is None:
+            return set()
+        try:
+            return self.writer.checkpoint_keys()
+        except OutputError as exc:  # as an unreadable checkpoint: the streams start over
+            log.warning("checkpoints cannot be listed (%s); streams start over", exc.message)
+            return set()
+
     def _checkpoint(self, stream_id: str) -> Checkpoint | None:
         """The stream's checkpoint if it has a usable one (see ``actors.checkpoint``)."""
         if self.cfg.output.checkpoint_every_tokens is None:

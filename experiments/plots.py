@@ -236,16 +236,15 @@ def merged_rows(results: list[dict[str, Any]], variants: list[str] | None = None
     return [r for r in answers.values() if r["story"] in common]
 
 
-def merge_eval(
-    results: list[dict[str, Any]],
-    variants: list[str] | None = None,
-    rows: list[dict[str, Any]] | None = None,
-) -> list[dict[str, Any]]:
-    """One summary over several evaluation JSONs on their common stories (``rows``: their
-    ``merged_rows``, when the caller has them already)."""
+def merge_eval(results: list[dict[str, Any]], variants: list[str] | None = None) -> list[dict[str, Any]]:
+    """One summary over several evaluation JSONs on their common stories (see ``merged_rows``)."""
+    return summarize_merged(results, merged_rows(results, variants))
+
+
+def summarize_merged(results: list[dict[str, Any]], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The summary of ``merged_rows(results, ...)``, with the runs (memory, time) of the same stories."""
     from experiments.eval_table import summarize
 
-    rows = merged_rows(results, variants) if rows is None else rows
     common = {r["story"] for r in rows}
     runs = {(r["system"], r["policy"], r["fraction"], r["story"]): r for res in results for r in res["runs"]}
     summary = summarize(rows, [r for r in runs.values() if r["story"] in common])
@@ -295,7 +294,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         results = [_load(path) for path in args.json]
         rows = merged_rows(results, args.variant)
-        summary = merge_eval(results, rows=rows)
+        summary = summarize_merged(results, rows)
         print(format_table(summary))
         comparisons: list[dict[str, Any]] = []
         if args.paired:

@@ -423,6 +423,7 @@ class BatchEngine:
         sums: list[torch.Tensor] | None,
     ) -> tuple[torch.Tensor, list[torch.Tensor] | None] | None:
         """Replay (or capture, on the key's second sighting) the step; None: run it eagerly."""
+        weights = None if sink is None else sink.weights
         step = self.graphs.get(key)
         if step is None:
             if not self.graphs.ready(key):
@@ -438,7 +439,6 @@ class BatchEngine:
                     logits_to_keep=key.keep,
                 ).logits
 
-            weights = None if sink is None else sink.weights
             try:
                 # held: what the kernels read besides the cache (not ctx itself: its score hook refers to
                 # this engine, and a cycle would keep a dropped engine's cache alive until a GC pass)
@@ -455,7 +455,7 @@ class BatchEngine:
                 self.cuda_graphs = False
                 self.graphs.clear()
                 return None
-        self.graphs.replay(step, to_device(batch, self.device), None if sink is None else sink.weights)
+        self.graphs.replay(step, batch, weights)
         # The graph's outputs are overwritten by its next replay: hand out copies.
         return step.logits.clone(), step.sums
 

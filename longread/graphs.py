@@ -212,7 +212,8 @@ class GraphSteps:
         return captured
 
     def replay(self, step: Captured, ids: torch.Tensor, weights: torch.Tensor | None) -> None:
-        step.ids.copy_(ids, non_blocking=True)
+        """``ids``: the step's token ids on the host, copied into the graph's buffer without a host wait."""
+        step.ids.copy_(ids.pin_memory() if step.ids.is_cuda else ids, non_blocking=True)
         if step.weights is not None and weights is not None:
             step.weights.copy_(weights)
         step.graph.replay()

@@ -15,7 +15,9 @@ Contract:
 from __future__ import annotations
 
 import logging
+import math
 import os
+import time
 from typing import Any
 
 from pipeline.config import BaseJobConfig, ResourceSettings
@@ -103,6 +105,8 @@ class StopFlag:
 
     def __init__(self, job_id: str) -> None:
         self.key = f"stop:{job_id}".encode()
+        self._value: str | None = None
+        self._asked = -math.inf  # monotonic time of the last question to the GCS
 
     def _kv(self) -> Any:
         import ray
@@ -119,6 +123,16 @@ class StopFlag:
             kv._internal_kv_put(self.key, message.encode(), overwrite=True, namespace=self.NAMESPACE)
 
     def get(self) -> str | None:
+        """The stop message once raised. Asks the GCS at most twice per ``STOP_POLL_S`` (a worker calls
+        this as each stream starts, which may be thousands of times a second for short records); a raised
+        flag stays raised."""
+        now = time.monotonic()
+        if self._value is None and now - self._asked >= STOP_POLL_S / 2:
+            self._asked = now
+            self._value = self._ask()
+        return self._value
+
+    def _ask(self) -> str | None:
         kv = self._kv()
         if kv is None:
             return None

@@ -364,6 +364,10 @@ def _iter_jsonl(
         index += 1
 
 
+#: Opening a Parquet file failed for a reason of access, not of content.
+_NOT_READABLE: tuple[type[BaseException], ...] = (PermissionError, FileNotFoundError, *CREDENTIAL_ERRORS)
+
+
 def _parquet_file(src: SourceFile, storage: Storage | None) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -376,10 +380,7 @@ def _parquet_file(src: SourceFile, storage: Storage | None) -> Any:
         if src.compression == "gzip":  # Parquet needs random access: decompress into memory once
             handle = pa.BufferReader(handle.read())
         return pq.ParquetFile(handle)
-    except (PermissionError, FileNotFoundError) as exc:
-        raw.close()
-        raise input_error(exc, src.display) from None
-    except CREDENTIAL_ERRORS as exc:
+    except _NOT_READABLE as exc:
         raw.close()
         raise input_error(exc, src.display) from None
     except (pa.ArrowInvalid, pa.ArrowIOError, OSError, EOFError, zlib.error) as exc:
@@ -413,13 +414,18 @@ def _iter_parquet(
     groups = list(range(*row_groups)) if row_groups else None
     # Records keep their index in the whole file, so a split file names them as an unsplit one does.
     index = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
+    limit = opts.max_records_per_file
     for batch in pf.iter_batches(batch_size=16, columns=columns, row_groups=groups):
-        for rec in batch.to_pylist():
-            if opts.max_records_per_file is not None and index >= opts.max_records_per_file:
+        # Only this reader's rows become Python objects (the others' are skipped unconverted).
+        mine = [i for i in range(batch.num_rows) if _mine(index + i, every)]
+        records = batch.to_pylist() if every is None else batch.take(mine).to_pylist()
+        for i, rec in zip(mine, records):
+            if limit is not None and index + i >= limit:
                 return
-            if _mine(index, every):
-                yield _record_document(src, index, rec, opts, f"{src.display} row {index}")
-            index += 1
+            yield _record_document(src, index + i, rec, opts, f"{src.display} row {index + i}")
+        index += batch.num_rows
+        if limit is not None and index >= limit:
+            return
 
 
 def iter_documents(

@@ -30,7 +30,7 @@ import logging
 import math
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.fs import Storage
@@ -139,8 +139,7 @@ def spread_records(tasks: list[StreamTask], ways: int) -> list[StreamTask]:
             out.append(t)
             continue
         for phase in range(ways):
-            extra = {**t.extra, "every": [ways, phase]}
-            out.append(StreamTask(t.task, t.sources, None, None, t.part, t.parts, t.key, extra))
+            out.append(replace(t, extra={**t.extra, "every": [ways, phase]}))
     return out
 
 

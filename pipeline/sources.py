@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
 from fsspec.core import has_magic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -75,21 +76,12 @@ CREDENTIAL_CODES = frozenset(
 )
 
 
-def _credential_error_types() -> tuple[type[BaseException], ...]:
-    try:
-        from botocore.exceptions import NoCredentialsError, PartialCredentialsError
-
-        try:
-            from botocore.exceptions import CredentialRetrievalError
-        except ImportError:  # older botocore
-            return (NoCredentialsError, PartialCredentialsError)
-        return (NoCredentialsError, PartialCredentialsError, CredentialRetrievalError)
-    except ImportError:  # no S3 support installed: nothing of the kind can be raised
-        return ()
-
-
 #: botocore's "no usable credentials" errors: raised by s3fs untranslated (they are not ``OSError``s).
-CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = _credential_error_types()
+CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
+    NoCredentialsError,
+    PartialCredentialsError,
+    CredentialRetrievalError,
+)
 #: What opening, listing or reading an input may raise besides ``InputError``.
 ACCESS_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS)
 
@@ -117,11 +109,16 @@ def explain_forbidden(fs: Any, path: str, exc: BaseException) -> BaseException:
     return exc
 
 
+def is_credential_error(exc: BaseException) -> bool:
+    """Whether ``exc`` says the S3 credentials are missing or invalid (not: access denied)."""
+    return isinstance(exc, CREDENTIAL_ERRORS) or s3_error_code(exc) in CREDENTIAL_CODES
+
+
 def input_error(exc: BaseException, where: str) -> InputError:
     """What ``exc``, met while listing, opening or reading the input ``where``, means for that input."""
     if isinstance(exc, InputError):
         return exc
-    if isinstance(exc, CREDENTIAL_ERRORS) or s3_error_code(exc) in CREDENTIAL_CODES:
+    if is_credential_error(exc):
         return InputError(
             "credentials",
             f"{where}: no valid S3 credentials ({_short(exc)}); set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY "

@@ -46,7 +46,13 @@ import pyarrow.parquet as pq
 
 from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
 from pipeline.schema import SCHEMA, rows_to_table
-from pipeline.sources import CREDENTIAL_CODES, CREDENTIAL_ERRORS, s3_error_code
+from pipeline.sources import (
+    ACCESS_ERRORS,
+    CREDENTIAL_CODES,
+    CREDENTIAL_ERRORS,
+    is_credential_error,
+    s3_error_code,
+)
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +60,7 @@ PART, ERR, TMP = "part-", "err-", ".tmp-"
 JOBS_DIR = "_jobs"
 CHECKPOINTS_DIR = "_checkpoints"
 #: What writing to (or listing) the output may raise, besides our own errors.
-WRITE_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS)
+WRITE_ERRORS = ACCESS_ERRORS
 
 _CAUSES = {
     errno.ENOSPC: ("no space left on device", "free space there or set output.path to a volume with room"),
@@ -83,8 +89,7 @@ class OutputError(RuntimeError):
 def output_error(output: str, path: str | None, exc: BaseException, doing: str = "write") -> OutputError:
     """An ``OutputError`` saying which output, which file, why (from the errno or S3's code) and the fix."""
     where = display_uri(output)
-    code = s3_error_code(exc)
-    if isinstance(exc, CREDENTIAL_ERRORS) or code in CREDENTIAL_CODES:
+    if is_credential_error(exc):
         cause = "no valid S3 credentials"
         fix = "set AWS credentials (or storage.key/secret) where the job runs"
     elif isinstance(exc, PermissionError) and protocol_of(output) != "file":
@@ -296,12 +301,16 @@ class PartWriter:
     def remove_checkpoint(self, stream_id: str) -> None:
         self._remove(self.checkpoint_path(stream_id))
 
+    def checkpoint_keys(self) -> set[str]:
+        """``stream_key`` of every stream that has a checkpoint (one listing)."""
+        folder = f"{self.root}/{CHECKPOINTS_DIR}"
+        return {n[: -len(".ckpt")] for n in self._names(folder) if n.endswith(".ckpt")}
+
     def remove_stale_checkpoints(self, done: set[str]) -> int:
         """Delete the checkpoints of streams that are done (a crash between a part and its cleanup)."""
-        folder = f"{self.root}/{CHECKPOINTS_DIR}"
-        stale = [n for n in self._names(folder) if n.endswith(".ckpt") and n[: -len(".ckpt")] in done]
-        for name in stale:
-            self._remove(f"{folder}/{name}")
+        stale = self.checkpoint_keys() & done
+        for key in stale:
+            self._remove(f"{self.root}/{CHECKPOINTS_DIR}/{key}.ckpt")
         return len(stale)
 
     def check_task(self, task: str) -> None:
