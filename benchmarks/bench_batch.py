@@ -26,6 +26,7 @@ import gc
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,30 @@ def spec_params(spec: str, budget: int, layers: int) -> dict[str, Any]:
     return params
 
 
+def timed(step: Callable[[], Any], warm: int, n: int, device: torch.device) -> float:
+    """Seconds (``clock``) of ``n`` calls of ``step``, device work included, after ``warm`` untimed ones."""
+    for _ in range(warm):
+        step()
+    sync(device)
+    t0 = clock()
+    for _ in range(n):
+        step()
+    sync(device)
+    return clock() - t0
+
+
+def replayed(engine: BatchEngine, step: Callable[[], Any], warm: int, n: int, device: torch.device) -> float:
+    """``timed`` with CUDA graphs on, checking that every timed step replayed a captured graph."""
+    engine.cuda_graphs = True
+    for _ in range(warm):
+        step()
+    before = engine.graphs.replays
+    seconds = timed(step, 0, n, device)
+    if engine.graphs.replays - before != n:
+        raise RuntimeError(f"{engine.graphs.replays - before} of {n} steps replayed")
+    return seconds
+
+
 def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) -> dict[str, Any]:
     device = next(model.parameters()).device
     layers = model.config.get_text_config().num_hidden_layers
@@ -80,16 +105,13 @@ def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) ->
     def chunk() -> list[torch.Tensor]:
         return [torch.randint(0, vocab, (args.stride,), generator=gen) for _ in streams]
 
+    def feed_step() -> None:
+        engine.forward(streams, chunk())
+
     warm = -(-(args.budget + args.stride) // args.stride)
-    for _ in range(warm):  # fill every cache to its steady state (and warm up kernels)
-        engine.forward(streams, chunk())
-    sync(device)
+    timed(feed_step, warm, 0, device)  # fill every cache to its steady state (and warm up kernels)
     engine.stats = type(engine.stats)()
-    t0 = clock()
-    for _ in range(args.feed_chunks):
-        engine.forward(streams, chunk())
-    sync(device)
-    feed_s = clock() - t0
+    feed_s = timed(feed_step, 0, args.feed_chunks, device)
     stats = engine.stats
     total = stats.seconds
     if args.profile and batch == 1:
@@ -104,18 +126,8 @@ def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) ->
         if device.type != "cuda":  # a dry run of the GPU measurement: CUDA-graph semantics, CPU timings
             engine.graphs = GraphSteps(RecordedGraphs())
         try:  # the same steady-state chunks replayed from a captured graph (longread.graphs)
-            engine.cuda_graphs = True
-            for _ in range(2):  # first sighting, then capture (+ replay)
-                engine.forward(streams, chunk())
-            sync(device)
-            replays = engine.graphs.replays
-            t0 = clock()
-            for _ in range(args.feed_chunks):
-                engine.forward(streams, chunk())
-            sync(device)
-            graph_s = clock() - t0
-            if engine.graphs.replays - replays != args.feed_chunks:
-                raise RuntimeError(f"{engine.graphs.replays - replays} of {args.feed_chunks} chunks replayed")
+            # warm: first sighting, then capture (+ replay)
+            graph_s = replayed(engine, feed_step, 2, args.feed_chunks, device)
             feed["feed_graph_tokens_per_s"] = batch * args.stride * args.feed_chunks / graph_s
             if args.profile and batch == 1:
                 profile_feed(engine, streams, chunk, spec + " (CUDA graphs)", device)
@@ -126,33 +138,22 @@ def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) ->
     decoders = [engine.decoder(settings) for _ in streams]
     for d in decoders:
         d.eos = set()  # random weights: never stop early
-    for _ in range(3):  # warm-up steps (kernels compile and autotune on first use)
+
+    def decode_step() -> None:
         engine.decode(streams, decoders)
-    sync(device)
-    t0 = clock()
-    for _ in range(args.decode_tokens - 1):
-        engine.decode(streams, decoders)
-    sync(device)
-    decode_s = clock() - t0
+
+    # 3 warm-up steps: kernels compile and autotune on first use
+    decode_s = timed(decode_step, 3, args.decode_tokens - 1, device)
     graph_rate = None
     if args.cuda_graphs:
         try:  # one-token steps have static shapes only with per-token compaction
-            engine.cuda_graphs = True
             engine.decode_compaction = "token"
-            for _ in range(3):  # compaction of the waiting tokens, first sighting, capture (+ replay)
-                engine.decode(streams, decoders)
-            sync(device)
-            replays = engine.graphs.replays
-            t0 = clock()
-            for _ in range(args.decode_tokens - 1):
-                engine.decode(streams, decoders)
-            sync(device)
-            graph_rate = batch * (args.decode_tokens - 1) / (clock() - t0)
-            if engine.graphs.replays - replays != args.decode_tokens - 1:
-                raise RuntimeError(f"{engine.graphs.replays - replays} of {args.decode_tokens - 1} replayed")
+            # warm: compaction of the waiting tokens, first sighting, capture (+ replay)
+            graph_s = replayed(engine, decode_step, 3, args.decode_tokens - 1, device)
+            graph_rate = batch * (args.decode_tokens - 1) / graph_s
         except Exception as exc:  # a measurement, not a requirement: report and go on
             log.warning("CUDA-graph decode failed for %s B=%d: %r", spec, batch, exc)
-    out = {
+    return {
         "policy": spec,
         "batch": batch,
         **feed,
@@ -161,7 +162,6 @@ def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) ->
         "kv_bytes_per_stream": engine.kv.nbytes() // batch,
         "peak_bytes": peak_bytes(device),
     }
-    return out
 
 
 def profile_feed(engine: Any, streams: list[Any], chunk: Any, spec: str, device: torch.device) -> None:
@@ -196,22 +196,9 @@ def bench_bare(model: Any, batch: int, args: argparse.Namespace) -> dict[str, An
         model(input_ids=x, cache=past, use_cache=True, logits_to_keep=1)
         past.crop(-width)  # back to `budget` cached tokens: the same context at every step
 
-    for _ in range(2):
-        step(args.stride)
-    sync(device)
-    t0 = clock()
-    for _ in range(args.feed_chunks):
-        step(args.stride)
-    sync(device)
-    feed = batch * args.stride * args.feed_chunks / (clock() - t0)
-    for _ in range(3):
-        step(1)
-    sync(device)
-    t0 = clock()
-    for _ in range(args.decode_tokens - 1):
-        step(1)
-    sync(device)
-    decode = batch * (args.decode_tokens - 1) / (clock() - t0)
+    feed_s = timed(lambda: step(args.stride), 2, args.feed_chunks, device)
+    feed = batch * args.stride * args.feed_chunks / feed_s
+    decode = batch * (args.decode_tokens - 1) / timed(lambda: step(1), 3, args.decode_tokens - 1, device)
     return {
         "policy": "bare model step",
         "batch": batch,

@@ -97,7 +97,8 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     check_model(cfg, is_remote_cluster(cfg.resources))
     check_policy_fits_model(cfg)
     writer.prepare()
-    writer.check_task(cfg.task)
+    records = writer.job_records()  # read once: for the task check and for the run's own record
+    writer.check_task(cfg.task, records)
     writer.cleanup_tmp()
     task = make_task(cfg, storage)  # the task's own checks (e.g. a questions file) fail here, before Ray
     job_id = cfg.job_id or new_job_id(task.job_name)
@@ -113,7 +114,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     pending = [t for t in tasks if not (t.stream_id is not None and stream_key(t.stream_id) in done)]
     report.streams_skipped = len(tasks) - len(pending)
     recorder = JobRecorder(writer, cfg, job_id, report)
-    recorder.start()  # also marks earlier runs killed on this output interrupted
+    recorder.start(records)  # also marks earlier runs killed on this output interrupted
     if pending or grouping is not None:
         started = init_ray(cfg.resources)
         try:

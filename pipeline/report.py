@@ -125,9 +125,10 @@ class JobRecorder:
             record["error"] = error[:2000]
         return record
 
-    def start(self) -> None:
-        """Mark earlier runs that died without a word interrupted, write ``running``, start the heartbeat."""
-        for record in self.writer.job_records():
+    def start(self, records: list[dict[str, Any]] | None = None) -> None:
+        """Mark earlier runs that died without a word interrupted, write ``running``, start the heartbeat
+        (``records``: the output's ``job_records()``, if the caller read them already)."""
+        for record in self.writer.job_records() if records is None else records:
             if record.get("state") == "running" and record.get("job_id") != self.job_id:
                 why = _gone(record, self.owner["host"])
                 if why:

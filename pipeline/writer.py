@@ -313,8 +313,9 @@ class PartWriter:
             self._remove(f"{self.root}/{CHECKPOINTS_DIR}/{key}.ckpt")
         return len(stale)
 
-    def check_task(self, task: str) -> None:
-        for record in self.job_records():
+    def check_task(self, task: str, records: list[dict[str, Any]] | None = None) -> None:
+        """Refuse an output that holds another task's results (``records``: ``job_records()``, if read)."""
+        for record in self.job_records() if records is None else records:
             if record.get("task") not in (None, task):
                 raise ValueError(
                     f"output {display_uri(self.output)} holds results of task {record.get('task')!r}, not "

@@ -184,7 +184,7 @@ def merge_in_time_order(
         pull(i)
     while heap:
         _, i, _, _, line = heapq.heappop(heap)
-        yield [None if h is None else list(h) for h in heads], line
+        yield list(heads), line  # a snapshot: pull replaces a file's head, never changes it in place
         pull(i)
 
 
