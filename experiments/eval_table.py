@@ -85,7 +85,12 @@ def paired(
     """Each (system, policy, budget, variant) against ``baseline`` (a substring of one row's ``label``)
     on the questions both answered: the mean paired difference of ``metric`` and a 95% interval from a
     bootstrap that resamples whole stories (a story's questions share its cache, so they are not
-    independent). An interval that contains 0 means the sample cannot rank the two."""
+    independent). An interval that contains 0 means the sample cannot rank the two.
+
+    Also the sample's resolution: ``detectable``, the smallest mean difference these stories can tell
+    from 0 (1.96 bootstrap standard errors), and ``stories_needed``, how many stories of the same spread
+    it would take for the observed difference to leave the interval (the standard error shrinks as
+    1/sqrt(stories)); None when the observed difference is exactly 0."""
     import random
 
     keyed: dict[tuple[str, str], dict[tuple[str, int], float]] = {}
@@ -114,6 +119,10 @@ def paired(
             pick = [d for ds in rng.choices(stories, k=len(stories)) for d in ds]
             boot.append(sum(pick) / len(pick))
         boot.sort()
+        mean = sum(diffs) / len(diffs)
+        centre = sum(boot) / samples
+        half = 1.96 * math.sqrt(sum((b - centre) ** 2 for b in boot) / (samples - 1))
+        needed = math.ceil(len(stories) * (half / mean) ** 2) if mean else None
         out.append(
             {
                 "label": name,
@@ -121,11 +130,13 @@ def paired(
                 "baseline": bases[0][0],
                 "n": len(diffs),
                 "stories": len(stories),
-                "mean_diff": sum(diffs) / len(diffs),
+                "mean_diff": mean,
                 "ci_low": boot[int(0.025 * samples)],
                 "ci_high": boot[int(0.975 * samples) - 1],
                 "wins": sum(d > 0 for d in diffs),
                 "losses": sum(d < 0 for d in diffs),
+                "detectable": half,
+                "stories_needed": needed,
             }
         )
     return out
@@ -136,15 +147,19 @@ def format_paired(results: list[dict[str, Any]], metric: str = "rougeL") -> str:
         return "no rows share questions with the baseline"
     head = (
         f"{'vs ' + results[0]['baseline']:<48} {'variant':<10} {'n':>4} {'d ' + metric:>9} "
-        f"{'95% CI':>17} {'W/L':>7}"
+        f"{'95% CI':>17} {'W/L':>7} {'detect':>7} {'stories':>8}"
     )
     lines = [head, "-" * len(head)]
     for r in results:
         ci = f"[{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]"
         lines.append(
             f"{r['label'][:48]:<48} {r['variant'][:10]:<10} {r['n']:>4} {r['mean_diff']:>+9.4f} {ci:>17} "
-            f"{r['wins']:>3}/{r['losses']:<3}"
+            f"{r['wins']:>3}/{r['losses']:<3} {r['detectable']:>7.4f} {_fmt(r['stories_needed'], 'd'):>8}"
         )
+    lines.append(
+        "detect: the smallest mean difference these stories tell from 0; stories: how many it would take "
+        "for this row's difference to leave its interval"
+    )
     return "\n".join(lines)
 
 

@@ -368,6 +368,16 @@ def test_merged_rows_count_a_question_once_and_paired_differences():
     assert abs(result["mean_diff"] - 0.05) < 1e-9
     assert result["ci_low"] <= 0.05 <= result["ci_high"] and result["ci_high"] - result["ci_low"] < 0.02
     assert result["wins"] == 40
+    # The resolution: a clear shift needs no more stories than it has; a story-level +-0.05 swing around a
+    # 0.005 mean is below what 8 stories detect, and would take about (1.96 * 0.05 / 0.005)^2 = 384.
+    assert result["stories_needed"] <= 8 and result["detectable"] < 0.05
+    swing = [
+        {**r, "system": "other", "policy": "cascading", "rougeL": r["rougeL"] + 0.005 + 0.05 * (-1) ** s}
+        for s, r in ((int(r["story"][1:]), r) for r in base)
+    ]
+    noisy = next(c for c in paired(base + swing, "press") if c["label"].startswith("other"))
+    assert noisy["ci_low"] < 0 < noisy["ci_high"] and noisy["detectable"] > 0.005
+    assert 200 < noisy["stories_needed"] < 600
     with pytest.raises(ValueError, match="must match exactly one"):
         paired(rows, "25%")
 
