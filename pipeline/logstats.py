@@ -39,7 +39,12 @@ _HMS = r"(?P<H>\d{1,2}):(?P<M>\d{2}):(?P<S>\d{2})"
 TIMESTAMP_FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     (name, re.compile(pattern))
     for name, pattern in (
-        ("iso", r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})[T ]" + _HMS + r"(?:[.,](?P<f>\d{1,9}))?"),
+        (
+            "iso",
+            r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})[T ]"
+            + _HMS
+            + r"(?:[.,](?P<f>\d{1,9}))?(?P<z>Z|[+-]\d{2}:?\d{2}\b)?",
+        ),
         (
             "bgl",
             r"(?P<Y>\d{4})-(?P<m>\d{2})-(?P<d>\d{2})-(?P<H>\d{2})\.(?P<M>\d{2})\.(?P<S>\d{2})(?:\.(?P<f>\d{1,9}))?",
@@ -90,7 +95,18 @@ def _epoch(m: re.Match[str]) -> float | None:
         dt = datetime(year, month, int(g["d"]), int(g["H"]), int(g["M"]), int(g["S"]), tzinfo=UTC)
     except (KeyError, ValueError, TypeError):
         return None
+    zone = g.get("z")
+    if zone and zone != "Z":  # +02:00 is two hours ahead of UTC: subtract it
+        digits = zone[1:].replace(":", "")
+        offset = 3600 * int(digits[:2]) + 60 * int(digits[2:])
+        frac -= offset if zone[0] == "+" else -offset
     return dt.timestamp() + frac
+
+
+def _parse_custom(text: str, fmt: str) -> float:
+    """``strptime``'s epoch seconds; a time without a zone (no ``%z`` in ``fmt``) is taken as UTC."""
+    dt = datetime.strptime(text, fmt)
+    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
 
 
 def mask_template(message: str) -> str:
@@ -158,11 +174,7 @@ class LogParser:
                 return None, None, None
             text = m.group("ts")
             try:
-                value = (
-                    datetime.strptime(text, self._custom_format).replace(tzinfo=UTC).timestamp()
-                    if self._custom_format
-                    else float(text)
-                )
+                value = _parse_custom(text, self._custom_format) if self._custom_format else float(text)
             except ValueError:
                 return None, text, m.span("ts")
             return value, text, m.span("ts")

@@ -39,6 +39,8 @@ from pipeline.sources import (
 
 GZIP_MAGIC = b"\x1f\x8b"
 BLOCK = 1 << 20
+#: Lines longer than this come in pieces (``iter_raw_lines``' ``max_line``).
+MAX_LINE = BLOCK
 SNIFF = 8192
 # Control bytes that do not occur in text; a first block with many of them is binary even without NULs.
 _TEXT_CONTROLS = {7, 8, 9, 10, 12, 13, 27}
@@ -61,6 +63,39 @@ def _looks_binary(head: bytes) -> bool:
         return True
     controls = sum(1 for b in head if b < 32 and b not in _TEXT_CONTROLS)
     return controls > 0.1 * len(head)
+
+
+def _pieces(stream: BinaryIO, limit: int | None) -> Iterator[tuple[bytes, bool]]:
+    """``(bytes, ends_a_line)``: the stream's lines, each cut into pieces of about ``limit`` bytes."""
+    if limit is None:
+        for line in stream:
+            yield line, True
+        return
+    carry = b""  # the start of a character cut off the previous piece (at most 3 bytes)
+    while True:
+        want = max(limit - len(carry), 1)
+        chunk = stream.readline(want)
+        if not chunk:
+            if carry:
+                yield carry, True
+            return
+        data, carry = carry + chunk, b""
+        if data.endswith(b"\n") or len(chunk) < want:  # a whole line, or the file's last one
+            yield data, True
+            continue
+        cut = _utf8_cut(data)
+        data, carry = data[:cut], data[cut:]
+        yield data, False
+
+
+def _utf8_cut(data: bytes) -> int:
+    """Where to cut ``data`` so that no UTF-8 character is split: before an incomplete last character."""
+    i = len(data) - 1
+    while i > 0 and len(data) - i < 4 and data[i] & 0xC0 == 0x80:  # back over continuation bytes
+        i -= 1
+    lead = data[i]
+    size = 1 if lead < 0x80 else 2 if lead < 0xE0 else 3 if lead < 0xF0 else 4
+    return len(data) if i + size <= len(data) or i == 0 else i
 
 
 def _read_head(stream: BinaryIO, size: int) -> tuple[bytes, Exception | None]:
@@ -102,11 +137,16 @@ def iter_raw_lines(
     compression: Literal["infer", "gzip", "none"] = "infer",
     start: int | None = None,
     on_damage: Callable[[InputError], None] | None = None,
+    max_line: int | None = MAX_LINE,
 ) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` pairs, the line without its newline, read through a 1 MiB buffer.
 
-    ``start``: resume at this offset (one this reader yielded: a line's first byte, counted in the
-    decompressed stream for gzip) instead of the range's start; the file is not sniffed again.
+    ``max_line``: a longer line comes in pieces of at most this many bytes (cut between UTF-8
+    characters), so a file without newlines (minified text, old Mac line ends) streams in bounded memory
+    too; None yields whole lines (a JSONL record must be parsed whole). A piece belongs to the byte range
+    its line starts in.
+    ``start``: resume at this offset (one this reader yielded: a line's or a piece's first byte, counted
+    in the decompressed stream for gzip) instead of the range's start; the file is not sniffed again.
     ``on_damage``: where gzip data that breaks off after some complete lines (a truncated download) is
     reported (``InputError('corrupt_gzip')`` saying how much was read); the lines before the damage are
     yielded and iteration ends normally. Without it, or when nothing decompresses, the error is raised.
@@ -134,8 +174,10 @@ def iter_raw_lines(
         offset = 0
         try:
             if start is not None and start > begin:
-                # A resumed read: `start` begins a line (this reader yielded it); gzip decompresses up to it.
-                stream.seek(start)
+                # A resumed read: `start` begins a line or a piece of a long one (this reader yielded it);
+                # gzip decompresses up to it.
+                stream.seek(start - 1)
+                at_line_start = stream.read(1) == b"\n"
                 offset = start
             else:
                 if begin > 0:
@@ -157,11 +199,14 @@ def iter_raw_lines(
                         f" Remove it from the inputs or convert it to text.{hint}",
                     )
                 stream.seek(offset)
-            for line in stream:
-                if end is not None and offset >= end:
+                at_line_start = True
+            for line, ends in _pieces(stream, max_line):
+                # Only a line's first piece can end the range: the rest of a long line belongs to it.
+                if end is not None and at_line_start and offset >= end:
                     return
                 yield offset, line[:-1] if line.endswith(b"\n") else line
                 offset += len(line)
+                at_line_start = ends
         except GZIP_ERRORS as exc:
             damage_error = _gzip_damage(where, offset, exc)
             if on_damage is None or offset == 0:
@@ -198,20 +243,25 @@ def iter_lines_at(
         src, storage, byte_range, compression=opts.compression, start=start, on_damage=on_damage
     )
     for number, (offset, line) in enumerate(raw):
-        if offset == 0 and line.startswith(codecs.BOM_UTF8):
-            line = line[3:]
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        try:
-            yield offset, line.decode(opts.encoding, opts.encoding_errors)
-        except UnicodeDecodeError as exc:
-            raise InputError(
-                "encoding",
-                f"{src.display}: invalid {opts.encoding} at byte {offset + exc.start} "
-                f"(line {number + 1} of this read): {exc.reason}. Re-encode it as UTF-8 (e.g. "
-                "`iconv -f latin1 -t utf-8`), or set input.encoding to its real encoding, or "
-                "input.encoding_errors: replace.",
-            ) from None
+        yield offset, _decode(src, opts, offset, number, line)
+
+
+def _decode(src: SourceFile, opts: ReadOptions, offset: int, number: int, line: bytes) -> str:
+    """One raw line as text (BOM and ``\\r`` dropped); invalid bytes raise ``InputError('encoding')``."""
+    if offset == 0 and line.startswith(codecs.BOM_UTF8):
+        line = line[3:]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    try:
+        return line.decode(opts.encoding, opts.encoding_errors)
+    except UnicodeDecodeError as exc:
+        raise InputError(
+            "encoding",
+            f"{src.display}: invalid {opts.encoding} at byte {offset + exc.start} "
+            f"(line {number + 1} of this read): {exc.reason}. Re-encode it as UTF-8 (e.g. "
+            "`iconv -f latin1 -t utf-8`), or set input.encoding to its real encoding, or "
+            "input.encoding_errors: replace.",
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------- documents
@@ -279,6 +329,11 @@ def parse_questions(value: Any, field_name: str) -> list[str]:
         return []
     if isinstance(value, str):
         return [value] if value.strip() else []
+    if not isinstance(value, (list, tuple)):
+        raise ValueError(
+            f"the questions must be a string or a list (of strings or mappings with {field_name!r}), "
+            f"got {type(value).__name__} {value!r:.80}"
+        )
     out: list[str] = []
     for item in value:
         if isinstance(item, str):
@@ -295,24 +350,34 @@ def parse_questions(value: Any, field_name: str) -> list[str]:
 
 
 def _record_document(
-    src: SourceFile, index: int, rec: Any, opts: ReadOptions, where: str, key: str | None = None
+    src: SourceFile, index: int | None, rec: Any, opts: ReadOptions, where: str, key: str
 ) -> Document:
-    record_id = str(index)
-    if isinstance(rec, dict) and opts.id_column and rec.get(opts.id_column) is not None:
-        record_id = str(rec[opts.id_column])
-    key = f"id={record_id}" if opts.id_column else key or f"record={index}"
-    doc = Document(stream_id=f"{src.uri}#{key}", source_uri=src.display, record=record_id)
+    """One record as a document. ``index``: its index in the file (None for a record of a byte range,
+    whose place in the file is unknown); ``key``: its position's name (``record=N`` or ``offset=B``).
+
+    A record with a value in ``input.id_column`` is named by it (``id=...``); one without keeps its
+    positional name, which no other record of the file shares (a fallback ``id=<index>`` could be
+    another record's id, or the index of a record in another part)."""
+    named = isinstance(rec, dict) and bool(opts.id_column) and rec.get(opts.id_column) is not None
+    record_id = str(rec[opts.id_column]) if named else None if index is None else str(index)
+    stream_key = f"id={record_id}" if named else key
+    doc = Document(stream_id=f"{src.uri}#{stream_key}", source_uri=src.display, record=record_id)
     if not isinstance(rec, dict):
-        doc.error = InputError("bad_record", f"{where}: record {index} is not an object; expected {{...}}.")
+        doc.error = InputError("bad_record", f"{where}: the record is not an object; expected {{...}}.")
         return doc
     text = rec.get(opts.text_column)
     if not isinstance(text, str):
         have = ", ".join(sorted(map(str, rec))[:12])
-        problem = "has no" if text is None else "has a non-string"
+        if opts.text_column not in rec:
+            problem = f"has no {opts.text_column!r} field"
+        elif text is None:
+            problem = f"has {opts.text_column!r} = null (no text)"
+        else:
+            problem = f"has a non-string {opts.text_column!r} ({type(text).__name__})"
         doc.error = InputError(
             "bad_record",
-            f"{where}: record {index} {problem} {opts.text_column!r} field; set input.text_column to the "
-            f"field that holds the text (it has: {have}).",
+            f"{where}: the record {problem}; set input.text_column to the field that holds the text (it "
+            f"has: {have}), or fix the record.",
         )
         return doc
     doc.text = text
@@ -320,7 +385,7 @@ def _record_document(
         try:
             doc.questions = parse_questions(rec.get(opts.question_column), opts.question_field)
         except ValueError as exc:
-            doc.error = InputError("bad_record", f"{where}: record {index}: {exc}")
+            doc.error = InputError("bad_record", f"{where}: {exc}")
     return doc
 
 
@@ -336,31 +401,34 @@ def _iter_jsonl(
     byte_range: tuple[int, int] | None,
     every: tuple[int, int] | None = None,
 ) -> Iterator[Document]:
-    # A byte range does not know how many records precede it: its records are named by byte offset.
+    # A byte range does not know how many records precede it: its records are named by byte offset, and
+    # max_records_per_file counts the part's records. Lines are decoded one by one, so a line with invalid
+    # bytes is that record's error, not the end of the file.
     index = 0
-    for number, (offset, line) in enumerate(iter_lines_at(src, storage, opts, byte_range), start=1):
-        if not line.strip():
+    raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None)
+    for number, (offset, data) in enumerate(raw):
+        if not data.strip():
             continue
         if opts.max_records_per_file is not None and index >= opts.max_records_per_file:
             return
         if not _mine(index, every):  # another reader's record: not even parsed
             index += 1
             continue
-        key = f"offset={offset}" if byte_range else None
-        where = f"{src.display} byte {offset}" if byte_range else f"{src.display} line {number}"
+        key = f"offset={offset}" if byte_range else f"record={index}"
+        position = None if byte_range else index
+        where = f"{src.display} byte {offset}" if byte_range else f"{src.display} line {number + 1}"
         try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield Document(
-                stream_id=f"{src.uri}#{key or f'record={index}'}",
-                source_uri=src.display,
-                record=str(index),
-                error=InputError(
-                    "bad_record", f"{where}: not valid JSON ({exc.msg}); fix or remove the line."
-                ),
+            rec = json.loads(_decode(src, opts, offset, number, data))
+        except (InputError, json.JSONDecodeError) as exc:
+            error = (
+                exc
+                if isinstance(exc, InputError)
+                else InputError("bad_record", f"{where}: not valid JSON ({exc.msg}); fix or remove the line.")
             )
+            record = None if position is None else str(position)
+            yield Document(f"{src.uri}#{key}", src.display, record, error=error)
         else:
-            yield _record_document(src, index, rec, opts, where, key)
+            yield _record_document(src, position, rec, opts, where, key)
         index += 1
 
 
@@ -414,7 +482,8 @@ def _iter_parquet(
     groups = list(range(*row_groups)) if row_groups else None
     # Records keep their index in the whole file, so a split file names them as an unsplit one does.
     index = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
-    limit = opts.max_records_per_file
+    # max_records_per_file counts from the part's first row, as a JSONL part's does.
+    limit = None if opts.max_records_per_file is None else index + opts.max_records_per_file
     for batch in pf.iter_batches(batch_size=16, columns=columns, row_groups=groups):
         # Only this reader's rows become Python objects (the others' are skipped unconverted).
         mine = [i for i in range(batch.num_rows) if _mine(index + i, every)]
@@ -422,7 +491,8 @@ def _iter_parquet(
         for i, rec in zip(mine, records):
             if limit is not None and index + i >= limit:
                 return
-            yield _record_document(src, index + i, rec, opts, f"{src.display} row {index + i}")
+            row = index + i
+            yield _record_document(src, row, rec, opts, f"{src.display} row {row}", f"record={row}")
         index += batch.num_rows
         if limit is not None and index >= limit:
             return
@@ -479,7 +549,8 @@ def iter_log_lines_at(
         yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
         return
     first_record, first_line = (int(start[0]), int(start[1])) if start else (0, 0)
-    for number, doc in enumerate(iter_documents(src, storage, opts)):
+    # A part of a split JSONL log reads the records that start in its byte range.
+    for number, doc in enumerate(iter_documents(src, storage, opts, byte_range)):
         if number < first_record:
             continue
         if doc.error:

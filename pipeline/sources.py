@@ -235,6 +235,19 @@ def _hidden(relative: str) -> bool:
     return any(part.startswith((".", "_")) for part in relative.strip("/").split("/") if part)
 
 
+def _is_file(name: str, info: dict[str, Any]) -> bool:
+    """A listing entry that is a file: not a directory, nor the empty ``prefix/`` object that S3
+    consoles create as a folder marker."""
+    return info.get("type") != "directory" and not name.endswith("/")
+
+
+def _exists(fs: Any, path: str) -> bool:
+    try:
+        return bool(fs.exists(path))
+    except ACCESS_ERRORS:
+        return False  # the glob below reports it
+
+
 def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextFormat) -> list[SourceFile]:
     """Files named by ``paths`` (files, directories searched recursively, globs), in a stable order."""
     out: list[SourceFile] = []
@@ -259,13 +272,13 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
             error = input_error(exc, display_uri(uri))
             add(uri, error=(error.kind, error.message))
 
-        if has_magic(path):
+        if has_magic(path) and not _exists(fs, path):  # "book [2024].txt" is a name, not a pattern
             try:
                 matches = fs.glob(path, detail=True)
             except ACCESS_ERRORS as exc:
                 unreadable(exc)
                 continue
-            files = sorted(n for n, info in matches.items() if info.get("type") != "directory")
+            files = sorted(n for n, info in matches.items() if _is_file(n, info))
             if not files:
                 add(
                     uri,
@@ -287,7 +300,7 @@ def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextForma
             except ACCESS_ERRORS as exc:
                 unreadable(exc)
                 continue
-            names = sorted(n for n in found if not _hidden(n[len(path) :]))
+            names = sorted(n for n, i in found.items() if _is_file(n, i) and not _hidden(n[len(path) :]))
             if not names:
                 add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
             for name in names:

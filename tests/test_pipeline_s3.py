@@ -160,3 +160,16 @@ def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
     finals = rows[rows.row_kind == "final"]
     assert sorted(finals.stream_id) == [f"s3://corpus/outage/{n}" for n in names]
     assert not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()
+
+
+def test_folder_marker_objects_are_not_inputs(s3_server):
+    """The empty ``prefix/`` object an S3 console's "Create folder" leaves is not a file of the prefix."""
+    from pipeline.sources import TextFormat, expand_inputs
+
+    fs = s3_server
+    fs.call_s3("put_object", Bucket="corpus", Key="marked/", Body=b"")
+    fs.pipe_file("corpus/marked/a.txt", b"Call me Ishmael.\n")
+    fs.invalidate_cache()
+    for spec in ("s3://corpus/marked/", "s3://corpus/marked/*"):
+        found = expand_inputs([spec], Storage.from_env(), TextFormat())
+        assert [(s.uri, s.error) for s in found] == [("s3://corpus/marked/a.txt", None)], spec

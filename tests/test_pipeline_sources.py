@@ -204,6 +204,10 @@ def test_plan_files_splits_large_text_and_group_by_path_key(tmp_path):
         ("Jun 14 15:16:01 combo sshd(pam_unix)[19939]: x", "Jun 14 15:16:01", 960995761.0),
         ("03-17 16:13:38.811  1702  2395 D WindowManager: x", "03-17 16:13:38.811", 953309618.811),
         ("[10.30 16:49:06] chrome.exe - proxy", "10.30 16:49:06", 972924546.0),
+        ("2024-01-05T10:00:00Z GET /", "2024-01-05T10:00:00Z", 1704448800.0),
+        ("2024-01-05T10:00:00.5+02:00 GET /", "2024-01-05T10:00:00.5+02:00", 1704441600.5),
+        ("2024-01-05 10:00:00-0530 GET /", "2024-01-05 10:00:00-0530", 1704468600.0),
+        ("2024-01-05 10:00:00 - INFO no zone", "2024-01-05 10:00:00", 1704448800.0),
         ("no timestamp here", None, None),
     ],
 )
@@ -211,6 +215,16 @@ def test_timestamp_formats(line, text, epoch):
     ts, ts_text, _ = LogParser().timestamp(line)
     assert ts_text == text
     assert ts == pytest.approx(epoch) if epoch else ts is None
+
+
+def test_custom_timestamp_format_keeps_its_zone():
+    """An Apache access log's ``%z`` offset is the time's zone; a format without one is UTC."""
+    parser = LogParser(timestamp_pattern=r"\[(?P<ts>[^\]]+)\]", timestamp_format="%d/%b/%Y:%H:%M:%S %z")
+    east, _, _ = parser.timestamp('1.2.3.4 - - [05/Jan/2024:10:00:00 +0200] "GET / HTTP/1.1" 200')
+    west, _, _ = parser.timestamp('1.2.3.4 - - [05/Jan/2024:09:30:00 -0100] "GET / HTTP/1.1" 200')
+    assert (east, west) == (1704441600.0, 1704450600.0)  # 08:00 and 10:30 UTC: east is the earlier
+    naive = LogParser(timestamp_pattern=r"^(?P<ts>\S+ \S+)", timestamp_format="%Y-%m-%d %H:%M:%S")
+    assert naive.timestamp("2024-01-05 10:00:00 x")[0] == 1704448800.0
 
 
 def test_levels_templates_and_window_stats():
@@ -288,6 +302,125 @@ def test_reading_resumes_at_any_position_it_yielded(tmp_path, name):
         ]
     docs = list(iter_documents(src))
     assert [line for _, line in docs[0].lines_at(pairs[57][0])] == lines[57:]
+
+
+def test_long_lines_stream_in_pieces_and_ranges_still_partition_them(tmp_path):
+    """A line longer than MAX_LINE (a file without newlines) comes in pieces cut between UTF-8
+    characters, in bounded memory; byte ranges and resumed reads keep every piece exactly once."""
+    from pipeline.readers import MAX_LINE
+
+    long = ("é€a" * (3 * MAX_LINE // 6 + 7))[:-1]  # ~3 MiB of 1-, 2- and 3-byte characters
+    lines = ["first", long, "", "last"]
+    path = tmp_path / "one-line.txt"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    src = _src(path)
+    pairs = list(iter_lines_at(src))
+    pieces = [line for _, line in pairs]
+    assert len(pieces) > 6 and max(len(p.encode()) for p in pieces) <= MAX_LINE
+    assert pieces[0] == "first" and "".join(pieces[1:-2]) == long and pieces[-2:] == ["", "last"]
+    size = path.stat().st_size
+    rng = random.Random(1)
+    for cuts in ([0, size], [0, MAX_LINE // 2, 2 * MAX_LINE + 5, size],
+                 sorted({0, size, *rng.sample(range(1, size), 9)})):  # fmt: skip
+        got = [p for a, b in itertools.pairwise(cuts) for _, p in iter_lines_at(src, byte_range=(a, b))]
+        assert got == pieces, cuts
+    assert [line for _, line in iter_lines_at(src, start=pairs[3][0])] == pieces[3:]
+    # Bounded memory: a 24 MiB line is never held whole.
+    big = tmp_path / "minified.txt"
+    with big.open("w") as fh:
+        for _ in range(24):
+            fh.write("x" * 2**20)
+    tracemalloc.start()
+    count = sum(1 for _ in iter_lines(_src(big)))
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert count == 24 and peak < 8 * 2**20, f"peak {peak / 2**20:.1f} MiB"
+
+
+def test_jsonl_line_with_invalid_bytes_is_that_records_error(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    bad = json.dumps({"text": "Caf\u00e9"}).encode().replace(b"\\u00e9", b"\xe9")  # latin-1 byte
+    path.write_bytes(
+        b"\n".join([json.dumps({"text": "one"}).encode(), bad, json.dumps({"text": "three"}).encode()])
+    )
+    docs = list(iter_documents(_src(path)))
+    assert [(d.stream_id.split("#")[1], d.text) for d in docs] == [
+        ("record=0", "one"), ("record=1", None), ("record=2", "three")
+    ]  # fmt: skip
+    assert docs[1].error is not None and docs[1].error.kind == "encoding" and "byte" in docs[1].error.message
+
+
+def test_malformed_questions_are_that_records_error(tmp_path):
+    path = tmp_path / "qa.jsonl"
+    recs = [{"text": "a", "q": ["Who?"]}, {"text": "b", "q": 5},
+            {"text": "c", "q": {"question_text": "Why?"}}, {"text": "d", "q": "What?"}]  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    docs = list(iter_documents(_src(path), opts=ReadOptions(question_column="q")))
+    assert [d.error.kind if d.error else d.questions for d in docs] == [
+        ["Who?"], "bad_record", "bad_record", ["What?"]
+    ]  # fmt: skip
+    assert "must be a string or a list" in docs[1].error.message and "line 2" in docs[1].error.message
+
+
+def test_record_names_never_collide_and_split_parts_keep_limits(tmp_path):
+    """Records without an id keep their positional name (never another record's ``id=``); a record of a
+    split JSONL part has no file index (its name is its byte offset); max_records_per_file counts per part
+    for JSONL and Parquet alike."""
+    path = tmp_path / "docs.jsonl"
+    recs = [{"id": "3", "text": "a"}, {"id": "x", "text": "b"}, {"text": "no id"}, {"text": "no id"}]
+    recs += [{"id": f"d{i}", "text": f"t{i}"} if i % 3 else {"text": f"t{i}"} for i in range(40)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    opts = ReadOptions(id_column="id")
+    src = _src(path)
+    whole = list(iter_documents(src, opts=opts))
+    names = [d.stream_id.split("#")[1] for d in whole]
+    assert names[:4] == ["id=3", "id=x", "record=2", "record=3"] and len(set(names)) == len(recs)
+    assert [d.record for d in whole[:4]] == ["3", "x", "2", "3"]
+    tasks = plan_files("qa", [src], split_parts=4, min_split_bytes=1)
+    assert len(tasks) == 4
+    parts = [d for t in tasks for d in iter_documents(t.sources[0], opts=opts, byte_range=t.byte_range)]
+    assert [d.text for d in parts] == [r["text"] for r in recs]
+    assert len({d.stream_id for d in parts}) == len(recs)
+    assert all(d.record is None for d, r in zip(parts, recs) if "id" not in r)  # not a part-local index
+    limited = ReadOptions(max_records_per_file=2)
+    assert [
+        len(list(iter_documents(t.sources[0], opts=limited, byte_range=t.byte_range))) for t in tasks
+    ] == [2] * 4
+    pq.write_table(
+        pa.table({"text": [f"t{i}" for i in range(40)]}), tmp_path / "s.parquet", row_group_size=10
+    )
+    ptasks = plan_files("qa", [_src(tmp_path / "s.parquet")], split_parts=4, min_split_bytes=1)
+    counts = [
+        len(list(iter_documents(t.sources[0], opts=limited, row_groups=tuple(t.extra["row_groups"]))))
+        for t in ptasks
+    ]
+    assert counts == [2] * 4
+
+
+def test_split_jsonl_log_parts_read_each_line_once(tmp_path):
+    from pipeline.readers import iter_log_lines_at
+
+    path = tmp_path / "app.jsonl"
+    lines = [f"2024-01-05 10:00:{i % 60:02d} INFO line {i}" for i in range(200)]
+    path.write_text("".join(json.dumps({"text": line}) + "\n" for line in lines))
+    tasks = plan_files("logs", [_src(path)], split_parts=4, min_split_bytes=1, records_are_streams=False)
+    assert len(tasks) == 4
+    got = [line for t in tasks for _, line in iter_log_lines_at(t.sources[0], byte_range=t.byte_range)]
+    assert got == lines
+    # Resuming inside a part reads on from there, to the part's end.
+    first = list(iter_log_lines_at(tasks[1].sources[0], byte_range=tasks[1].byte_range))
+    again = iter_log_lines_at(tasks[1].sources[0], byte_range=tasks[1].byte_range, start=first[7][0])
+    assert [line for _, line in again] == [line for _, line in first[7:]]
+
+
+def test_names_with_glob_characters_are_literal_when_they_exist(tmp_path):
+    (tmp_path / "book [2024].txt").write_text("Call me Ishmael.\n")
+    (tmp_path / "other.txt").write_text("x\n")
+    [src] = expand_inputs([str(tmp_path / "book [2024].txt")], None, OPTS)
+    assert src.error is None and list(iter_lines(src)) == ["Call me Ishmael."]
+    assert [s.uri for s in expand_inputs([str(tmp_path / "*.txt")], None, OPTS)] == [
+        str(tmp_path / "book [2024].txt"), str(tmp_path / "other.txt")
+    ]  # fmt: skip
 
 
 def test_records_can_be_shared_by_readers_and_keep_their_names(tmp_path):

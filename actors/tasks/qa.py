@@ -76,10 +76,13 @@ def load_questions_file(uri: str, storage: Storage | None, field_name: str) -> Q
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ValueError(f"qa.questions_file {display_uri(uri)} is not valid YAML/JSON: {exc}") from None
-    if isinstance(data, list):
-        return parse_questions(data, field_name)
-    if isinstance(data, dict):
-        return {str(k): parse_questions(v, field_name) for k, v in data.items()}
+    try:
+        if isinstance(data, list):
+            return parse_questions(data, field_name)
+        if isinstance(data, dict):
+            return {str(k): parse_questions(v, field_name) for k, v in data.items()}
+    except ValueError as exc:
+        raise ValueError(f"qa.questions_file {display_uri(uri)}: {exc}") from None
     raise ValueError(f"qa.questions_file {display_uri(uri)} must hold a list, or a mapping document -> list")
 
 
