@@ -104,7 +104,8 @@ class Cascading(CachePolicy):
         reduced = grouped.amax(2) if self.reduce == "max" else grouped.mean(2)  # (L, H, n)
         if self.scores.shape[-1] < n or self.scores.device != scores.device:
             grown = torch.zeros(self.num_layers, self.num_kv_heads, n, device=scores.device)
-            grown[..., : self.length] = self.scores[..., : self.length].to(scores.device)
+            # the kept slots and the tokens still waiting for select (deferred decode steps)
+            grown[..., :old] = self.scores[..., :old].to(scores.device)
             self.scores = grown
         ema = self.scores[..., :n]  # (L, H, n)
         ema[..., :old].mul_(self.beta**n_new)

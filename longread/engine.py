@@ -82,7 +82,10 @@ class Snapshot:
         buf = io.BytesIO()
         state = {
             "cache": {k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.cache.items()},
-            "policy": self.policy.state_dict(),
+            # on the host, like the cache: bytes written on a GPU load anywhere (Cascading's scores)
+            "policy": {
+                k: v.cpu() if isinstance(v, torch.Tensor) else v for k, v in self.policy.state_dict().items()
+            },
             "policy_name": self.policy.name,
             "policy_params": self.policy.params(),
             "last_logits": None if self.last_logits is None else self.last_logits.cpu(),
@@ -93,7 +96,7 @@ class Snapshot:
     @classmethod
     def from_bytes(cls, data: bytes, prototype: CachePolicy) -> Snapshot:
         """Load bytes written by ``to_bytes``; ``prototype`` is the engine's bound policy (same settings)."""
-        state = torch.load(io.BytesIO(data), weights_only=True)
+        state = torch.load(io.BytesIO(data), weights_only=True, map_location="cpu")
         if state["policy_name"] != prototype.name or state["policy_params"] != prototype.params():
             raise ValueError(
                 f"snapshot of {state['policy_name']}{state['policy_params']} cannot be restored into an "
@@ -319,12 +322,13 @@ class BatchEngine:
             if not 1 <= ids.numel() <= self.stride:
                 raise ValueError(f"a chunk holds 1..{self.stride} token ids, got {ids.numel()}")
         budget = self.prototype.budget
+        width = max(ids.numel() for ids in ids_list)
         if budget is not None:  # rows holding deferred tokens make room first
-            full = [
+            full = [  # every row is written padded to the widest chunk
                 s
-                for s, ids in zip(streams, ids_list)
+                for s in streams
                 if self.kv.length(s.row) > budget
-                and (not defer or self.kv.length(s.row) + ids.numel() > self.kv.capacity)
+                and (not defer or self.kv.length(s.row) + width > self.kv.capacity)
             ]
             if full:
                 with self.stats.compact.measure(self.device):
@@ -333,7 +337,6 @@ class BatchEngine:
         order = sorted(range(len(streams)), key=lambda i: streams[i].row)
         ordered = [streams[i] for i in order]
         sizes = [ids_list[i].numel() for i in order]
-        width = max(sizes)
         n = len(ordered)
         lengths = [self.kv.length(s.row) for s in ordered]
         batch = torch.zeros(n, width, dtype=torch.long)
@@ -382,7 +385,8 @@ class BatchEngine:
         for j, stream in enumerate(ordered):
             row_logits = out_logits[j]
             last_logits = row_logits[picks.index(sizes[j] - 1)]
-            stream.last_logits = last_logits.float()
+            # a copy: a view would keep the whole forward's logits alive (in snapshots and their bytes)
+            stream.last_logits = last_logits.to(torch.float32, copy=True)
             results[order[j]] = row_logits[: sizes[j]] if logits == "all" else last_logits
         if sums is not None:
             for j, stream in enumerate(ordered):
@@ -527,6 +531,7 @@ class BatchEngine:
         self.kv.compact(rows, index, kept)  # index (L, n, H, T)
 
     # ----------------------------------------------------------------- generation
+    @torch.inference_mode()
     def decode(self, streams: Sequence[Stream], decoders: Sequence[Decoder], feed_last: bool = False) -> None:
         """One generation step for each stream: choose a token from its last logits (its decoder's rules),
         record it, and feed it unless the stream is done (``feed_last``: also feed the final token, so
@@ -553,6 +558,7 @@ class BatchEngine:
         if feed:
             self.forward(feed, chunks, defer=self.decode_compaction == "chunk")
 
+    @torch.inference_mode()  # select writes into the policy's score buffers, made in inference mode
     def flush(self, stream: Stream) -> None:
         """Compact tokens that generation left waiting, so the stream holds at most ``budget`` again."""
         budget = self.prototype.budget

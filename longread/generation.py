@@ -63,7 +63,8 @@ class GenerationSettings:
             problems.append(f"finish_sentence={self.finish_sentence} must be >= 0 (0 = off)")
         if problems:
             raise ValueError("bad generation settings: " + "; ".join(problems))
-        object.__setattr__(self, "stop", tuple(self.stop))
+        stop = (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)  # "END" is one stop string
+        object.__setattr__(self, "stop", stop)
 
     def with_(self, **changes: Any) -> GenerationSettings:
         return replace(self, **changes)

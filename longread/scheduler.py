@@ -278,6 +278,12 @@ class Scheduler:
             if done is not None:
                 finished.append(self._finish(run, done))
         if not self.running:
+            if self.waiting and not finished and engine.free_rows == 0:
+                raise RuntimeError(
+                    f"the scheduler has {len(self.waiting)} program(s) to start but its engine has no free "
+                    "row (every row is held by a stream opened outside the scheduler); close those streams "
+                    "or give the engine more rows."
+                )
             return finished
         try:
             self._tick(self.running)

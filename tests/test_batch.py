@@ -255,3 +255,62 @@ def test_batch_batcher_survives_an_engine_failure(monkeypatch):
         batcher.run(qa_program(list(range(40)), [[1, 2]], GenerationSettings(max_new_tokens=3)))
     answers, _ = batcher.run(qa_program(list(range(30)), [[3]], GenerationSettings(max_new_tokens=2)))
     assert len(answers[0]) == 2 and engine.free_rows == 2
+
+
+def test_batch_engine_edges_defer_flush_snapshot_and_stop_strings():
+    """Deferred rows next to a wider chunk make room first; flush works outside inference mode (Cascading's
+    score buffers); a snapshot holds its own row's logits, not the whole forward's; a str stop is one
+    stop string; a scheduler whose engine has no free row says so instead of spinning."""
+    from longread.engine import Snapshot
+    from longread.generation import Decoder
+
+    model = tiny_model("llama", vocab_size=3000)
+    model.generation_config.eos_token_id = None
+    ids = torch.randint(0, 96, (40,), generator=torch.Generator().manual_seed(1))
+    engine = BatchEngine(model, build("cascading", budget=24), rows=2, stride=4)
+    a, b = engine.open(), engine.open()
+    for i in range(0, 40, 4):
+        engine.forward([a], [ids[i : i + 4]])
+    for t in range(3):  # 27 of 28 slots
+        engine.forward([a], [[5 + t]], defer=True)
+    engine.forward([a, b], [[9], ids[:4]], defer=True)  # b's 4 tokens pad a's row to 4 slots too
+    assert engine.kv.length(a.row) <= engine.kv.capacity
+    decoder = engine.decoder(GenerationSettings(max_new_tokens=3))
+    while not decoder.done:
+        engine.decode([a], [decoder], feed_last=True)
+    engine.flush(a)  # outside torch.inference_mode
+    assert engine.kv.length(a.row) == 24
+
+    wide = BatchEngine(model, build("streaming_llm"), rows=8, stride=16)
+    rows = [wide.open() for _ in range(8)]
+    wide.forward(rows, [ids[:16]] * 8, logits="all")
+    single = BatchEngine(model, build("streaming_llm"), rows=1, stride=16)
+    one = single.open()
+    single.forward([one], [ids[:16]])
+    wide_bytes, single_bytes = wide.snapshot(rows[0]).to_bytes(), single.snapshot(one).to_bytes()
+    assert len(wide_bytes) <= len(single_bytes) + 1024  # not 8 rows x 16 positions x 3000 logits
+    restored = Snapshot.from_bytes(wide_bytes, wide.prototype)
+    assert restored.last_logits is not None and restored.last_logits.shape == (3000,)
+
+    settings = GenerationSettings(max_new_tokens=50, stop="END")
+    assert settings.stop == ("END",)
+
+    class Chars:
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(chr(32 + i) for i in ids)
+
+    stopper = Decoder(settings, Chars())
+    for ch in "Do it. The END here":
+        if stopper.push(ord(ch) - 32):
+            break
+    assert (stopper.reason, stopper.text) == ("stop_string", "Do it. The ")
+
+    full = BatchEngine(model, build("streaming_llm"), rows=1, stride=4)
+    full.open()  # the only row, held outside the scheduler
+
+    def program():
+        yield Feed([1, 2, 3])
+        return "done"
+
+    with pytest.raises(RuntimeError, match="no free row"):
+        run_program(full, program())

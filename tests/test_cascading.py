@@ -213,6 +213,35 @@ def test_score_time_is_reported(tiny_llama):
 
 
 # ------------------------------------------------------------------ scores
+@pytest.mark.parametrize("prompt", [6, 40])
+def test_deferred_decode_steps_score_like_one_chunk(tiny_llama, prompt):
+    """Tokens left waiting by one-token forwards (generation's deferred compaction) are scored and then
+    inserted like one chunk of the same tokens (exact with reduce='mean'), also while the score buffer
+    still grows: a short prompt has never filled budget + stride slots."""
+    from longread.engine import BatchEngine
+
+    ids, extra = stream(prompt, seed=3), [3, 50, 7, 9]
+    with torch.inference_mode():
+        states = []
+        for deferred in (True, False):
+            policy = make_policy("cascading", budget=24, sink=4, cascades=2, reduce="mean")
+            eng = BatchEngine(tiny_llama, policy, rows=1, stride=4)
+            s = eng.open()
+            for i in range(0, prompt, 4):
+                eng.forward([s], [ids[i : i + 4]])
+            if deferred:
+                for t in extra:
+                    eng.forward([s], [[t]], defer=True)
+            else:
+                eng.forward([s], [extra], defer=True)
+            waiting = s.policy.scores[..., : s.policy.length + s.policy.pending].clone()
+            eng.flush(s)
+            states.append((waiting, eng.kv.positions(s.row).clone()))
+    (a, kept_a), (b, kept_b) = states
+    torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-9)
+    assert torch.equal(kept_a, kept_b)
+
+
 def test_ema_update_by_hand():
     policy = Cascading(budget=9, sink=1, cascades=2, beta=0.5)
     policy.bind(1, 1)  # one KV head read by two query heads
