@@ -16,8 +16,10 @@ Contract:
   ``torch.load(weights_only=True)``): plain data, ``Counter``, ``datetime``, and the state classes tasks
   register with ``allow``. A checkpoint is read from the output store, so a tampered one cannot run code.
 * A checkpoint is used only by the same job settings (``fingerprint``: model, policy, input decoding,
-  generation and the task's section); anything else -- other settings, another format version, a file
-  that does not load -- is ignored (and replaced), and the stream starts over.
+  generation and the task's section) over the same input files (``inputs``: URIs and sizes -- a log
+  group that gained or lost a file, or a file replaced by another of a different size, would make its
+  positions point elsewhere); anything else -- other settings or inputs, another format version, a file
+  that does not load -- is ignored with a warning (and replaced), and the stream starts over.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from typing import Any, TypeVar
 
 from pipeline.config import BaseJobConfig
 
-VERSION = 1
+VERSION = 2  # 2: a checkpoint names its stream's input files (inputs)
 T = TypeVar("T")
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -76,6 +78,8 @@ class Checkpoint:
     engine: bytes  # ``Save()``: the engine's state of the stream
     state: Any  # the task's state object
     worker: str = ""  # host:pid:device of the actor that wrote it
+    #: the stream's input files as [uri, size] (see ``StreamInfo.inputs``): its positions are theirs
+    inputs: list[list[Any]] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     version: int = VERSION
 

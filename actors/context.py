@@ -114,6 +114,8 @@ class StreamInfo:
     part_index: int = 0
     part_count: int = 1
     record_id: str | None = None
+    #: the files the stream reads, with their sizes when listed: what a checkpoint's positions refer to
+    inputs: tuple[tuple[str, int | None], ...] = ()
 
 
 @dataclass
@@ -315,6 +317,7 @@ class TaskContext:
                 engine=engine,
                 state=state,
                 worker=str(self.env.columns["worker"]),
+                inputs=[list(i) for i in self.info.inputs],
             )
         )
         self._saved_at = self.tokens

@@ -208,9 +208,15 @@ class StreamWorker:
             self.fatal = self.stop.get()
         if self.fatal is not None:
             return _Started(info, None, None, 0.0)
-        if check_done and stream_key(info.stream_id) in self.done():
-            return _Started(info, None, None, 0.0)
-        resume = self._checkpoint(info.stream_id) if stream_key(info.stream_id) in checkpoints else None
+        if check_done:
+            try:
+                done = self.done()
+            except OutputError as exc:  # the output cannot be listed: as any output failure, fatal
+                self._fatal({}, exc)
+                return _Started(info, None, None, 0.0)
+            if stream_key(info.stream_id) in done:
+                return _Started(info, None, None, 0.0)
+        resume = self._checkpoint(info) if stream_key(info.stream_id) in checkpoints else None
         ctx = self.env.context(info, resume)
         ctx.saver = partial(self._save, ctx)
 
@@ -231,8 +237,9 @@ class StreamWorker:
             log.warning("checkpoints cannot be listed (%s); streams start over", exc.message)
             return set()
 
-    def _checkpoint(self, stream_id: str) -> Checkpoint | None:
+    def _checkpoint(self, info: StreamInfo) -> Checkpoint | None:
         """The stream's checkpoint if it has a usable one (see ``actors.checkpoint``)."""
+        stream_id = info.stream_id
         if self.cfg.output.checkpoint_every_tokens is None:
             return None
         data = self.writer.read_checkpoint(stream_id)
@@ -244,7 +251,19 @@ class StreamWorker:
             log.warning("%s: %s; the stream starts over", stream_id, exc)
             return None
         if checkpoint.stream_id != stream_id or checkpoint.fingerprint != self.env.fingerprint:
-            log.info("%s: its checkpoint was made under other settings; the stream starts over", stream_id)
+            log.warning("%s: its checkpoint was made under other settings; the stream starts over", stream_id)
+            return None
+        saved = [(str(uri), size) for uri, size in checkpoint.inputs]
+        now = list(info.inputs)
+        if [u for u, _ in saved] != [u for u, _ in now] or any(
+            a is not None and b is not None and a != b for (_, a), (_, b) in zip(saved, now)
+        ):
+            log.warning(
+                "%s: its input files changed since its checkpoint (then %s, now %s); the stream starts over",
+                stream_id,
+                saved,
+                now,
+            )
             return None
         log.info("%s: resuming from its checkpoint at %d tokens", stream_id, checkpoint.tokens)
         return checkpoint
@@ -289,9 +308,9 @@ class StreamWorker:
                 self.writer.remove_checkpoint(info.stream_id)
         except OutputError as exc:
             return self._fatal(status, exc)
-        done = self.done()
-        with self._done_lock:
-            done.add(stream_key(info.stream_id))
+        with self._done_lock:  # (not listed yet: a later listing finds the part)
+            if self._done is not None:
+                self._done.add(stream_key(info.stream_id))
         seconds = time.perf_counter() - started.t0
         speed = ctx.tokens / ctx.feed_seconds if ctx.feed_seconds > 0 else None
         self.metrics.record(self.job_id, self.cfg.task, state, ctx.tokens, seconds, speed)

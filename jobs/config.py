@@ -146,9 +146,11 @@ def load_config(task: str, argv: list[str] | None = None) -> tuple[BaseJobConfig
             name, params = parse_spec(args.policy)
         except PolicyConfigError as exc:
             raise ConfigError(str(exc)) from None
+        policy = data.get("policy") or {}
+        # The YAML's params belong to the YAML's policy: another policy starts from its own defaults.
+        base = (policy.get("params") or {}) if policy.get("name") == name else {}
         set_dotted(data, "policy.name", name)
-        if params:
-            set_dotted(data, "policy.params", {**(data.get("policy", {}).get("params") or {}), **params})
+        set_dotted(data, "policy.params", {**base, **params})
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq or not key.strip():

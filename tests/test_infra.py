@@ -110,3 +110,13 @@ def test_dockerfile_builds_from_the_pinned_versions_and_copies_what_exists():
                 assert (ROOT / source).exists(), source
     assert "python -m longread.assets" in text  # model and sample books baked in: no download at run time
     check_commands(text)
+    # Extras it installs exist; flash-attn 2 builds against the image's torch (its setup.py imports torch,
+    # so an isolated build fails, or compiles against another torch).
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    for extra in re.findall(r'"\.\[([\w,-]+)\]"', text):
+        assert set(extra.split(",")) <= set(extras), extra
+    for line in text.splitlines():
+        if re.search(r"pip install .*flash-attn[>=<\"]", line):
+            assert "--no-build-isolation" in line, line

@@ -13,6 +13,7 @@ import pytest
 from helpers_pipeline import book_text, job_config, log_lines, read_output
 
 from actors.checkpoint import Checkpoint, fingerprint
+from actors.context import StreamInfo
 from actors.stream_worker import StreamWorker
 from pipeline.sharding import StreamTask
 from pipeline.sources import expand_inputs
@@ -162,7 +163,49 @@ def test_checkpoint_made_under_other_settings_is_not_used(tmp_path, model_dir, l
     [status] = worker.process(unit)
     assert status["status"] == "ok" and status["resumed_tokens"] == 0  # started over
     Path(writer.checkpoint_path(book)).write_bytes(b"\x80\x05truncated")
-    assert worker._checkpoint(book) is None  # unreadable: ignored, the stream starts over
+    assert worker._checkpoint(StreamInfo(book, book)) is None  # unreadable: ignored, the stream starts over
+
+
+def test_checkpoint_of_other_input_files_is_not_used(tmp_path, model_dir, loaded, monkeypatch, caplog):
+    """A log group's checkpoint holds one position per file: when the group gains a file, or a file is
+    replaced by another, the positions would point elsewhere, so the stream starts over (with a warning)."""
+    task, inputs, sections = _write_inputs(tmp_path / "in")["logs_path_group"]
+    cfg = job_config(task, [str(p) for p in inputs], str(tmp_path / "a"), model_dir, **sections)
+    cfg.output.checkpoint_every_tokens = EVERY
+    saved: list[tuple[str, bytes]] = []
+    write = PartWriter.write_checkpoint
+    monkeypatch.setattr(
+        PartWriter, "write_checkpoint", lambda w, i, d: (saved.append((i, d)), write(w, i, d))
+    )
+    first = _worker(cfg, loaded)
+    [unit] = [u for u, _ in _units(first, "logs_path_group", inputs)]
+    assert {s["status"] for s in first.process(unit)} == {"ok"}
+    monkeypatch.undo()
+    stream_id, data = saved[len(saved) // 2]
+    assert Checkpoint.from_bytes(data).inputs == [[str(p), p.stat().st_size] for p in inputs]
+    for change in ("a file more", "a file replaced"):
+        folder = tmp_path / change.replace(" ", "-")
+        folder.mkdir()
+        files = [folder / p.name for p in inputs]
+        for src, dst in zip(inputs, files):
+            dst.write_bytes(src.read_bytes())
+        if change == "a file more":
+            files.append(folder / "host-a.3.log")
+            files[-1].write_text("\n".join(log_lines(50, "host-a", 5)) + "\n")
+        else:
+            files[0].write_text("\n".join(log_lines(140, "host-a", 7)) + "\n")
+        other = job_config(task, [str(p) for p in files], str(folder / "out"), model_dir, **sections)
+        other.output.checkpoint_every_tokens = EVERY
+        writer = PartWriter(other.output.path)
+        writer.prepare()
+        worker = _worker(other, loaded)
+        [unit] = [u for u, _ in _units(worker, "logs_path_group", files)]
+        assert unit.stream_id == stream_id  # the same group, so the same stream and checkpoint key
+        writer.write_checkpoint(stream_id, data)
+        with caplog.at_level("WARNING"):
+            [status] = worker.process(unit)
+        assert status["status"] == "ok" and status["resumed_tokens"] == 0, (change, status)
+        assert "input files changed since its checkpoint" in caplog.text
 
 
 def test_checkpoint_loading_admits_only_state_classes():

@@ -86,6 +86,14 @@ def test_flags_override_the_file(tmp_path):
         {"span": 15, "overlap": 0},
     )
     assert cfg.logs.top_templates == 9 and cfg.logs.window_tokens == 64 and cfg.progress is False
+    # --policy NAME over a file whose policy has params: another policy does not inherit them; the same
+    # policy keeps those the flag does not set.
+    path.write_text("policy: {name: lacache, params: {span: 15, overlap: 0}}\ninput: {paths: [a.txt]}\n")
+    for spec, params in [("streaming_llm", {}), ("cascading:cascades=2", {"cascades": 2}),
+                         ("lacache:span=3", {"span": 3, "overlap": 0})]:  # fmt: skip
+        cfg, _ = load_config("summarize", ["--config", str(path), "--policy", spec])
+        assert (cfg.policy.name, cfg.policy.params) == (spec.split(":")[0], params)
+        cfg.policy.build()
 
 
 @pytest.mark.parametrize(

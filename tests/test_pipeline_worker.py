@@ -247,6 +247,26 @@ def test_worker_skips_streams_already_written(tmp_path, model_dir):
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")} == mtimes
 
 
+def test_an_output_that_cannot_be_listed_is_fatal_not_an_error_row(tmp_path, model_dir, monkeypatch):
+    """The worker lists the output to skip written streams; when that listing fails (S3 throttling after
+    the driver's own listing worked) every stream reports the one output failure, no error row is written
+    and process() returns."""
+    from pipeline.writer import PartWriter, output_error
+
+    files = write_good_corpus(tmp_path / "in")
+    cfg = job_config("summarize", [str(files["records"])], str(tmp_path / "out"), model_dir)
+    worker = StreamWorker(cfg, "t1")
+
+    def listing(self):
+        raise output_error(self.output, None, PermissionError("SlowDown: reduce your request rate"), "list")
+
+    monkeypatch.setattr(PartWriter, "listing", listing)
+    statuses = run(worker)
+    assert statuses and {s["status"] for s in statuses} == {"fatal"}
+    assert "SlowDown" in statuses[0]["error"]
+    assert not list((tmp_path / "out").glob("*.parquet"))
+
+
 def test_drop_repeated_sentences():
     text = "The ship sails. The ship sails. A storm! the ship  sails. Land at last"
     assert drop_repeated_sentences(text) == "The ship sails. A storm! Land at last"

@@ -113,8 +113,9 @@ class Task:
         every = unit.extra.get("every")  # this descriptor's share of the file's records
         share = (int(every[0]), int(every[1])) if every else None
         opts = self.read_options()
+        inputs = ((src.uri, src.size),)
         for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups, share):
-            yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record), doc
+            yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record, inputs), doc
 
 
 # ---------------------------------------------------------------------------------- settings helpers

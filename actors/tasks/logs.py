@@ -275,6 +275,7 @@ class Logs(Task):
     def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
         src = unit.sources[0]
         info = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
+        info.inputs = tuple((s.uri, s.size) for s in unit.sources)
         label = f"{unit.key} ({len(unit.sources)} files)" if unit.key else src.display
         if unit.key:
             info.source_uri = ", ".join(s.display for s in unit.sources)[:2000]
