@@ -38,6 +38,14 @@ from pipeline.sources import (
 )
 
 GZIP_MAGIC = b"\x1f\x8b"
+#: Other compressed formats, by their magic bytes: named in the error, since only gzip is read.
+OTHER_COMPRESSIONS = {
+    b"BZh": "bzip2",
+    b"\xfd7zXZ\x00": "xz",
+    b"\x28\xb5\x2f\xfd": "zstd",
+    b"PK\x03\x04": "zip",
+    b"7z\xbc\xaf\x27\x1c": "7z",
+}
 BLOCK = 1 << 20
 #: Lines longer than this come in pieces (``iter_raw_lines``' ``max_line``).
 MAX_LINE = BLOCK
@@ -192,11 +200,17 @@ def iter_raw_lines(
                 if damage is not None and b"\n" not in head:
                     raise damage
                 if _looks_binary(head):
-                    hint = "" if gz else " If it is compressed, give it a .gz suffix."
+                    packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
+                    if packed is not None and offset == 0:
+                        raise InputError(
+                            "binary",
+                            f"{where} is {packed}-compressed, which is not read; decompress it, or "
+                            "recompress it with gzip (read with or without a .gz suffix).",
+                        )
                     raise InputError(
                         "binary",
                         f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
-                        f" Remove it from the inputs or convert it to text.{hint}",
+                        " Remove it from the inputs or convert it to text.",
                     )
                 stream.seek(offset)
                 at_line_start = True

@@ -111,6 +111,18 @@ def test_every_bad_input_raises_its_kind_with_the_file_and_a_fix(tmp_path, kind)
     assert any(word in info.value.message.lower() for word in fixes), info.value.message
 
 
+@pytest.mark.parametrize("name", ["bzip2", "xz"])
+def test_other_compressions_are_named_with_the_fix(tmp_path, name):
+    import bz2
+    import lzma
+
+    packed = {"bzip2": bz2.compress, "xz": lzma.compress}[name](b"Call me Ishmael.\n" * 50)
+    (tmp_path / "book.txt").write_bytes(packed)  # whatever its suffix
+    with pytest.raises(InputError, match=f"is {name}-compressed, .*recompress it with gzip") as info:
+        list(iter_lines(_src(tmp_path / "book.txt")))
+    assert info.value.kind == "binary"
+
+
 def test_encoding_option_reads_latin1(tmp_path):
     files = write_bad_corpus(tmp_path)
     opts = ReadOptions(encoding="latin-1")
