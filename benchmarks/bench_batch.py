@@ -11,7 +11,7 @@ are full (``budget + stride`` tokens each, untimed), then fed ``--feed-chunks`` 
 random tokens each, all B in one forward per chunk (aggregate feed tokens/s), then generate
 ``--decode-tokens`` tokens each, all B in one forward per step (aggregate decode tokens/s). The engine's
 device timers give the shares of compaction and of attention-score work; ``kv/stream`` is the cache memory
-per stream and ``peak`` the process's peak memory (GPU: allocated; CPU: RSS).
+per stream and ``peak`` the row's peak memory (GPU: allocated; CPU: the RSS high-water mark).
 
 The bare model step is what a batch-B engine could reach at best: one forward of a ``stride``-token chunk
 (or one token) for B rows over a DynamicCache holding ``budget`` tokens per row, cropped back after every
@@ -25,6 +25,7 @@ import argparse
 import gc
 import json
 import logging
+import resource
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,10 +56,32 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def reset_peak(device: torch.device) -> None:
+    """Start a new peak: the CUDA allocator's, or (Linux) the process's RSS high-water mark."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")  # resets VmHWM to the current RSS
+    except OSError:
+        pass  # elsewhere the peak is the process's since it started
+
+
 def peak_bytes(device: torch.device) -> int:
+    """The peak since ``reset_peak``: CUDA memory allocated, or the process's RSS high-water mark."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))
-    return int(psutil.Process().memory_info().rss)
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return max(
+        int(psutil.Process().memory_info().rss), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
 
 
 def spec_params(spec: str, budget: int, layers: int) -> dict[str, Any]:
@@ -114,14 +137,14 @@ def bench_engine(model: Any, spec: str, batch: int, args: argparse.Namespace) ->
     feed_s = timed(feed_step, 0, args.feed_chunks, device)
     stats = engine.stats
     total = stats.seconds
-    if args.profile and batch == 1:
-        profile_feed(engine, streams, chunk, spec, device)
-    feed = {
+    feed = {  # shares of the timed chunks only (the profiler's chunks below add to the same stats)
         "feed_tokens_per_s": batch * args.stride * args.feed_chunks / feed_s,
         "compact_share": stats.compact_seconds / total if total else 0.0,
         "score_share": stats.extra["score_seconds"] / total if total else 0.0,
         "feed_graph_tokens_per_s": None,
     }
+    if args.profile and batch == 1:
+        profile_feed(engine, streams, chunk, spec, device)
     if args.cuda_graphs:
         if device.type != "cuda":  # a dry run of the GPU measurement: CUDA-graph semantics, CPU timings
             engine.graphs = GraphSteps(RecordedGraphs())
@@ -307,8 +330,7 @@ def main(argv: list[str] | None = None) -> None:
                 bench_engine(model, (args.policies or DEFAULT_POLICIES)[0], batch, short)
                 gc.collect()
         for spec in args.policies or DEFAULT_POLICIES:
-            if device.type == "cuda":
-                torch.cuda.reset_peak_memory_stats(device)
+            reset_peak(device)
             rows.append(bench_engine(model, spec, batch, args))
             log.info("%s", rows[-1])
             gc.collect()

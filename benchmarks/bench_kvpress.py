@@ -115,6 +115,13 @@ def check_rope(model: Any) -> str:
     return "fixed"
 
 
+def press_ratio(n: int, budget: int) -> float:
+    """The compression ratio at which kvpress keeps exactly ``budget`` of ``n`` tokens: it keeps
+    ``int(n * (1 - ratio))``, and ``1 - budget / n`` lands a rounding error below ``budget`` for about half
+    of the lengths (it then kept budget - 1); aiming half a token above is exact."""
+    return max(0.0, (n - budget - 0.5) / n)
+
+
 def make_press(name: str, ratio: float) -> Any:
     import kvpress
 
@@ -158,7 +165,7 @@ def worker(job_path: Path, out_path: Path) -> None:
                 if (story["id"], run["press"], run["fraction"]) in {tuple(d) for d in job.get("done", [])}:
                     continue
                 budget = story["budgets"][str(run["fraction"])] if run["fraction"] is not None else n
-                ratio = max(0.0, 1.0 - budget / n)
+                ratio = press_ratio(n, budget)
                 t0 = time.perf_counter()
                 with PeakRss() as rss, torch.inference_mode():
                     cache = DynamicCache()

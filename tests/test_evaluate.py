@@ -404,3 +404,15 @@ def test_plots_eval_cli_paired_and_summary_json(tmp_path, capsys):
     assert (tmp_path / "p_paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(SystemExit, match="must match exactly one"):
         plots_main(["eval", str(a), str(b), "--paired", "nothing", "--out", str(tmp_path / "p.png")])
+
+
+def test_kvpress_ratio_keeps_exactly_the_budget():
+    """kvpress keeps ``int(n * (1 - ratio))`` tokens (kvpress 0.5.5: utils.compute_n_kept and
+    StreamingLLMPress); the benchmark's ratio must make that the budget longread keeps, for every length."""
+    from benchmarks.bench_kvpress import press_ratio
+
+    for n in range(64, 20_000, 7):
+        for budget in {1, n // 4, n // 2, n - 1, n}:
+            assert int(n * (1 - press_ratio(n, budget))) == budget, (n, budget)
+    old = [int(n * (1 - (1 - (n // 4) / n))) != n // 4 for n in range(64, 20_000, 7)]  # 1 - budget / n
+    assert sum(old) > 100  # the formula used before kept budget - 1 for these
