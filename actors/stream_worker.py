@@ -177,8 +177,16 @@ class StreamWorker:
                     while running:
                         yield self._finish(running.popitem()[1], abandon=True)
 
+        # A file that fails as a whole (missing, corrupt gzip while reading records) gets one error row
+        # under its own id. Of a file shared by several readers (``every``), the first reports it: the
+        # others fail the same way.
+        file_id = unit.stream_id or src.uri
+        every = unit.extra.get("every")
+        reports_file = not every or int(every[1]) == 0
+        read_whole, file_is_a_stream = False, False
         try:
             for stream in self.task.streams(unit, lines):
+                file_is_a_stream = file_is_a_stream or stream.info.stream_id == file_id
                 started = self._start(stream, checkpoints)
                 if started.result is None:
                     yield self._finish(started)  # skipped, or the output failed: nothing to run
@@ -187,20 +195,37 @@ class StreamWorker:
                     continue
                 running[started.result] = started
                 yield from finish_some(self.streams)
+            else:
+                read_whole = True
         except Exception as exc:
-            # The file itself failed (e.g. missing, corrupt gzip while reading records): one error row for
-            # the file; records already written stay written. Of a file shared by several readers
-            # (``every``), the first reports it: the others fail the same way.
-            every = unit.extra.get("every")
-            if not every or int(every[1]) == 0:
+            # Records already written stay written. An error row already written for the file counts as
+            # done (unless output.retry_errors), like any error stream.
+            if reports_file:
                 error = exc if isinstance(exc, InputError) else _internal(exc, src.display)
-                base = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
-                started = self._start(Stream(base, partial(_fail, error)), checkpoints, check_done=False)
+                base = StreamInfo(file_id, src.display, unit.part, unit.parts)
+                started = self._start(Stream(base, partial(_fail, error)), checkpoints)
                 if started.result is None:
                     yield self._finish(started)
                 else:
                     running[started.result] = started
+        whole_file = unit.byte_range is None and not unit.extra.get("row_groups")
+        if read_whole and reports_file and whole_file and not file_is_a_stream and self.fatal is None:
+            # A file of records read to its end: an error row an earlier run wrote for the whole file
+            # (it was missing, or broke off) is no longer true.
+            self._clear_file_error(file_id)
         yield from finish_some(1)
+
+    def _clear_file_error(self, file_id: str) -> None:
+        try:
+            removed = self.writer.remove_error(file_id)
+        except OutputError as exc:  # the next run tries again; the records' own rows are written
+            log.warning("%s: its earlier error row could not be removed (%s)", file_id, exc.message)
+            return
+        if removed:
+            log.info("%s: read to its end now; its earlier error row is removed", file_id)
+            with self._done_lock:
+                if self._done is not None:
+                    self._done.discard(stream_key(file_id))
 
     def _start(self, stream: Stream, checkpoints: set[str], check_done: bool = True) -> _Started:
         info = stream.info

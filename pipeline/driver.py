@@ -51,7 +51,7 @@ from pipeline.sharding import StreamTask, spread_records
 from pipeline.shuffle import MAX_BLOCKS, LineGrouping, line_grouped_dataset
 from pipeline.sources import ReadOptions, SourceFile, expand_inputs
 from pipeline.submit import check_output_path, submitted_job
-from pipeline.writer import OutputError, PartWriter, stream_key
+from pipeline.writer import TMP_STALE_S, OutputError, PartWriter, stream_key
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,6 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     writer.prepare()
     records = writer.job_records()  # read once: for the task check and for the run's own record
     writer.check_task(cfg.task, records)
-    writer.cleanup_tmp()
     task = make_task(cfg, storage)  # the task's own checks (e.g. a questions file) fail here, before Ray
     job_id = cfg.job_id or new_job_id(task.job_name)
     report = JobReport(job_id, cfg.task, task.job_name, writer.output)
@@ -114,10 +113,13 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     pending = [t for t in tasks if not (t.stream_id is not None and stream_key(t.stream_id) in done)]
     report.streams_skipped = len(tasks) - len(pending)
     recorder = JobRecorder(writer, cfg, job_id, report)
-    recorder.start(records)  # also marks earlier runs killed on this output interrupted
+    others = recorder.start(records)  # also marks earlier runs killed on this output interrupted
+    # What crashed runs left half-written; while another run writes here, only what is surely stale.
+    writer.cleanup_tmp(older_than=TMP_STALE_S if others else 0.0)
     if pending or grouping is not None:
-        started = init_ray(cfg.resources)
+        started = False
         try:
+            started = init_ray(cfg.resources)  # inside: a cluster that cannot start fails the run's record
             quiet_ray_data(local=not is_remote_cluster(cfg.resources))
             total: int | None
             if grouping is not None:
@@ -218,6 +220,7 @@ def _execute(
     bar = tqdm(total=total, unit="stream", desc=report.job_name, disable=not cfg.progress, dynamic_ncols=True)
     rows = iter(results.iter_rows())
     stop = StopFlag(job_id)
+    stop.clear()  # a flag left on a persistent cluster by an earlier run of this job id, killed while draining
     failure: str | None = None
     drain_until = math.inf
     try:

@@ -125,9 +125,11 @@ class JobRecorder:
             record["error"] = error[:2000]
         return record
 
-    def start(self, records: list[dict[str, Any]] | None = None) -> None:
+    def start(self, records: list[dict[str, Any]] | None = None) -> int:
         """Mark earlier runs that died without a word interrupted, write ``running``, start the heartbeat
-        (``records``: the output's ``job_records()``, if the caller read them already)."""
+        (``records``: the output's ``job_records()``, if the caller read them already). Returns how many
+        other runs may still be running on this output."""
+        alive = 0
         for record in self.writer.job_records() if records is None else records:
             if record.get("state") == "running" and record.get("job_id") != self.job_id:
                 why = _gone(record, self.owner["host"])
@@ -136,6 +138,7 @@ class JobRecorder:
                     self.writer.write_job_record(str(record["job_id"]), record)
                     log.info("marked run %s interrupted (%s)", record["job_id"], why)
                 else:
+                    alive += 1
                     log.warning(
                         "run %s is still running on output %s (heartbeat %.0f s ago): both runs may process "
                         "the same streams",
@@ -146,6 +149,7 @@ class JobRecorder:
         self.writer.write_job_record(self.job_id, self.record("running"))
         self._thread = threading.Thread(target=self._beat, name="longread-heartbeat", daemon=True)
         self._thread.start()
+        return alive
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

@@ -7,8 +7,10 @@ Contract:
   file, whichever run wrote it, and a rewrite replaces it instead of adding a second.
 * Writes are atomic. Locally the file is written under a hidden temporary name in the same folder, fsynced,
   then renamed over the final name. On S3 the object is uploaded in one request (PUT, or a multipart upload
-  that only becomes visible when it completes). A crash leaves at most a hidden ``.tmp-*`` file, which
-  readers ignore (pyarrow, pandas and DuckDB's ``*.parquet`` glob skip it) and the next run deletes.
+  that only becomes visible when it completes). A crash leaves at most a hidden ``.tmp-*.partial`` file,
+  which no reader takes for a result (its name does not end in ``.parquet``: DuckDB's ``*.parquet`` glob
+  would read a hidden one) and a later run deletes once it is older than ``TMP_STALE_S`` (a younger one
+  may belong to a run still writing to the same output).
 * Resume: ``done()`` lists the folder once; a stream whose hash is there is skipped. Error streams count as
   done unless ``retry_errors``; when a retried stream then succeeds its ``err-`` file is removed after the
   ``part-`` file is in place.
@@ -37,6 +39,7 @@ import json
 import logging
 import os
 import posixpath
+import time
 import uuid
 from typing import Any
 
@@ -57,6 +60,8 @@ from pipeline.sources import (
 log = logging.getLogger(__name__)
 
 PART, ERR, TMP = "part-", "err-", ".tmp-"
+#: A temporary file lives for one write (seconds); one older than this was left by a crash.
+TMP_STALE_S = 600
 JOBS_DIR = "_jobs"
 CHECKPOINTS_DIR = "_checkpoints"
 #: What writing to (or listing) the output may raise, besides our own errors.
@@ -186,16 +191,20 @@ class PartWriter:
             self._remove(f"{self.root}/{ERR}{key}.parquet")
         return listing["part"] if retry_errors else listing["part"] | listing["err"]
 
-    def cleanup_tmp(self) -> int:
-        """Delete temporary files a crashed run left behind; returns how many."""
+    def cleanup_tmp(self, older_than: float = TMP_STALE_S) -> int:
+        """Delete temporary files a crashed run left behind (older than ``older_than`` seconds: a younger
+        one may be another live run's write in progress); returns how many."""
         if not self.local:
             return 0
         removed = 0
+        now = time.time()
         for folder in (self.root, f"{self.root}/{JOBS_DIR}", f"{self.root}/{CHECKPOINTS_DIR}"):
             for name in self._names(folder):
-                if name.startswith(TMP):
-                    self._remove(f"{folder}/{name}")
-                    removed += 1
+                path = f"{folder}/{name}"
+                with contextlib.suppress(OSError):
+                    if name.startswith(TMP) and now - os.path.getmtime(path) >= older_than:
+                        self._remove(path)
+                        removed += 1
         if removed:
             log.info("removed %d temporary files left by an interrupted run in %s", removed, self.output)
         return removed
@@ -207,7 +216,7 @@ class PartWriter:
             if self.local:
                 folder = posixpath.dirname(path)
                 os.makedirs(folder, exist_ok=True)
-                tmp = f"{folder}/{TMP}{uuid.uuid4().hex}-{posixpath.basename(path)}"
+                tmp = f"{folder}/{TMP}{uuid.uuid4().hex}-{posixpath.basename(path)}.partial"
                 try:
                     with open(tmp, "wb") as fh:
                         fh.write(data)
@@ -223,6 +232,17 @@ class PartWriter:
                 self.fs.pipe_file(path, data)  # one object, visible only once fully uploaded
         except WRITE_ERRORS as exc:
             raise output_error(self.output, path, exc) from None
+
+    def remove_error(self, stream_id: str) -> bool:
+        """Delete the stream's error part if it has one (its error no longer holds); True if it had."""
+        path = self.path_for(stream_id, error=True)
+        try:
+            if not self.fs.exists(path):
+                return False
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, path, exc, "list") from None
+        self._remove(path)
+        return True
 
     def _remove(self, path: str) -> None:
         try:

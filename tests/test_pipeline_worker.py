@@ -267,6 +267,29 @@ def test_an_output_that_cannot_be_listed_is_fatal_not_an_error_row(tmp_path, mod
     assert not list((tmp_path / "out").glob("*.parquet"))
 
 
+def test_a_file_error_that_no_longer_holds_is_removed(tmp_path, model_dir):
+    """A records file that failed as a whole (missing) has one error row under its own id: it counts as
+    done like any error stream (re-runs skip it), and once the file reads to its end (output.retry_errors)
+    its records' rows are written and the stale file-level error row is removed."""
+    stories = tmp_path / "in" / "stories.jsonl"
+    stories.parent.mkdir()
+    settings = {"qa": {"questions": ["Who?"]}}
+    cfg = job_config("qa", [str(stories)], str(tmp_path / "out"), model_dir, **settings)
+    [first] = run(StreamWorker(cfg, "t1"))
+    assert (first["status"], first["error_kind"]) == ("error", "missing")
+    [again] = run(StreamWorker(cfg, "t2"))
+    assert again["status"] == "skipped"  # an error stream counts as done
+    stories.write_text("".join(json.dumps({"text": book_text(repeat=1)}) + "\n" for _ in range(2)))
+    retry = cfg.model_copy(deep=True)
+    retry.output.retry_errors = True
+    statuses = run(StreamWorker(retry, "t3"))
+    assert sorted((s["stream_id"].split("#")[-1], s["status"]) for s in statuses) == [
+        ("record=0", "ok"), ("record=1", "ok")
+    ]  # fmt: skip
+    rows = read_output(tmp_path / "out")
+    assert set(rows.row_kind) == {"answer"} and not list((tmp_path / "out").glob("err-*"))
+
+
 def test_drop_repeated_sentences():
     text = "The ship sails. The ship sails. A storm! the ship  sails. Land at last"
     assert drop_repeated_sentences(text) == "The ship sails. A storm! Land at last"

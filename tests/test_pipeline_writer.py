@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import errno
+import json
 import multiprocessing
 import os
 import re
@@ -109,8 +110,10 @@ def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path):
     leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
     assert len(leftovers) == 1  # the temporary file exists ...
     assert writer.done() == {stream_key("ok")}  # ... but is neither a result nor counted as done,
-    assert len(pd.read_parquet(tmp_path / "out")) == 1  # readers skip it,
-    assert writer.cleanup_tmp() == 1  # and the next run deletes it.
+    assert len(pd.read_parquet(tmp_path / "out")) == 1  # readers skip it (DuckDB's glob too),
+    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'out'}/*.parquet'").fetchall() == [(1,)]
+    assert writer.cleanup_tmp() == 0  # a young one may be another live run's write in progress,
+    assert writer.cleanup_tmp(older_than=0) == 1  # and a run that knows none is live deletes it.
     assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
     assert pq.read_table(writer.files()[0]).num_rows == 1
 
@@ -151,3 +154,23 @@ def test_an_output_folder_belongs_to_one_task(tmp_path):
     writer.check_task("logs")
     with pytest.raises(ValueError, match="holds results of task 'logs'"):
         writer.check_task("summarize")
+
+
+def test_a_cluster_that_cannot_start_fails_the_runs_record(tmp_path, model_dir, monkeypatch):
+    """Ray failing to start (a wrong RAY_ADDRESS) is the run's failure: its record says so, not running."""
+    from helpers_pipeline import book_text, job_config
+
+    import pipeline.driver
+    from jobs.run import run_job
+
+    (tmp_path / "book.txt").write_text(book_text(repeat=1))
+    cfg = job_config("summarize", [str(tmp_path / "book.txt")], str(tmp_path / "out"), model_dir)
+
+    def no_cluster(resources):
+        raise ConnectionError("could not connect to RAY_ADDRESS=ray://nowhere:10001")
+
+    monkeypatch.setattr(pipeline.driver, "init_ray", no_cluster)
+    with pytest.raises(ConnectionError):
+        run_job(cfg)
+    [record] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_jobs").glob("*.json")]
+    assert record["state"] == "failed" and "RAY_ADDRESS" in record["error"]
