@@ -61,18 +61,45 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
     cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     use_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and gpus > 0)
+    local = not is_remote_cluster(res)
     if use_gpu:
-        n = res.actors or int(gpus // res.gpus_per_actor)
+        fit = int(gpus // res.gpus_per_actor)
+        n = res.actors or fit
         if n < 1:
-            raise ValueError(
-                "model.device=cuda but the Ray cluster has no GPU yet; set resources.actors so the "
-                "autoscaler can start GPU nodes, or use model.device: auto."
+            have = (
+                "no GPU yet"
+                if gpus == 0
+                else f"{gpus:g} GPU(s), fewer than one actor's {res.gpus_per_actor:g}"
             )
+            raise ValueError(
+                f"model.device={cfg.model.device} runs actors on GPUs, but the Ray cluster has {have}; set "
+                "resources.actors so the autoscaler can start GPU nodes, lower resources.gpus_per_actor, "
+                "or use model.device: cpu."
+            )
+        if local and n > fit:  # no autoscaler on this machine: the rest would wait for GPUs forever
+            if fit < 1:
+                raise ValueError(
+                    f"{n} actors x {res.gpus_per_actor:g} GPU(s) on a local Ray with {gpus:g} GPU(s): "
+                    "lower resources.gpus_per_actor, or use model.device: cpu."
+                )
+            log.warning(
+                "%d actors x %g GPU(s) exceed the %g local GPU(s); using %d", n, res.gpus_per_actor, gpus, fit
+            )
+            n = fit
         ask = {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
     else:
         fit = max(1, int(cpus // res.threads_per_actor))
         n = res.actors or fit
-        if n > fit and not is_remote_cluster(res):
+        threads = float(res.threads_per_actor)
+        if local and threads > cpus:  # an actor asking more CPUs than the machine has would never start
+            log.warning(
+                "resources.threads_per_actor=%d exceeds the %g local CPUs; each actor asks for %g",
+                res.threads_per_actor,
+                cpus,
+                cpus,
+            )
+            threads = cpus
+        if n > fit and local:
             log.warning(
                 "%d actors x %d threads exceed the %d local CPUs; using %d",
                 n,
@@ -81,7 +108,7 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
                 fit,
             )
             n = fit
-        ask = {"num_cpus": float(res.threads_per_actor)}
+        ask = {"num_cpus": threads}
     if streams is not None:
         n = max(1, min(n, streams))
     return n, ask

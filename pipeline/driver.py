@@ -220,7 +220,7 @@ def _execute(
     bar = tqdm(total=total, unit="stream", desc=report.job_name, disable=not cfg.progress, dynamic_ncols=True)
     rows = iter(results.iter_rows())
     stop = StopFlag(job_id)
-    stop.clear()  # a flag left on a persistent cluster by an earlier run of this job id, killed while draining
+    stop.clear()  # left on a persistent cluster by an earlier run of this job id killed while draining
     failure: str | None = None
     drain_until = math.inf
     try:

@@ -223,3 +223,31 @@ def test_generation_controls_per_kind_of_output():
         config_from_dict("qa", {"input": {"paths": ["x"]}, "qa": {"generation": {"repetition_penalty": 0}}})
     with pytest.raises(ConfigError, match=r"unknown log format 'nginx'"):
         config_from_dict("logs", {"input": {"paths": ["x"]}, "logs": {"format": "nginx"}})
+
+
+def test_local_actor_requests_fit_the_machine(monkeypatch):
+    """Without an autoscaler, an actor asking more than the machine has would wait forever: requests are
+    capped to what a local Ray has, and what cannot fit at all is refused with the fix."""
+    import ray
+
+    from actors.tasks import JobConfig
+    from pipeline.cluster import actor_resources
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    def cfg(**res):
+        device = res.pop("device", "auto")
+        return JobConfig.model_validate({"task": "summarize", "model": {"device": device}, "resources": res})
+
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 2.0})
+    assert actor_resources(cfg(threads_per_actor=4), None) == (1, {"num_cpus": 2.0})
+    assert actor_resources(cfg(actors=3, threads_per_actor=1), None) == (2, {"num_cpus": 1.0})
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0, "GPU": 1.0})
+    assert actor_resources(cfg(actors=2), None) == (1, {"num_gpus": 1.0, "num_cpus": 1.0})
+    with pytest.raises(ValueError, match=r"1 GPU\(s\), fewer than one actor's 2; .*gpus_per_actor"):
+        actor_resources(cfg(gpus_per_actor=2), None)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 16.0})
+    with pytest.raises(ValueError, match="no GPU yet"):
+        actor_resources(cfg(device="cuda"), None)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster with an autoscaler: asked as given
+    assert actor_resources(cfg(device="cuda", actors=4), None) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
