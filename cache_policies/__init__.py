@@ -50,7 +50,13 @@ def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
             raise PolicyConfigError(
                 f"policy spec {spec!r}: {item!r} is not key=value (e.g. lacache:span=15,overlap=0)"
             )
-        params[key.strip()] = yaml.safe_load(value)
+        try:
+            params[key.strip()] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise PolicyConfigError(
+                f"policy spec {spec!r}: the value {value!r} of {key.strip()!r} is not valid YAML; quote or "
+                "fix it (e.g. lacache:span=15,overlap=0)."
+            ) from None
     return name.strip(), params
 
 

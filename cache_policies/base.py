@@ -42,12 +42,32 @@ class PolicyConfigError(ValueError):
     """A policy was given parameters it cannot honour; the message names the parameter and the fix."""
 
 
+def check_int(policy: str, name: str, value: Any) -> int:
+    """``value`` as a parameter that counts something (a YAML ``true`` or ``2.5`` is not one)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise PolicyConfigError(
+            f"{policy}: {name}={value!r} must be a whole number, got {type(value).__name__} "
+            f"(e.g. {policy}:{name}=4)."
+        )
+    return value
+
+
 class CachePolicy(ABC):
     name: ClassVar[str]
     #: True when ``select`` uses attention scores passed through ``observe``.
     needs_scores: ClassVar[bool] = False
+    #: False only for the full cache, which keeps everything.
+    needs_budget: ClassVar[bool] = True
 
     def __init__(self, budget: int | None, sink: int = 4) -> None:
+        if budget is None and self.needs_budget:
+            raise PolicyConfigError(
+                f"{self.name}: needs a budget (the tokens it keeps), e.g. policy.budget: 512 in the config, "
+                f"--budget 512, or {self.name}:budget=512."
+            )
+        if budget is not None:
+            check_int(self.name, "budget", budget)
+        check_int(self.name, "sink", sink)
         if budget is not None and budget < 1:
             raise PolicyConfigError(f"{self.name}: budget={budget} must be a positive number of tokens.")
         if sink < 0:

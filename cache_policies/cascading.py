@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import torch
 
-from cache_policies.base import CachePolicy, PolicyConfigError, to_device
+from cache_policies.base import CachePolicy, PolicyConfigError, check_int, to_device
 
 
 class Cascading(CachePolicy):
@@ -47,6 +47,12 @@ class Cascading(CachePolicy):
         reduce: Literal["max", "mean"] = "max",
     ) -> None:
         super().__init__(budget=budget, sink=sink)
+        check_int(self.name, "cascades", cascades)
+        if isinstance(beta, bool) or not isinstance(beta, int | float):
+            raise PolicyConfigError(
+                f"cascading: beta={beta!r} must be a number in (0, 1), got {type(beta).__name__} "
+                "(write it with a dot, e.g. beta=0.9999: YAML reads 1e-4 as text)."
+            )
         if cascades < 1:
             raise PolicyConfigError(f"cascading: cascades={cascades} must be >= 1 (1 = StreamingLLM).")
         slots = budget - sink

@@ -11,6 +11,7 @@ from cache_policies.base import CachePolicy
 
 class FullCache(CachePolicy):
     name = "full"
+    needs_budget = False
 
     def __init__(self, budget: int | None = None, sink: int = 0) -> None:
         # The budget is accepted (so every policy takes the same arguments) but ignored: nothing is evicted.

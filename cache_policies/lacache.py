@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cache_policies.base import CachePolicy, PolicyConfigError
+from cache_policies.base import CachePolicy, PolicyConfigError, check_int
 
 
 def ladder_geometry(num_layers: int, span: int, overlap: int) -> tuple[int, int, int]:
@@ -50,8 +50,8 @@ class LaCache(CachePolicy):
 
     def __init__(self, budget: int, sink: int = 4, span: int = 15, overlap: int = 0) -> None:
         super().__init__(budget=budget, sink=sink)
-        self.span = span
-        self.overlap = overlap
+        self.span = check_int(self.name, "span", span)
+        self.overlap = check_int(self.name, "overlap", overlap)
         self.block = self.keep = self.frees = 0
         self.cursor = sink
         self.sweeps = 0

@@ -292,13 +292,42 @@ class BatchEngine:
         return start
 
     # ----------------------------------------------------------------- one forward
-    def _mask(self, lengths: list[int], sizes: list[int], width: int) -> torch.Tensor:
-        """(n, 1, S, K) boolean: query q of row b sees keys <= length[b] + min(q, size[b] - 1)."""
+    def _mask(
+        self, lengths: list[int], sizes: list[int], width: int
+    ) -> torch.Tensor | dict[str, torch.Tensor]:
+        """(n, 1, S, K): query q of row b sees keys <= length[b] + min(q, size[b] - 1) -- and, in a layer
+        with a sliding window W, only the last W of those (transformers uses a given 4D mask as is, so the
+        window is applied here as it is on the uniform path). Boolean for SDPA; additive float for eager,
+        which adds the mask to the scores. Models that mix full and sliding layers (``layer_types``) get
+        one mask per kind of layer."""
         keys = max(lengths) + width
         q = torch.arange(width)[None, :]  # (1, S)
         last = torch.tensor(lengths)[:, None] + torch.minimum(q, torch.tensor(sizes)[:, None] - 1)  # (n, S)
-        visible = torch.arange(keys)[None, None, :] <= last[:, :, None]  # (n, S, K)
-        return to_device(visible[:, None], self.device)
+        k = torch.arange(keys)[None, None, :]  # (1, 1, K)
+        full = k <= last[:, :, None]  # (n, S, K)
+        model: Any = self.model
+        config = model.config.get_text_config()
+        window = getattr(config, "sliding_window", None)
+        kinds = set(getattr(config, "layer_types", None) or ())
+        sliding = None
+        if window is not None and (not kinds or "sliding_attention" in kinds):
+            sliding = full & (k > last[:, :, None] - int(window))
+
+        def prepared(visible: torch.Tensor) -> torch.Tensor:
+            visible = visible[:, None]
+            if self.attention == "eager":
+                dtype: torch.dtype = model.dtype
+                visible = torch.zeros(visible.shape, dtype=dtype).masked_fill_(
+                    ~visible, torch.finfo(dtype).min
+                )
+            return to_device(visible, self.device)
+
+        if sliding is None:
+            return prepared(full)
+        if not kinds:  # every layer slides (Mistral)
+            return prepared(sliding)
+        masks = {"full_attention": full, "sliding_attention": sliding}
+        return {kind: prepared(masks[kind]) for kind in kinds if kind in masks}
 
     @torch.inference_mode()
     def forward(

@@ -314,3 +314,28 @@ def test_batch_engine_edges_defer_flush_snapshot_and_stop_strings():
 
     with pytest.raises(RuntimeError, match="no free row"):
         run_program(full, program())
+
+
+@pytest.mark.parametrize(
+    ("model_type", "overrides"),
+    [
+        ("mistral", {"sliding_window": 8}),  # every layer slides
+        ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}),  # mixed
+        ("llama", {"attn_implementation": "eager"}),  # eager adds the mask to the scores
+    ],
+)
+def test_batch_uneven_rows_keep_sliding_windows_and_eager_masks(model_type, overrides):
+    """A forward whose rows differ in length passes the engine's own 4D mask: it must apply the model's
+    sliding window and suit the attention kernel, so each row equals the same tokens in one plain forward."""
+    model = tiny_model(model_type, **overrides)
+    ids = torch.randint(0, 97, (30,), generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        reference = model(ids[None]).logits[0]
+        engine = BatchEngine(model, make_policy("full"), rows=2, stride=5)
+        one, other = engine.open(), engine.open()
+        engine.forward([other], [ids[:3]])  # another length in the same forwards
+        out = torch.cat(
+            [engine.forward([one, other], [ids[c : c + 5], ids[3 + c // 5 : 4 + c // 5]], logits="all")[0]
+             for c in range(0, 30, 5)]
+        )  # fmt: skip
+    torch.testing.assert_close(out, reference, atol=1e-5, rtol=1e-4)

@@ -369,6 +369,8 @@ def test_select_without_scores_is_refused():
         ({"budget": 20, "sink": 4, "reduce": "median"}, "reduce='median' must be 'max'"),
         ({"budget": 4, "sink": 4}, "sink=4 leaves no room"),
         ({"budget": 20, "window": 4}, "cascading: .*window"),
+        ({"budget": 20, "beta": "1e-4"}, r"beta='1e-4' must be a number .*got str"),
+        ({"budget": 20, "cascades": 2.0}, "cascades=2.0 must be a whole number"),
     ],
 )
 def test_bad_configs_name_the_parameter(params, match):

@@ -208,6 +208,8 @@ def test_rejects_zero_free_ladder():
         ({"budget": 30, "span": 15}, "budget=30 is too small"),
         ({"budget": 512, "span": 31}, "span=31"),
         ({"budget": 512, "span": 15, "overlap": 15}, "overlap=15"),
+        ({"budget": 512, "span": True}, "span=True must be a whole number"),
+        ({"budget": 512, "span": "abc"}, "span='abc' must be a whole number"),
     ],
 )
 def test_rejects_bad_configs(kwargs, match):

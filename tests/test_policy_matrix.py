@@ -127,3 +127,20 @@ def test_architectures_stream_exactly(model_type):
     delta = run(model, build("streaming_llm", budget=32), ids, 5, rope_mode="delta")
     read = run(model, build("streaming_llm", budget=32), ids, 5, rope_mode="read")
     torch.testing.assert_close(delta, read, atol=3e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", BOUNDED)
+def test_bounded_policies_refuse_bad_budgets_and_sinks_by_name(name):
+    """No budget (a spec without one), or a budget/sink that is not a whole number, fails when the policy
+    is built, naming the parameter and the fix -- not at the first compaction with a bare assertion."""
+    from cache_policies import PolicyConfigError, from_spec, parse_spec
+
+    with pytest.raises(PolicyConfigError, match=rf"{name}: needs a budget .*--budget 512"):
+        from_spec(name)
+    for params, bad in [({"budget": 48.5}, "budget=48.5"), ({"budget": True}, "budget=True"),
+                        ({"budget": 48, "sink": 2.5}, "sink=2.5")]:  # fmt: skip
+        with pytest.raises(PolicyConfigError, match=rf"{name}: {bad} must be a whole number"):
+            make_policy(name, **{**MATRIX_PARAMS[name], **params})
+    with pytest.raises(PolicyConfigError, match=r"'\[1' of 'sink' is not valid YAML"):
+        parse_spec(f"{name}:sink=[1")
+    assert build("full").params() == {"budget": None}  # the full cache alone needs none
