@@ -3,7 +3,7 @@
 Row kinds: ``segment`` (summary of one chapter or N-token segment), ``final`` (summary of the whole
 stream), ``answer`` (one question), ``window`` (one log window's report and statistics) and ``error``
 (the stream failed; ``error_kind`` and ``error`` say why and how to fix it). docs/pipeline.md documents
-every column; ``tests/test_pipeline_schema.py`` checks that the table there matches this schema.
+every column; ``tests/test_pipeline_writer.py`` checks that the table there matches this schema.
 """
 
 from __future__ import annotations
