@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from actors.tasks import TASKS, JobConfig
 from cache_policies import PolicyConfigError, parse_spec
-from pipeline.config import BaseJobConfig
+from pipeline.config import BaseJobConfig, PolicySettings
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
@@ -148,7 +148,8 @@ def load_config(task: str, argv: list[str] | None = None) -> tuple[BaseJobConfig
             raise ConfigError(str(exc)) from None
         policy = data.get("policy") or {}
         # The YAML's params belong to the YAML's policy: another policy starts from its own defaults.
-        base = (policy.get("params") or {}) if policy.get("name") == name else {}
+        current = policy.get("name", PolicySettings.model_fields["name"].default)
+        base = (policy.get("params") or {}) if current == name else {}
         set_dotted(data, "policy.name", name)
         set_dotted(data, "policy.params", {**base, **params})
     for item in args.set:

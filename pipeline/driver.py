@@ -113,9 +113,9 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     pending = [t for t in tasks if not (t.stream_id is not None and stream_key(t.stream_id) in done)]
     report.streams_skipped = len(tasks) - len(pending)
     recorder = JobRecorder(writer, cfg, job_id, report)
-    others = recorder.start(records)  # also marks earlier runs killed on this output interrupted
-    # What crashed runs left half-written; while another run writes here, only what is surely stale.
-    writer.cleanup_tmp(older_than=TMP_STALE_S if others else 0.0)
+    recorder.start(records)  # also marks earlier runs killed on this output interrupted
+    if writer.local:  # what crashed runs left half-written; while another run writes here, only the stale
+        writer.cleanup_tmp(older_than=TMP_STALE_S if recorder.others_alive() else 0.0)
     if pending or grouping is not None:
         started = False
         try:

@@ -15,6 +15,7 @@ Contract:
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import io
 import json
@@ -254,10 +255,27 @@ def iter_lines_at(
     ``on_damage``)."""
     opts = opts or ReadOptions()
     raw = iter_raw_lines(
-        src, storage, byte_range, compression=opts.compression, start=start, on_damage=on_damage
+        src,
+        storage,
+        byte_range,
+        compression=opts.compression,
+        start=start,
+        on_damage=on_damage,
+        max_line=MAX_LINE if cuttable(opts.encoding) else None,
     )
     for number, (offset, line) in enumerate(raw):
         yield offset, _decode(src, opts, offset, number, line)
+
+
+@functools.cache
+def cuttable(encoding: str) -> bool:
+    """Whether a long line in ``encoding`` can be cut into pieces without splitting a character: UTF-8
+    (cut between characters) and single-byte codecs can; multibyte ones (gbk, shift_jis ...) are read in
+    whole lines."""
+    name = codecs.lookup(encoding).name
+    if name in ("utf-8", "utf-8-sig"):
+        return True
+    return len(bytes(range(256)).decode(name, "replace")) == 256
 
 
 def _decode(src: SourceFile, opts: ReadOptions, offset: int, number: int, line: bytes) -> str:
@@ -421,18 +439,25 @@ def _iter_jsonl(
     index = 0
     raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None)
     for number, (offset, data) in enumerate(raw):
-        if not data.strip():
+        try:
+            line: str | None = _decode(src, opts, offset, number, data)
+            error: InputError | None = None
+        except InputError as exc:
+            line, error = None, exc
+        if line is not None and not line.strip():  # blank (also a lone BOM, or non-ASCII spaces)
             continue
         if opts.max_records_per_file is not None and index >= opts.max_records_per_file:
             return
-        if not _mine(index, every):  # another reader's record: not even parsed
+        if not _mine(index, every):  # another reader's record: not parsed
             index += 1
             continue
         key = f"offset={offset}" if byte_range else f"record={index}"
         position = None if byte_range else index
         where = f"{src.display} byte {offset}" if byte_range else f"{src.display} line {number + 1}"
         try:
-            rec = json.loads(_decode(src, opts, offset, number, data))
+            if error is not None:
+                raise error
+            rec = json.loads(line or "")
         except (InputError, json.JSONDecodeError) as exc:
             error = (
                 exc

@@ -125,20 +125,17 @@ class JobRecorder:
             record["error"] = error[:2000]
         return record
 
-    def start(self, records: list[dict[str, Any]] | None = None) -> int:
+    def start(self, records: list[dict[str, Any]] | None = None) -> None:
         """Mark earlier runs that died without a word interrupted, write ``running``, start the heartbeat
-        (``records``: the output's ``job_records()``, if the caller read them already). Returns how many
-        other runs may still be running on this output."""
-        alive = 0
+        (``records``: the output's ``job_records()``, if the caller read them already)."""
         for record in self.writer.job_records() if records is None else records:
-            if record.get("state") == "running" and record.get("job_id") != self.job_id:
+            if self._other_running(record):
                 why = _gone(record, self.owner["host"])
                 if why:
                     record.update(state="interrupted", interrupted=why, noticed_by=self.job_id)
                     self.writer.write_job_record(str(record["job_id"]), record)
                     log.info("marked run %s interrupted (%s)", record["job_id"], why)
                 else:
-                    alive += 1
                     log.warning(
                         "run %s is still running on output %s (heartbeat %.0f s ago): both runs may process "
                         "the same streams",
@@ -149,7 +146,14 @@ class JobRecorder:
         self.writer.write_job_record(self.job_id, self.record("running"))
         self._thread = threading.Thread(target=self._beat, name="longread-heartbeat", daemon=True)
         self._thread.start()
-        return alive
+
+    def _other_running(self, record: dict[str, Any]) -> bool:
+        return record.get("state") == "running" and record.get("job_id") != self.job_id
+
+    def others_alive(self) -> int:
+        """Other runs that may be writing to this output now (the records read afresh)."""
+        host = self.owner["host"]
+        return sum(self._other_running(r) and not _gone(r, host) for r in self.writer.job_records())
 
     def _beat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):

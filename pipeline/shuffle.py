@@ -69,14 +69,14 @@ def _read_keyed_lines(
             yield out
 
 
-def _pack_group(group: Any, task_name: str) -> Any:
+def _pack_group(group: Any, task_name: str, sizes: dict[str, int | None] | None = None) -> Any:
     """Ray Data UDF: all lines of one key, sorted in time order, as one row (a ``StreamTask`` + lines)."""
     import pyarrow as pa
 
     table = group.sort_by([("ts", "ascending"), ("file", "ascending"), ("line_no", "ascending")])
     key = table.column("key")[0].as_py()
     uris = sorted(set(table.column("uri").to_pylist()))
-    sources = [SourceFile(u) for u in uris]
+    sources = [SourceFile(u, size=(sizes or {}).get(u)) for u in uris]  # sizes: what checkpoints compare
     extra: dict[str, Any] = {}
     if key.startswith(ERROR_KEY):
         uri = key[len(ERROR_KEY) :]
@@ -103,7 +103,9 @@ def line_grouped_dataset(
     ds = ds.map_batches(reader, fn_kwargs=kwargs, batch_size=1, batch_format="numpy")
     packer: Any = _pack_group
     grouped = ds.groupby("key").map_groups(
-        packer, fn_kwargs={"task_name": grouping.task}, batch_format="pyarrow"
+        packer,
+        fn_kwargs={"task_name": grouping.task, "sizes": {s.uri: s.size for s in sources}},
+        batch_format="pyarrow",
     )
     # Shuffle fully before the model actors start, so the two stages never compete for the same CPUs.
     return grouped.materialize()

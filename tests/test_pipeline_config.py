@@ -94,6 +94,9 @@ def test_flags_override_the_file(tmp_path):
         cfg, _ = load_config("summarize", ["--config", str(path), "--policy", spec])
         assert (cfg.policy.name, cfg.policy.params) == (spec.split(":")[0], params)
         cfg.policy.build()
+    path.write_text("policy: {params: {span: 7, overlap: 1}}\ninput: {paths: [a.txt]}\n")  # the default name
+    cfg, _ = load_config("summarize", ["--config", str(path), "--policy", "lacache"])
+    assert (cfg.policy.name, cfg.policy.params) == ("lacache", {"span": 7, "overlap": 1})
 
 
 @pytest.mark.parametrize(

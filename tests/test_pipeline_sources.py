@@ -362,6 +362,29 @@ def test_jsonl_line_with_invalid_bytes_is_that_records_error(tmp_path):
     assert docs[1].error is not None and docs[1].error.kind == "encoding" and "byte" in docs[1].error.message
 
 
+def test_jsonl_blank_lines_with_a_bom_or_unicode_spaces_are_skipped(tmp_path):
+    """Blank lines do not count as records (names stay as before): a lone BOM line, CRLF, U+00A0."""
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(b"\xef\xbb\xbf\r\n" + b'{"text": "a"}\n' + "\u00a0 \n".encode() + b'{"text": "b"}\n\n')
+    docs = list(iter_documents(_src(path)))
+    assert [(d.stream_id.split("#")[1], d.text, d.error) for d in docs] == [
+        ("record=0", "a", None), ("record=1", "b", None)
+    ]  # fmt: skip
+
+
+def test_long_lines_in_multibyte_encodings_are_read_whole(tmp_path):
+    """A cut could split a gbk character: lines in such encodings are not cut (UTF-8 and single-byte
+    codecs are)."""
+    from pipeline.readers import MAX_LINE, cuttable
+
+    assert cuttable("utf-8") and cuttable("UTF8") and cuttable("latin-1") and cuttable("cp1252")
+    assert not cuttable("gbk") and not cuttable("shift_jis")
+    path = tmp_path / "long-gbk.txt"
+    line = "中" * (MAX_LINE // 2 + 100)  # over MAX_LINE bytes in gbk
+    path.write_bytes((line + "\nend\n").encode("gbk"))
+    assert list(iter_lines(_src(path), opts=ReadOptions(encoding="gbk"))) == [line, "end"]
+
+
 def test_malformed_questions_are_that_records_error(tmp_path):
     path = tmp_path / "qa.jsonl"
     recs = [{"text": "a", "q": ["Who?"]}, {"text": "b", "q": 5},
@@ -423,6 +446,18 @@ def test_split_jsonl_log_parts_read_each_line_once(tmp_path):
     first = list(iter_log_lines_at(tasks[1].sources[0], byte_range=tasks[1].byte_range))
     again = iter_log_lines_at(tasks[1].sources[0], byte_range=tasks[1].byte_range, start=first[7][0])
     assert [line for _, line in again] == [line for _, line in first[7:]]
+
+
+def test_line_groups_carry_their_files_sizes():
+    """A line-grouped stream's sources keep the sizes the listing saw (what its checkpoints compare)."""
+    from pipeline.shuffle import _pack_group
+
+    table = pa.table({"key": ["k", "k"], "ts": [2.0, 1.0], "file": [1, 0], "line_no": [0, 0],
+                      "line": ["later", "first"], "uri": ["/b.log", "/a.log"]})  # fmt: skip
+    packed = _pack_group(table, "logs", {"/a.log": 10, "/b.log": 20})
+    task = StreamTask.from_json(packed.column("task")[0].as_py())
+    assert [(s.uri, s.size) for s in task.sources] == [("/a.log", 10), ("/b.log", 20)]
+    assert packed.column("lines")[0].as_py() == ["first", "later"]
 
 
 def test_names_with_glob_characters_are_literal_when_they_exist(tmp_path):
