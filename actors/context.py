@@ -89,20 +89,49 @@ def chat_frame(
     return (f"{system_prompt}\n\n" if system_prompt else ""), "\n\nAnswer:"
 
 
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+#: ., ! or ? (and closing quotes or brackets), then the whitespace that may end a sentence there.
+_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(\s+)")
+#: Words whose period does not end a sentence (besides initials, "U.S." and list numbers: see below).
+_ABBREVIATIONS = frozenset(
+    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "no", "fig", "mt", "gen", "col", "lt"}
+    | {"sgt", "capt", "rev"}
+)
+#: Shorter sentences are never dropped ("No. No." may be meant; a loop repeats a longer one).
+MIN_REPEAT_WORDS = 3
+
+
+def sentences(text: str) -> list[tuple[str, str]]:
+    """``text`` as (sentence, the whitespace after it) pairs, which join back to ``text``. A sentence ends
+    at ., ! or ? followed by whitespace -- not after an abbreviation (Mr.), an initial or a list number
+    (J., 1.) or a dotted word (U.S., e.g.)."""
+    out: list[tuple[str, str]] = []
+    start = 0
+    for m in _SENTENCE_END.finditer(text):
+        words = text[start : m.start()].split()
+        word = words[-1].lower() if words else ""
+        if text[m.start()] == "." and (word in _ABBREVIATIONS or len(word) == 1 or "." in word):
+            continue
+        out.append((text[start : m.start(1)], m.group(1)))
+        start = m.end()
+    out.append((text[start:], ""))
+    return out
 
 
 def drop_repeated_sentences(text: str) -> str:
-    """Drop verbatim repeats of an earlier sentence: small models under greedy decoding loop on one."""
+    """Drop verbatim repeats of an earlier sentence of at least ``MIN_REPEAT_WORDS`` words: small models
+    under greedy decoding loop on one. Everything else, line breaks included, stays as it was."""
     seen: set[str] = set()
-    kept = []
-    for sentence in _SENTENCE_END.split(text):
+    kept: list[str] = []
+    dropped = False
+    for sentence, gap in sentences(text):
         key = " ".join(sentence.lower().split())
-        if key and key in seen:
+        if key in seen and len(key.split()) >= MIN_REPEAT_WORDS:
+            dropped = True
             continue
         seen.add(key)
-        kept.append(sentence)
-    return " ".join(kept)
+        kept.append(sentence + gap)
+    out = "".join(kept)
+    return out.rstrip() if dropped and not text[-1:].isspace() else out
 
 
 @dataclass

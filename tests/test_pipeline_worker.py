@@ -293,6 +293,13 @@ def test_a_file_error_that_no_longer_holds_is_removed(tmp_path, model_dir):
 def test_drop_repeated_sentences():
     text = "The ship sails. The ship sails. A storm! the ship  sails. Land at last"
     assert drop_repeated_sentences(text) == "The ship sails. A storm! Land at last"
+    # Abbreviations, initials and list numbers do not end sentences; short repeats and line breaks stay.
+    for keep in ["Mr. Smith met Mr. Jones. Mr. Brown left.", "The U.S. team won. The U.S. fans cheered.",
+                 "Summary:\n1. Alpha.\n2. Beta.", "No. No. I said no.",
+                 "J. K. Rowling wrote it. J. K. Rowling"]:  # fmt: skip
+        assert drop_repeated_sentences(keep) == keep
+    looped = "He ran home.\nHe ran home.\nThen he slept. He ran home. "
+    assert drop_repeated_sentences(looped) == "He ran home.\nThen he slept. "
 
 
 def test_a_policy_that_does_not_fit_the_model_fails_before_ray_starts(tmp_path, model_dir):
