@@ -202,6 +202,12 @@ class StreamEnv:
             return ids if max_tokens is None else ids[: max_tokens + 1]
         return self._encode_prefix(text, max_tokens)
 
+    def left_over(self, text: str, fed: list[int]) -> bool:
+        """Whether ``text`` holds more than whitespace after its first tokens ``fed`` (what a stream that
+        stops there leaves unread: trailing blank lines are nothing)."""
+        done = len(self.tokenizer.decode(fed, skip_special_tokens=True))
+        return bool(text[done:].strip())
+
     def encode_batch(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
         """``encode`` of each text (one tokenizer call for all but the texts longer than the limit needs)."""
         if not texts:
@@ -278,6 +284,9 @@ class TaskContext:
 
     def encode_batch(self, texts: list[str], max_tokens: int | None = None) -> list[list[int]]:
         return self.env.encode_batch(texts, max_tokens)
+
+    def left_over(self, text: str, fed: list[int]) -> bool:
+        return self.env.left_over(text, fed)
 
     # ------------------------------------------------------------------ the token limit
     @property

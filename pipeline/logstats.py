@@ -19,6 +19,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from pipeline.logformats import (
     ALERT_LEVELS,
@@ -68,6 +69,7 @@ TIMESTAMP_FORMATS: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
     )
 )
 SEARCH_CHARS = 96
+_EPOCH = dict(TIMESTAMP_FORMATS)["epoch"]
 
 # Android logcat: "03-17 16:13:38.811  1702  2395 D WindowManager: ..." (single-letter level after pid/tid)
 _ANDROID_LEVEL = re.compile(r"^\S+ \S+\s+\d+\s+\d+ (?P<level>[VDIWEFA]) ")
@@ -84,12 +86,23 @@ _SPACES = re.compile(r"\s+")
 TEMPLATE_CHARS = 200
 
 
-def _epoch(m: re.Match[str]) -> float | None:
+#: The year of timestamps that carry none (syslog, Android, Proxifier): a leap year, so Feb 29 parses.
+NO_YEAR = 2000
+#: A yearless timestamp this far before the previous one means the log crossed New Year.
+NEW_YEAR_GAP_S = 180 * 86400
+
+
+def _yearless(m: re.Match[str]) -> bool:
+    g = m.groupdict()
+    return not (g.get("Y") or g.get("y") or g.get("e"))
+
+
+def _epoch(m: re.Match[str], no_year: int = NO_YEAR) -> float | None:
     g = m.groupdict()
     if g.get("e"):
         return float(g["e"]) + (float("0." + g["f"]) if g.get("f") else 0.0)
     try:
-        year = int(g["Y"]) if g.get("Y") else 2000 + int(g["y"]) if g.get("y") else 2000
+        year = int(g["Y"]) if g.get("Y") else 2000 + int(g["y"]) if g.get("y") else no_year
         month = int(g["m"]) if g.get("m") else _MONTHS[g["b"]]
         frac = float("0." + g["f"]) if g.get("f") else 0.0
         dt = datetime(year, month, int(g["d"]), int(g["H"]), int(g["M"]), int(g["S"]), tzinfo=UTC)
@@ -164,6 +177,9 @@ class LogParser:
             raise ValueError(f"level_pattern {level_pattern!r} needs a named group (?P<level>...)")
         self._alert = re.compile(alert_pattern) if alert_pattern else None
         self._last: re.Pattern[str] | None = None
+        # Yearless timestamps: years added since the first one (the log crossed New Year), and the last.
+        self._years = 0
+        self._last_yearless: float | None = None
         self.format = log_format
 
     def timestamp(self, line: str) -> tuple[float | None, str | None, tuple[int, int] | None]:
@@ -183,22 +199,41 @@ class LogParser:
         if self._last is not None:
             best = self._last.search(head)
         if best is None or best.start() > 0:
-            for _, pattern in TIMESTAMP_FORMATS:
+            for name, pattern in TIMESTAMP_FORMATS:
+                # In a stream whose timestamps have another format, a bare 10-digit number (an id, an
+                # amount) is not an epoch time: the line has no timestamp (e.g. a continuation line).
+                if name == "epoch" and self._last is not None and self._last is not _EPOCH:
+                    continue
                 m = pattern.search(head)
                 if m and (best is None or m.start() < best.start()):
                     best = m
         if best is None:
             return None, None, None
         self._last = best.re
-        return _epoch(best), best.group(0).strip("[]"), best.span()
+        seconds = _epoch(best, NO_YEAR + self._years)
+        if seconds is not None and _yearless(best):
+            last = self._last_yearless
+            if last is not None and seconds < last - NEW_YEAR_GAP_S:
+                self._years += 1  # Dec 31 -> Jan 1: the next year
+                seconds = _epoch(best, NO_YEAR + self._years)
+            elif last is not None and seconds > last + NEW_YEAR_GAP_S and self._years:
+                # a Dec 31 line written out of order just after New Year: the year before
+                return _epoch(best, NO_YEAR + self._years - 1), best.group(0).strip("[]"), best.span()
+            self._last_yearless = seconds if seconds is not None else last
+        return seconds, best.group(0).strip("[]"), best.span()
 
-    def memory(self) -> str | None:
-        """The remembered format's pattern (what a resumed stream gives ``remember``), or None."""
-        return None if self._last is None else self._last.pattern
+    def memory(self) -> list[Any] | None:
+        """What a resumed stream gives ``remember``: the remembered format's pattern and the yearless
+        timestamps' year count and last value; None before any timestamp."""
+        if self._last is None:
+            return None
+        return [self._last.pattern, self._years, self._last_yearless]
 
-    def remember(self, pattern: str | None) -> None:
-        """Try the built-in format with this pattern first again (``memory`` of an earlier parser)."""
+    def remember(self, memory: list[Any] | str | None) -> None:
+        """Continue as the parser whose ``memory()`` this is (a bare pattern: an older checkpoint's)."""
+        pattern, years, last = (memory, 0, None) if not isinstance(memory, list) else memory
         self._last = next((p for _, p in TIMESTAMP_FORMATS if p.pattern == pattern), None)
+        self._years, self._last_yearless = int(years), last
 
     def level(self, line: str) -> str:
         """The level searched for in the head of ``line`` (``level_pattern``, else the usual words)."""
@@ -360,7 +395,8 @@ class WindowStats:
             start, end = first[b], last[e]
             assert start is not None and end is not None  # hot buckets hold lines
             n = sum(lines[b : e + 1])
-            ratio = (n / ((e - b + 1) * width)) / (self.lines / span) if self.lines else 0.0
+            stamped = sum(self.per_second.values())  # the same lines the buckets count
+            ratio = (n / ((e - b + 1) * width)) / (stamped / span) if stamped else 0.0
             found.append(
                 Burst(self.second_text[start], self.second_text[end], n, sum(alerts[b : e + 1]), ratio)
             )

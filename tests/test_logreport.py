@@ -142,6 +142,39 @@ def test_template_occurrences_and_bursts():
     assert burst.rate_ratio == pytest.approx((45 / 300) / (140 / 5941))
 
 
+def test_burst_rate_counts_the_lines_it_buckets():
+    """Continuation lines (no timestamp) are no part of the bucketed rate, so not of its baseline either."""
+    parser, stats = LogParser(), WindowStats()
+    lines = [f"{_stamp(60 * i)} INFO served request {i}" for i in range(100)]
+    lines[40:40] = [f"{_stamp(2400)} ERROR disk full" for _ in range(40)]
+    lines[41:41] = ["    at com.example.Disk.write(Disk.java:42)"] * 500  # a stack trace: no timestamps
+    for line in lines:
+        stats.add(parser.parse(line))
+    (burst,) = stats.bursts()
+    assert burst.rate_ratio == pytest.approx((45 / 300) / (140 / 5941))  # as without the trace
+
+
+def test_yearless_timestamps_cross_new_year_and_ids_are_not_times():
+    """Syslog has no year: Jan 1 after Dec 31 is the next year (also for a resumed parser); in a stream
+    with another format, a 10-digit id in a line is not an epoch time."""
+    parser = LogParser()
+    times = [parser.timestamp(line)[0] for line in
+             ["Dec 31 23:59:58 host a", "Jan  1 00:00:01 host b", "Dec 31 23:59:59 host late"]]  # fmt: skip
+    assert times[1] - times[0] == 3 and times[2] - times[0] == 1  # a line out of order stays in its year
+    resumed = LogParser()
+    resumed.remember(parser.memory())
+    assert resumed.timestamp("Jan  2 00:00:01 host c")[0] == times[1] + 86400
+    legacy = LogParser()
+    legacy.remember(parser.memory()[0])  # a bare pattern, as older checkpoints hold
+    assert legacy.timestamp("Jan  2 00:00:01 host c")[0] is not None
+    iso = LogParser()
+    assert iso.timestamp("2024-01-01 00:00:00 INFO start")[0] == 1704067200.0
+    assert iso.timestamp("  Caused by: order 1999999999 not found") == (None, None, None)
+    bgl = LogParser()
+    assert bgl.timestamp("- 1117838570 2005.06.03 R02 RAS KERNEL INFO x")[0] == 1117838570.0
+    assert bgl.timestamp("- 1117838571 2005.06.03 R02 RAS KERNEL INFO y")[0] == 1117838571.0
+
+
 def test_bursts_against_a_brute_force_reference():
     """bursts() vs a direct computation over the same buckets, on irregular traffic."""
     import random

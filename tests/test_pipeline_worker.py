@@ -185,6 +185,23 @@ def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     assert sum(t["alerts"] for t in errors) == expected["ERROR"]
 
 
+def test_leading_blank_lines_neither_hide_the_format_nor_count_as_lines(tmp_path, model_dir):
+    lines = [
+        f"Jun 14 15:{i // 60:02d}:{i % 60:02d} combo sshd[{19939 + i}]: Failed password for root"
+        for i in range(60)
+    ]
+    formats = {}
+    for name, text in [("plain", "\n".join(lines)), ("padded", "\n" * 300 + "\n\n".join(lines))]:
+        (tmp_path / f"{name}.log").write_text(text + "\n")
+        cfg = job_config("logs", [str(tmp_path / f"{name}.log")], str(tmp_path / name), model_dir,
+                         logs={"window_tokens": 100_000})  # fmt: skip
+        [status] = run(StreamWorker(cfg, "t"))
+        rows = read_output(tmp_path / name)
+        assert status["status"] == "ok" and rows.log_lines.sum() == 60, name
+        formats[name] = set(rows.log_format)
+    assert formats["padded"] == formats["plain"] == {"openssh"}
+
+
 def test_log_windows_by_time(tmp_path, model_dir):
     path = tmp_path / "app.log"
     path.write_text("\n".join(log_lines(150)) + "\n")  # one line every 7 s: 1043 s in all
@@ -233,6 +250,25 @@ def test_token_limit_truncates_and_parts_cover_the_file(tmp_path, model_dir):
     assert list(finals.part_index) == [0, 1, 2] and (finals.part_count == 3).all()
     whole = len(StreamWorker(cfg, "t").env.encode(files["book_a"].read_text()))
     assert abs(int(finals.tokens_streamed.sum()) - whole) <= 6  # same text, cut at 3 line boundaries
+
+
+@pytest.mark.parametrize("task", ["summarize", "qa"])
+def test_a_limit_that_leaves_only_blank_lines_is_no_truncation(tmp_path, model_dir, task):
+    """The token limit ending at the last text line, with only blank lines after it, reads everything."""
+    text = "The sea was calm and the ship sailed on through the night. " * 6 + "The end.\n\n\n\n"
+    (tmp_path / "book.txt").write_text(text)
+    env = StreamWorker(
+        job_config(task, [str(tmp_path / "book.txt")], str(tmp_path / "x"), model_dir), "t"
+    ).env
+    whole, words = len(env.encode(text)), len(env.encode(text.rstrip("\n")))
+    assert whole > words  # the blank lines are tokens of their own
+    for limit, truncated in [(words, False), (words - 1, True)]:
+        out = tmp_path / f"{task}-{limit}"
+        cfg = job_config(task, [str(tmp_path / "book.txt")], str(out), model_dir, qa={"questions": ["Who?"]},
+                         input={"max_tokens_per_stream": limit})  # fmt: skip
+        [status] = run(StreamWorker(cfg, "t"))
+        assert status["status"] == "ok" and status["tokens"] == limit
+        assert set(read_output(out).truncated) == {truncated}, (limit, truncated)
 
 
 def test_worker_skips_streams_already_written(tmp_path, model_dir):

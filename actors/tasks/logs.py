@@ -214,7 +214,7 @@ class LogsState:
     last_ts: float | None = None
     has_text: bool = False
     rows: list[Row] = field(default_factory=list)
-    parser_memory: str | None = None  # the timestamp format the parser tries first
+    parser_memory: Any = None  # the parser's memory(): the format it tries first, yearless timestamps' year
     log_format: str | None = None  # detected from the first lines (format: auto); a resumed stream keeps it
 
 
@@ -374,8 +374,9 @@ class Logs(Task):
             batch = list(islice(iterator, BATCH_LINES))
             if not batch:
                 break
-            if detect:  # the stream's format, from its first lines
-                parser.format = detect_format([line for _, line in batch])
+            text_lines = [line for _, line in batch if line.strip()]
+            if detect and text_lines:  # the stream's format, from its first lines with text
+                parser.format = detect_format(text_lines)
                 st.log_format, detect = parser.format.name, False
             st.position, st.parser_memory = batch[0][0], parser.memory()
             yield from ctx.checkpoint(st)  # all before this batch is done: a resumed stream reads from here
@@ -396,8 +397,9 @@ class Logs(Task):
                 if len(fit) < len(ids):
                     ids = fit
                     ctx.truncated = stop = True
-                st.has_text = st.has_text or bool(line.strip())
-                st.window.stats.add(parsed)
+                if line.strip():  # a blank line is read (and fed) but is no log line
+                    st.has_text = True
+                    st.window.stats.add(parsed)
                 st.pending.extend(ids)
                 st.window.tokens += len(ids)
                 st.last_ts = ts

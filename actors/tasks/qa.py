@@ -163,7 +163,9 @@ class QA(Task):
             fit, full = ctx.fit(ids)
             yield from ctx.feed(fit)
             if full:
-                ctx.truncated = len(fit) < len(ids) or any(p.text.strip() for p in pieces)
+                ctx.truncated = (len(fit) < len(ids) and ctx.left_over(piece.text, fit)) or any(
+                    p.text.strip() for p in pieces
+                )
                 break
         if not st.has_text:
             raise InputError(

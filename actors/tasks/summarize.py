@@ -174,7 +174,7 @@ class Summarize(Task):
                 seg = st.segment
             if piece.heading and len(seg.titles) < MAX_TITLES:
                 seg.titles.append(piece.heading)
-            ids = ctx.encode(piece.text, max_tokens=ctx.room)
+            ids = encoded = ctx.encode(piece.text, max_tokens=ctx.room)
             while ids:
                 fit, _ = ctx.fit(ids)
                 if not fit:
@@ -188,7 +188,10 @@ class Summarize(Task):
                     seg = st.segment
             if ctx.room == 0:
                 # Stop reading (a 10 GB file is not read to its end); flag the stream if text was left over.
-                ctx.truncated = bool(ids) or any(p.text.strip() for p in pieces)
+                fed = encoded[: len(encoded) - len(ids)]
+                ctx.truncated = (bool(ids) and ctx.left_over(piece.text, fed)) or any(
+                    p.text.strip() for p in pieces
+                )
                 break
         if not st.has_text:
             raise InputError(
