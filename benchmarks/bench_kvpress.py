@@ -50,7 +50,7 @@ ROPE_THETA = 1e5  # SmolLM2's rotary base
 
 
 def default_venv() -> Path:
-    home = Path(os.environ.get("LONGREAD_HOME", Path.home() / ".cache" / "longread"))
+    home = Path(os.environ.get("LONGREAD_HOME") or Path.home() / ".cache" / "longread").expanduser().resolve()
     return home / "kvpress-venv"
 
 

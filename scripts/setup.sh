@@ -10,8 +10,13 @@ VENV=.venv
 STAMP=$VENV/.longread-setup
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -d' ' -f1)
 
-if [ ! -x "$VENV/bin/python" ]; then
-  "$PYTHON" -m venv "$VENV"
+# A usable venv: its Python runs, is 3.11+ and has pip (an interrupted `python -m venv`, or one without
+# ensurepip -- Debian's python3-venv missing -- leaves bin/python but no pip: rebuild it).
+if ! "$VENV/bin/python" -c 'import sys, pip; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+    || { echo "error: longread needs Python 3.11 or newer; set PYTHON=python3.11 (or newer)" >&2; exit 1; }
+  "$PYTHON" -m venv --clear "$VENV"
+  rm -f "$STAMP"
 fi
 if [ "$(cat "$STAMP" 2>/dev/null)" != "$want" ]; then
   "$VENV/bin/python" -m pip install -q --upgrade pip

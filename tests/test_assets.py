@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import stat
 from pathlib import Path
 
@@ -99,3 +100,65 @@ def test_fresh_conversion_writes_rope_theta(tmp_path):
     inv_freq = model.model.rotary_emb.inv_freq
     expected = 1.0 / theta ** (torch.arange(0, 64, 2, dtype=torch.float32) / 64)
     torch.testing.assert_close(inv_freq, expected)
+
+
+def test_home_is_absolute_and_only_computed(tmp_path, monkeypatch):
+    """An empty LONGREAD_HOME is unset; a relative one is made absolute (Ray workers run in other
+    folders); computing a path creates nothing (a read-only image only reads)."""
+    monkeypatch.setenv("LONGREAD_HOME", "")
+    assert assets.home() == (Path.home() / ".cache" / "longread").resolve()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LONGREAD_HOME", "rel")
+    assert assets.home() == tmp_path / "rel" and assets.default_model_path().is_absolute()
+    assert not (tmp_path / "rel").exists()
+
+
+def test_an_unwritable_home_names_the_fix(tmp_path, monkeypatch):
+    (tmp_path / "a-file").write_text("")
+    monkeypatch.setenv("LONGREAD_HOME", str(tmp_path / "a-file" / "home"))
+    with pytest.raises(OSError, match="set LONGREAD_HOME to a writable folder"):
+        assets.default_model_dir()
+
+
+def test_interrupted_conversions_leave_nothing_that_is_trusted_or_kept(tmp_path, monkeypatch):
+    """A conversion interrupted mid-write removes its staging folder; staging folders and a partial
+    model folder from killed runs are cleared by the next conversion, whose result all users can read."""
+    import types
+
+    import transformers
+
+    monkeypatch.setenv("LONGREAD_HOME", str(tmp_path))
+    models = tmp_path / "models"
+    (models / f".{assets.MODEL_NAME}-killed").mkdir(parents=True)  # a killed run's staging folder
+    (models / assets.MODEL_NAME).mkdir()
+    (models / assets.MODEL_NAME / "model.safetensors").write_bytes(b"half")  # no config.json: partial
+
+    class Saving:
+        config = types.SimpleNamespace()
+        hf_quantizer = None
+
+        def __init__(self, fail: bool) -> None:
+            self.fail = fail
+
+        def save_pretrained(self, folder) -> None:
+            (Path(folder) / "model.safetensors").write_bytes(b"weights")
+            if self.fail:
+                raise KeyboardInterrupt
+            write(Path(folder) / "config.json", V5_CONFIG)
+
+    tokenizer = types.SimpleNamespace(save_pretrained=lambda folder: None)
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", lambda *a, **k: tokenizer)
+    monkeypatch.setattr(assets, "gguf_path", lambda: tmp_path / "model.gguf")
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Saving(True))
+    with pytest.raises(KeyboardInterrupt):
+        assets.default_model_dir()
+    assert sorted(p.name for p in models.iterdir()) == [assets.MODEL_NAME, f"{assets.MODEL_NAME}.lock"]
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", lambda *a, **k: Saving(False))
+    out = assets.default_model_dir()
+    assert (out / "model.safetensors").read_bytes() == b"weights" and (out / "config.json").exists()
+    assert not list(models.glob(".*"))
+    mask = os.umask(0)
+    os.umask(mask)
+    # as if written under the umask (mkdtemp alone makes the folder its owner's only)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o777 & ~mask
+    assert stat.S_IMODE((out / "config.json").stat().st_mode) == 0o666 & ~mask
