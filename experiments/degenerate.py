@@ -56,7 +56,7 @@ def reference_answers(path: Path) -> dict[tuple[str, str], list[str]]:
 
     refs: dict[tuple[str, str], list[str]] = {}
     index = 0
-    with path.open(encoding="utf-8") as handle:
+    with path.open(encoding="utf-8-sig") as handle:  # a BOM, as the pipeline's reader allows
         for number, line in enumerate(handle, start=1):
             if not line.strip():
                 continue
@@ -122,21 +122,38 @@ def score(output: str, rows: list[dict[str, Any]]) -> tuple[list[dict[str, Any]]
     return table, flagged
 
 
+def _pct(value: float) -> str:
+    return "-" if math.isnan(value) else f"{100 * value:.0f}%"
+
+
 def format_table(table: list[dict[str, Any]]) -> str:
     head = (
         f"{'output':<34} {'kind':<8} {'rows':>5} {'degen':>6} {'unfin':>6} {'repeat':>6} {'empty':>6} "
-        f"{'words':>6}  stop reasons"
+        f"{'words':>6} {'errors':>6}  stop reasons"
     )
     lines = [head, "-" * len(head)]
     for t in table:
         stops = ", ".join(f"{k} {v}" for k, v in t["stop_reasons"].items())
         rouge = "  ROUGE-1/2/L {rouge1:.3f} {rouge2:.3f} {rougeL:.3f}".format(**t) if "rougeL" in t else ""
+        words = "-" if math.isnan(t["words"]) else f"{t['words']:.1f}"
+        errors = str(t["error_rows"]) if "error_rows" in t else ""
         lines.append(
-            f"{t['output'][-34:]:<34} {t['kind']:<8} {t['rows']:>5} {100 * t['degenerate']:>5.0f}% "
-            f"{100 * t['unfinished']:>5.0f}% {100 * t['repetition']:>5.0f}% {100 * t['empty']:>5.0f}% "
-            f"{t['words']:>6.1f}  {stops}{rouge}"
+            f"{t['output'][-34:]:<34} {t['kind']:<8} {t['rows']:>5} {_pct(t['degenerate']):>6} "
+            f"{_pct(t['unfinished']):>6} {_pct(t['repetition']):>6} {_pct(t['empty']):>6} {words:>6} "
+            f"{errors:>6}  {stops}{rouge}"
         )
     return "\n".join(lines)
+
+
+def _no_nan(value: Any) -> Any:
+    """``value`` with NaN as None: strict JSON has no NaN."""
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _no_nan(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_no_nan(v) for v in value]
+    return value
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,7 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--references", type=Path, help="SQuALITY-format JSONL the qa job read: adds ROUGE of the answers"
     )
     args = p.parse_args(argv)
-    refs = reference_answers(args.references) if args.references else None
+    try:
+        refs = reference_answers(args.references) if args.references else None
+    except (OSError, ValueError) as exc:
+        print(f"error: --references {args.references}: {exc}")
+        return 2
     table: list[dict[str, Any]] = []
     flagged: dict[str, list[dict[str, Any]]] = {}
     for output in args.outputs:
@@ -175,8 +196,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {text[:400]}")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"table": table, "flagged": flagged}, indent=1, default=str))
-    return 0
+        payload = _no_nan({"table": table, "flagged": flagged})
+        args.json.write_text(json.dumps(payload, indent=1, default=str, allow_nan=False))
+    empty = [t for t in table if t["kind"] == "all" and t["rows"] == 0]
+    for t in empty:
+        print(f"warning: {t['output']} has no generated text to score ({t['error_rows']} error rows)")
+    return 1 if empty else 0
 
 
 if __name__ == "__main__":

@@ -117,6 +117,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8."
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
     if loaded is None:
@@ -146,7 +150,8 @@ def load_config(task: str, argv: list[str] | None = None) -> tuple[BaseJobConfig
             name, params = parse_spec(args.policy)
         except PolicyConfigError as exc:
             raise ConfigError(str(exc)) from None
-        policy = data.get("policy") or {}
+        found = data.get("policy")
+        policy: dict[str, Any] = found if isinstance(found, dict) else {}
         # The YAML's params belong to the YAML's policy: another policy starts from its own defaults.
         current = policy.get("name", PolicySettings.model_fields["name"].default)
         base = (policy.get("params") or {}) if current == name else {}
@@ -156,7 +161,13 @@ def load_config(task: str, argv: list[str] | None = None) -> tuple[BaseJobConfig
         key, eq, value = item.partition("=")
         if not eq or not key.strip():
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set policy.budget=1024")
-        set_dotted(data, key.strip(), yaml.safe_load(value))
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"--set {item!r}: the value is not valid YAML; fix or quote it (e.g. 'input.paths=[a, b]')"
+            ) from None
+        set_dotted(data, key.strip(), parsed)
     if flags or args.set or args.policy:
         source += " + flags"
     return config_from_dict(task, data, source), args

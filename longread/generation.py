@@ -28,9 +28,13 @@ from longread.cache import to_device
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens", "sentence_end", "trimmed"]
 
-#: The text ends a sentence: terminal punctuation, optionally closed by quotes or brackets.
-SENTENCE_END = re.compile(r"[.!?\u2026][\"'\u201d\u2019)\]]*\s*$")
-_LAST_SENTENCE_END = re.compile(r"^(.*[.!?\u2026][\"'\u201d\u2019)\]]*)(?:\s|$)", re.S)
+# Sentence ends: . ! ? ... and the Devanagari danda, which a space or the text's end follows; the
+# full-width CJK 。！？ end a sentence wherever they are (those scripts put no space after them). Closing
+# quotes, brackets and markdown emphasis may follow the mark.
+_CLOSERS = "[\"'\u201d\u2019)\\]\u300d\u300f\u00bb\u203a\uff09\u3011*]*"
+_SPACED, _CJK_ENDS = "[.!?\u2026\u0964]", "[\u3002\uff01\uff1f]"
+SENTENCE_END = re.compile(f"(?:{_SPACED}|{_CJK_ENDS}){_CLOSERS}\\s*$")
+_LAST_SENTENCE_END = re.compile(f"^(.*(?:{_SPACED}{_CLOSERS}(?=\\s|$)|{_CJK_ENDS}{_CLOSERS}))", re.S)
 
 
 @dataclass(frozen=True)

@@ -29,11 +29,13 @@ REASONS: tuple[Reason, ...] = ("empty", "repetition", "unfinished")
 REPEAT_N = 4
 REPEAT_SHARE = 0.2
 
-_TOKEN = re.compile(r"\w+|[^\w\s]")
+# Han characters and kana are tokens one by one: those scripts write words without spaces between them.
+_CJK = "\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
+_TOKEN = re.compile(f"[{_CJK}]|[^\\W{_CJK}]+|[^\\w\\s]")
 
 
 def tokens(text: str) -> list[str]:
-    """Lowercased words and single punctuation marks."""
+    """Lowercased words (single Han characters and kana), and single punctuation marks."""
     return _TOKEN.findall(text.lower())
 
 

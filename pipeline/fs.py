@@ -112,13 +112,16 @@ def normalize_uri(uri: str) -> str:
 
 def get_fs(uri: str, storage: Storage | None = None) -> tuple[AbstractFileSystem, str]:
     protocol = protocol_of(uri)
-    fs = fsspec.filesystem(protocol, **(storage or Storage()).options(protocol))
+    # no storage given: the standard AWS variables, as the driver's (AWS_REGION is not botocore's)
+    fs = fsspec.filesystem(protocol, **(storage or Storage.from_env()).options(protocol))
     if protocol == "file":
         return fs, normalize_uri(uri)
     return fs, fs._strip_protocol(uri)
 
 
-_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)[^/@]*@")
+# Credentials before the host: up to the authority's last "@" (a password may hold "@"), or a
+# "key:secret@" whose secret holds a "/" (AWS secrets often do, unencoded).
+_USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/?#]*@|[^/@:?#]+:[^@]*@)")
 
 
 def display_uri(uri: str) -> str:

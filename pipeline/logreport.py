@@ -55,13 +55,18 @@ def _line(template: str, t: TemplateStats, alerts: bool = False) -> str:
 def statistics_text(stats: WindowStats, alert_rule: str, top: int = 5, notable: int = 3) -> str:
     """The window's facts as a few short lines (see the module docstring)."""
     lines = []
-    if stats.first_ts_text:
+    count = f"{stats.lines} line{'' if stats.lines == 1 else 's'}"
+    if stats.out_of_order and stats.per_second:  # lines went back in time: the earliest .. the latest
+        lo, hi = min(stats.per_second), max(stats.per_second)
+        when = f"{stats.second_text[lo]} .. {stats.second_text[hi]} ({duration_text(hi - lo)})"
+        lines.append(f"Time: {when}, {count}")
+    elif stats.first_ts_text:
         when = f"{stats.first_ts_text} .. {stats.last_ts_text}"
         if stats.first_ts is not None and stats.last_ts is not None:
             when += f" ({duration_text(stats.last_ts - stats.first_ts)})"
-        lines.append(f"Time: {when}, {stats.lines} lines")
+        lines.append(f"Time: {when}, {count}")
     else:
-        lines.append(f"Time: no timestamps, {stats.lines} lines")
+        lines.append(f"Time: no timestamps, {count}")
     levels = [(lv, n) for lv, n in stats.level_counts() if lv != "NONE"]
     if levels:
         lines.append("Levels: " + ", ".join(f"{lv} {n}" for lv, n in levels))
@@ -73,8 +78,10 @@ def statistics_text(stats: WindowStats, alert_rule: str, top: int = 5, notable: 
         lines += [_line(t, s, alerts=bool(s.alerts)) for t, s in flagged]
     else:
         lines.append("Notable messages: none (no alert, warning or error line)")
-    lines.append("Most frequent messages:")
-    lines += [_line(t, s) for t, s in stats.top_template_stats(top)]
+    frequent = stats.top_template_stats(top)
+    if frequent:
+        lines.append("Most frequent messages:")
+        lines += [_line(t, s) for t, s in frequent]
     if stats.out_of_order:
         lines.append(f"Out of order: {stats.out_of_order} lines go back in time")
     bursts = stats.bursts()

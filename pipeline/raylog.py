@@ -52,6 +52,12 @@ def capture_stderr_fd(fn: Callable[[], T]) -> tuple[T, bytes]:
         os.dup2(tmp.fileno(), 2)
         try:
             result = fn()
+        except BaseException:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            tmp.seek(0)
+            os.write(2, tmp.read())  # what was written before the failure still reaches stderr
+            raise
         finally:
             sys.stderr.flush()
             os.dup2(saved, 2)
@@ -73,6 +79,7 @@ def absorb_actor_restart_warning() -> bool:
         def __init__(self, arg: Any) -> None:
             pass
 
+    captured = b""
     try:
         arg = ray.put(None)  # by reference, like Ray Data's DataContext and UDF
         probe, captured = capture_stderr_fd(lambda: _RestartProbe.remote(arg))  # type: ignore[attr-defined]
@@ -82,7 +89,9 @@ def absorb_actor_restart_warning() -> bool:
             ray.get(probe.__ray_ready__.remote(), timeout=60)
         finally:
             ray.kill(probe, no_restart=True)
-    except Exception as exc:  # cosmetic only: never let it stop a job
+    except Exception as exc:  # cosmetic only: never let it stop a job, nor swallow what Ray said
+        if captured:
+            os.write(2, captured)
         log.debug("could not absorb Ray's actor-restart warning: %s", exc)
         return False
     rest, found = RESTART_WARNING.subn(b"", captured)

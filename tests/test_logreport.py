@@ -230,8 +230,16 @@ def test_statistics_text_and_report():
     assert render_report("t", "s", "", "m").endswith("(the model wrote nothing)")
     quiet = WindowStats()
     quiet.add(LogParser().parse("no timestamp, just text"))
-    assert "Time: no timestamps, 1 lines" in statistics_text(quiet, "x")
+    assert "Time: no timestamps, 1 line\n" in statistics_text(quiet, "x")
     assert "Notable messages: none" in statistics_text(quiet, "x")
+    assert "Most frequent messages" not in statistics_text(WindowStats(), "x")  # no header over nothing
+    # Lines that go back in time: the window spans the earliest to the latest, not first to last.
+    shuffled = WindowStats()
+    for line in lines[:1] + lines[2:] + ["[Sun Dec 04 04:50:00 2005] [notice] late line"]:
+        shuffled.add(parser.parse(line))
+    assert "Time: Sun Dec 04 04:47:44 2005 .. Sun Dec 04 05:51:08 2005 (1 h 3 min), 3 lines" in (
+        statistics_text(shuffled, "x")
+    )
 
 
 @pytest.mark.parametrize(

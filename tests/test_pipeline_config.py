@@ -145,6 +145,16 @@ def test_cli_reports_config_errors_with_status_2(tmp_path, capsys):
     assert "input.paths is empty" in capsys.readouterr().err
     assert main("logs", ["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
+    assert main("summarize", ["--input", "x", "--set", "input.paths=[a"]) == 2
+    assert "the value is not valid YAML" in capsys.readouterr().err
+    latin = tmp_path / "latin.yaml"
+    latin.write_bytes("input: {paths: [caf\u00e9.txt]}\n".encode("latin-1"))
+    assert main("summarize", ["--config", str(latin)]) == 2
+    assert "is not UTF-8 text" in capsys.readouterr().err
+    flat = tmp_path / "flat.yaml"
+    flat.write_text("policy: lacache\ninput: {paths: [a.txt]}\n")
+    cfg, _ = load_config("summarize", ["--config", str(flat), "--policy", "streaming_llm"])
+    assert cfg.policy.name == "streaming_llm"  # a flat `policy: NAME` is replaced, not a crash
 
 
 def test_secrets_are_masked_everywhere_but_the_storage_options():

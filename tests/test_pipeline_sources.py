@@ -489,6 +489,20 @@ def test_records_can_be_shared_by_readers_and_keep_their_names(tmp_path):
                                      min_split_bytes=1), 3)[0].extra.get("every") is None  # fmt: skip
 
 
+def test_display_uri_hides_every_form_of_credentials(monkeypatch):
+    from pipeline.fs import display_uri, get_fs
+
+    for uri in ["s3://AKIA:secret@bucket/out", "s3://user:p@ss@bucket/out", "s3://AKIA:wJal/K7MD@bucket/out"]:
+        assert display_uri(uri) == "s3://bucket/out", uri
+    assert display_uri("s3://bucket/a/b.txt") == "s3://bucket/a/b.txt"
+    assert display_uri("/data/user@host/book.txt") == "/data/user@host/book.txt"
+    # Without explicit storage, S3 clients see the standard environment, as the driver's do.
+    monkeypatch.setenv("AWS_REGION", "eu-central-1")
+    monkeypatch.setenv("AWS_ENDPOINT_URL_S3", "http://minio:9000")
+    fs, _ = get_fs("s3://bucket/x")
+    assert fs.client_kwargs == {"endpoint_url": "http://minio:9000", "region_name": "eu-central-1"}
+
+
 def test_access_errors_name_their_kind_and_fix():
     from botocore.exceptions import ClientError, NoCredentialsError
 

@@ -94,6 +94,23 @@ def test_ray_restart_warning_pattern_and_stderr_capture_lose_nothing():
     assert result == 7 and captured == b"written to fd 2, as Ray's C++ log does\n"
     assert (os.fstat(2).st_dev, os.fstat(2).st_ino) == (before.st_dev, before.st_ino)  # fd 2 is back
 
+    def failing() -> int:
+        os.write(2, b"a real error, then the failure\n")
+        raise RuntimeError("boom")
+
+    read, write = os.pipe()  # fd 2 points at a pipe here, so the test sees what reaches it
+    saved = os.dup(2)
+    os.dup2(write, 2)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            capture_stderr_fd(failing)
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        assert pipe.read() == b"a real error, then the failure\n"  # not swallowed by the capture
+
 
 # ------------------------------------------------------------------------------ with a Ray head
 def free_port() -> int:

@@ -36,6 +36,15 @@ def test_loops_are_repetition(text):
     assert "repetition" in degeneracy(text)
 
 
+def test_cjk_loops_and_cut_off_sentences_are_caught():
+    from longread.generation import cut_to_sentence
+
+    assert degeneracy("我爱你" * 40 + "。") == ("repetition",)  # no spaces: characters are the tokens
+    assert tokens("abc中文 Def!") == ["abc", "中", "文", "def", "!"]
+    assert degeneracy("他走进了房间。然后他") == ("unfinished",)
+    assert cut_to_sentence("他走进了房间。然后他") == "他走进了房间。"
+
+
 def test_cut_off_and_empty():
     assert degeneracy("The captain flies the ship to Venus and") == ("unfinished",)
     assert degeneracy("") == ("empty",)
@@ -49,6 +58,11 @@ def test_cut_off_and_empty():
         'She said "go home!"',
         "The Bogans are a warlike people (from Boge).",
         "It ends well…",
+        "他走进了房间。然后他坐下了。",  # CJK sentence ends, no spaces
+        "彼は言った「行こう」。",
+        "वह घर गया।",
+        "Il a dit «oui.»",
+        "A **bold ending.**",
     ],
 )
 def test_normal_answers_pass(text):
@@ -116,6 +130,14 @@ def test_degenerate_command_on_a_job_output(tmp_path, capsys):
     assert table["all"]["error_rows"] == 1 and table["all"]["stop_reasons"] == {"eos": 4, "max_new_tokens": 1}
     assert "and then the" in printed and "['unfinished']" in printed
     assert main([str(tmp_path / "nothing")]) == 2
+    # A folder of error rows only: said so (exit 1), the JSON strict (no NaN).
+    only = tmp_path / "only-errors"
+    errors = PartWriter(str(only))
+    errors.prepare()
+    errors.write("c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
+    assert main([str(only), "--json", str(report)]) == 1
+    assert "has no generated text to score (1 error rows)" in capsys.readouterr().out
+    assert json.loads(report.read_text(), parse_constant=pytest.fail)["table"][0]["degenerate"] is None
 
 
 def test_degenerate_command_scores_answers_against_their_references(tmp_path, capsys):
@@ -127,7 +149,8 @@ def test_degenerate_command_scores_answers_against_their_references(tmp_path, ca
     refs = [["The crew repairs the ship and escapes."], ["A robot guards the gate.", "The gate has a guard."]]
     stories = tmp_path / "stories.jsonl"
     stories.write_text(
-        "\n\n".join(
+        "\ufeff"  # a BOM, as the pipeline's reader allows
+        + "\n\n".join(
             json.dumps(
                 {
                     "document": f"story {i}",
