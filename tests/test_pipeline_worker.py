@@ -396,11 +396,15 @@ def test_a_long_line_costs_only_the_tokens_the_limit_needs(tmp_path, model_dir):
     tokenized: list[int] = []
     tokenizer = worker.env.tokenizer
 
-    def counting(text, **kwargs):
-        tokenized.append(len(text) if isinstance(text, str) else sum(map(len, text)))
-        return tokenizer(text, **kwargs)
+    class Counting:  # the tokenizer, counting the characters it is asked to tokenize
+        def __call__(self, text, **kwargs):
+            tokenized.append(len(text) if isinstance(text, str) else sum(map(len, text)))
+            return tokenizer(text, **kwargs)
 
-    worker.env.tokenizer = counting
+        def __getattr__(self, name):
+            return getattr(tokenizer, name)
+
+    worker.env.tokenizer = Counting()
     [status] = run(worker)
     assert status["status"] == "ok" and status["tokens"] == 200
     assert read_output(tmp_path / "out").truncated.all()
