@@ -288,6 +288,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 help="also print each row's paired ROUGE-L difference to BASELINE (part of a row's label, "
                 "e.g. KnormPress) with a 95%% story-bootstrap interval",
             )
+            s.add_argument(
+                "--paired-metric",
+                choices=["rougeL", "rouge1", "rouge2"],
+                default="rougeL",
+                help="the metric --paired compares (default rougeL)",
+            )
     args = p.parse_args(argv)
     if args.kind == "eval":
         from experiments.eval_table import format_table
@@ -301,12 +307,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             from experiments.eval_table import format_paired, paired
 
             try:
-                comparisons = paired(rows, args.paired)
+                comparisons = paired(rows, args.paired, metric=args.paired_metric)
             except ValueError as exc:
                 raise SystemExit(f"error: --paired: {exc}") from None
-            print(format_paired(comparisons))
+            print(format_paired(comparisons, args.paired_metric))
             paired_png = args.out.with_name(args.out.stem + "_paired.png")
-            plot_paired(comparisons, paired_png, args.title)
+            plot_paired(comparisons, paired_png, args.title, args.paired_metric)
             print(f"wrote {paired_png}")
         if args.summary_json:
             args.summary_json.parent.mkdir(parents=True, exist_ok=True)

@@ -402,6 +402,10 @@ def test_plots_eval_cli_paired_and_summary_json(tmp_path, capsys):
     [comparison] = saved["paired"]
     assert abs(comparison["mean_diff"] - 0.01) < 1e-9 and comparison["wins"] == 6
     assert (tmp_path / "p_paired.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert plots_main(["eval", str(a), str(b), "--paired", "Knorm", "--paired-metric", "rouge2",
+                       "--summary-json", str(out), "--out", str(tmp_path / "p.png")]) == 0  # fmt: skip
+    assert "d rouge2" in capsys.readouterr().out
+    assert json.loads(out.read_text())["paired"][0]["mean_diff"] == 0.0  # rouge2 is 0.1 in both files
     with pytest.raises(SystemExit, match="must match exactly one"):
         plots_main(["eval", str(a), str(b), "--paired", "nothing", "--out", str(tmp_path / "p.png")])
 
