@@ -50,8 +50,9 @@ ROPE_THETA = 1e5  # SmolLM2's rotary base
 
 
 def default_venv() -> Path:
-    home = Path(os.environ.get("LONGREAD_HOME") or Path.home() / ".cache" / "longread").expanduser().resolve()
-    return home / "kvpress-venv"
+    from longread.assets import home
+
+    return home() / "kvpress-venv"
 
 
 # ----------------------------------------------------------------------------------------------- setup

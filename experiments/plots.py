@@ -280,6 +280,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if kind == "eval":
             s.add_argument("--variant", action="append", help="only these generation variants (repeatable)")
             s.add_argument(
+                "--only",
+                action="append",
+                metavar="POLICY",
+                help="only rows whose policy contains this (repeatable): e.g. two systems over the stories "
+                "both answered, across files of other systems",
+            )
+            s.add_argument(
                 "--summary-json", type=Path, help="also write the merged summary (no answer texts) as JSON"
             )
             s.add_argument(
@@ -299,6 +306,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         from experiments.eval_table import format_table
 
         results = [_load(path) for path in args.json]
+        if args.only:
+            for res in results:
+                res["rows"] = [r for r in res["rows"] if any(o in r["policy"] for o in args.only)]
         rows = merged_rows(results, args.variant)
         summary = summarize_merged(results, rows)
         print(format_table(summary))

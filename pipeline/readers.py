@@ -454,16 +454,14 @@ def _iter_jsonl(
         key = f"offset={offset}" if byte_range else f"record={index}"
         position = None if byte_range else index
         where = f"{src.display} byte {offset}" if byte_range else f"{src.display} line {number + 1}"
-        try:
-            if error is not None:
-                raise error
-            rec = json.loads(line or "")
-        except (InputError, json.JSONDecodeError) as exc:
-            error = (
-                exc
-                if isinstance(exc, InputError)
-                else InputError("bad_record", f"{where}: not valid JSON ({exc.msg}); fix or remove the line.")
-            )
+        if error is None:
+            try:
+                rec = json.loads(line or "")
+            except json.JSONDecodeError as exc:
+                error = InputError(
+                    "bad_record", f"{where}: not valid JSON ({exc.msg}); fix or remove the line."
+                )
+        if error is not None:
             record = None if position is None else str(position)
             yield Document(f"{src.uri}#{key}", src.display, record, error=error)
         else:

@@ -406,6 +406,12 @@ def test_plots_eval_cli_paired_and_summary_json(tmp_path, capsys):
                        "--summary-json", str(out), "--out", str(tmp_path / "p.png")]) == 0  # fmt: skip
     assert "d rouge2" in capsys.readouterr().out
     assert json.loads(out.read_text())["paired"][0]["mean_diff"] == 0.0  # rouge2 is 0.1 in both files
+    # --only: two systems over the stories both answered, though a third answered fewer
+    c = tmp_path / "c.json"
+    c.write_text(json.dumps({"rows": rows("longread", "full", 0.0)[:2], "runs": []}))
+    only = ["--only", "lacache", "--only", "Knorm", "--paired", "Knorm", "--summary-json", str(out)]
+    assert plots_main(["eval", str(a), str(b), str(c), *only, "--out", str(tmp_path / "p.png")]) == 0
+    assert [p["stories"] for p in json.loads(out.read_text())["paired"]] == [3]
     with pytest.raises(SystemExit, match="must match exactly one"):
         plots_main(["eval", str(a), str(b), "--paired", "nothing", "--out", str(tmp_path / "p.png")])
 
