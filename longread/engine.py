@@ -335,17 +335,22 @@ class BatchEngine:
         streams: Sequence[Stream],
         chunks: Sequence[torch.Tensor | Sequence[int]],
         logits: Logits = "last",
-        defer: bool = False,
+        defer: bool | Sequence[bool] = False,
     ) -> list[torch.Tensor]:
         """Feed ``chunks[i]`` (1..stride token ids) to ``streams[i]`` in one model forward, then compact.
 
         Returns per stream its logits: the last position's ``(V,)`` (``"last"``) or every position's
         ``(size, V)`` (``"all"``), in the model's dtype. ``stream.last_logits`` is updated either way.
-        ``defer``: leave the chunk waiting in the cache; a row is compacted once it has no room for the
-        next chunk, and before any forward that does not defer (generation uses this: see ``decode``).
+        ``defer`` (one flag for all streams, or one per stream): leave the chunk waiting in the cache; a
+        row is compacted once it has no room for the next chunk, and before any forward that does not
+        defer it (generation uses this for prompts and generated tokens: see ``decode``).
         """
         if len({id(s) for s in streams}) != len(streams) or len(streams) != len(chunks) or not streams:
             raise ValueError("forward takes distinct streams, one chunk each")
+        defers = [defer] * len(streams) if isinstance(defer, bool) else [bool(d) for d in defer]
+        if len(defers) != len(streams):
+            raise ValueError(f"defer has {len(defers)} flags for {len(streams)} streams; give one each")
+        deferred = {id(s) for s, d in zip(streams, defers) if d}
         ids_list = [torch.as_tensor(c, dtype=torch.long).flatten() for c in chunks]
         for ids in ids_list:
             if not 1 <= ids.numel() <= self.stride:
@@ -357,7 +362,7 @@ class BatchEngine:
                 s
                 for s in streams
                 if self.kv.length(s.row) > budget
-                and (not defer or self.kv.length(s.row) + width > self.kv.capacity)
+                and (id(s) not in deferred or self.kv.length(s.row) + width > self.kv.capacity)
             ]
             if full:
                 with self.stats.compact.measure(self.device):
@@ -420,9 +425,10 @@ class BatchEngine:
         if sums is not None:
             for j, stream in enumerate(ordered):
                 stream.policy.observe(sums[0][:, j, :, : lengths[j] + sizes[j]], sizes[j])
-        if not defer:
+        now = [s for s in ordered if id(s) not in deferred]
+        if now:
             with self.stats.compact.measure(self.device):
-                self._compact(ordered)
+                self._compact(now)
         return results
 
     # ----------------------------------------------------------------- captured steps (CUDA graphs)
@@ -694,14 +700,17 @@ class StreamingEngine(BatchEngine):
 
     # ----------------------------------------------------------------- core
     @torch.inference_mode()
-    def forward_chunk(self, ids: torch.Tensor, logits: bool = True) -> torch.Tensor | None:
-        """Run one chunk ``ids`` (S,) with S <= stride, then compact. Returns logits (S, V) if asked."""
+    def forward_chunk(
+        self, ids: torch.Tensor, logits: bool = True, defer: bool = False
+    ) -> torch.Tensor | None:
+        """Run one chunk ``ids`` (S,) with S <= stride, then compact (``defer``: once the spare slots are
+        used up, see ``forward``). Returns logits (S, V) if asked."""
         if ids.ndim != 1 or not 1 <= ids.numel() <= self.stride:
             raise ValueError(
                 f"forward_chunk takes 1..{self.stride} token ids as a 1-D tensor, got {ids.shape}"
             )
         self.cache.peak_length = max(self.cache.peak_length, self.cache.length + ids.numel())
-        out = self.forward([self.stream], [ids], logits="all" if logits else "last")[0]
+        out = self.forward([self.stream], [ids], logits="all" if logits else "last", defer=defer)[0]
         return out if logits else None
 
     def chunks(self, ids: torch.Tensor | Sequence[int]) -> Iterator[torch.Tensor]:
@@ -756,14 +765,17 @@ class StreamingEngine(BatchEngine):
         ``settings`` (or keyword overrides of its fields, e.g. ``max_new_tokens=64``) say how; see
         ``longread.generation``. Generation stops at an EOS token, at the first stop string (cut from the
         text), or after ``max_new_tokens`` (optionally finishing the sentence). The stream continues after
-        every generated token.
+        every generated token. The prompt waits in the cache's spare slots like the generated tokens
+        (``decode``), so a question evicts nothing of what was streamed while it and the answer fit in
+        ``stride`` tokens.
         """
         settings = settings or GenerationSettings()
         if overrides:
             settings = settings.with_(**overrides)
         t0 = time.perf_counter()
         if prompt is not None:
-            self.feed(self.encode(prompt) if isinstance(prompt, str) else list(prompt))
+            for chunk in self.chunks(self.encode(prompt) if isinstance(prompt, str) else list(prompt)):
+                self.forward_chunk(chunk, logits=False, defer=self.decode_compaction == "chunk")
         if self.last_logits is None:
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
         decoder = self.decoder(settings)

@@ -21,7 +21,10 @@ Contract:
   token for every stream that is answering -- the engine keeps each group in a contiguous block of rows,
   so neither pays for the other's shape.
 * ``Ask`` runs in place (snapshot, prompt, generate, restore); ``AskMany`` answers in place and in rows
-  forked from the stream while free rows last, so the questions of one document decode together.
+  forked from the stream while free rows last, so the questions of one document decode together. A prompt
+  and the tokens generated after it wait in the cache's ``stride`` spare slots (compacted together once
+  those are used up, ``BatchEngine.decode``), so asking evicts nothing of the document while they fit:
+  every answer sees the whole ``budget`` the policy kept, as a peer that compresses only the context does.
 * ``Batcher`` runs a scheduler in a thread of its own, so that callers on other threads (a Ray actor's
   concurrent calls) each hand it a program and wait for its result while it batches them all.
 * ``run_program(engine, program)`` runs one program to its end.
@@ -333,17 +336,22 @@ class Scheduler:
         engine = self.engine
         feeders: list[Stream] = []
         chunks: list[list[int]] = []
+        defer: list[bool] = []
         for run in running:
             if run.feed:
                 feeders.append(run.stream)
                 chunks.append([run.feed.popleft() for _ in range(min(engine.stride, len(run.feed)))])
+                defer.append(False)
             for answer in run.answers:
                 if answer.pending:
                     size = min(engine.stride, len(answer.pending))
                     feeders.append(answer.stream)
                     chunks.append([answer.pending.popleft() for _ in range(size)])
+                    # A prompt waits in the spare slots like the tokens generated after it, so asking
+                    # evicts nothing of the document while the question and answer fit in the stride.
+                    defer.append(engine.decode_compaction == "chunk")
         if feeders:
-            engine.forward(feeders, chunks)
+            engine.forward(feeders, chunks, defer=defer)
         answering = [(run, a) for run in running for a in run.answers if not a.pending]
         if not answering:
             return
