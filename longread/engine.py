@@ -214,6 +214,12 @@ class BatchEngine:
 
     # ----------------------------------------------------------------- streams
     @property
+    def defers_answers(self) -> bool:
+        """Whether prompts and generated tokens wait in the spare slots (``decode_compaction="chunk"``)
+        instead of being compacted after every forward."""
+        return self.decode_compaction == "chunk"
+
+    @property
     def rows(self) -> int:
         return self.kv.rows
 
@@ -591,7 +597,7 @@ class BatchEngine:
                 feed.append(stream)
                 chunks.append([token])
         if feed:
-            self.forward(feed, chunks, defer=self.decode_compaction == "chunk")
+            self.forward(feed, chunks, defer=self.defers_answers)
 
     @torch.inference_mode()  # select writes into the policy's score buffers, made in inference mode
     def flush(self, stream: Stream) -> None:
@@ -718,10 +724,10 @@ class StreamingEngine(BatchEngine):
         for start in range(0, ids.numel(), self.stride):
             yield ids[start : start + self.stride]
 
-    def feed(self, ids: torch.Tensor | Sequence[int]) -> None:
+    def feed(self, ids: torch.Tensor | Sequence[int], defer: bool = False) -> None:
         """Stream ``ids`` through the model (no logits kept beyond the last position)."""
         for chunk in self.chunks(ids):
-            self.forward_chunk(chunk, logits=False)
+            self.forward_chunk(chunk, logits=False, defer=defer)
 
     def feed_text(self, text: str) -> int:
         ids = self.encode(text)
@@ -774,8 +780,8 @@ class StreamingEngine(BatchEngine):
             settings = settings.with_(**overrides)
         t0 = time.perf_counter()
         if prompt is not None:
-            for chunk in self.chunks(self.encode(prompt) if isinstance(prompt, str) else list(prompt)):
-                self.forward_chunk(chunk, logits=False, defer=self.decode_compaction == "chunk")
+            ids = self.encode(prompt) if isinstance(prompt, str) else list(prompt)
+            self.feed(ids, defer=self.defers_answers)
         if self.last_logits is None:
             raise ValueError("nothing to continue from: stream some text or pass a prompt first")
         decoder = self.decoder(settings)

@@ -349,7 +349,7 @@ class Scheduler:
                     chunks.append([answer.pending.popleft() for _ in range(size)])
                     # A prompt waits in the spare slots like the tokens generated after it, so asking
                     # evicts nothing of the document while the question and answer fit in the stride.
-                    defer.append(engine.decode_compaction == "chunk")
+                    defer.append(engine.defers_answers)
         if feeders:
             engine.forward(feeders, chunks, defer=defer)
         answering = [(run, a) for run in running for a in run.answers if not a.pending]

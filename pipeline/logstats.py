@@ -213,13 +213,14 @@ class LogParser:
         seconds = _epoch(best, NO_YEAR + self._years)
         if seconds is not None and _yearless(best):
             last = self._last_yearless
-            if last is not None and seconds < last - NEW_YEAR_GAP_S:
-                self._years += 1  # Dec 31 -> Jan 1: the next year
-                seconds = _epoch(best, NO_YEAR + self._years)
-            elif last is not None and seconds > last + NEW_YEAR_GAP_S and self._years:
-                # a Dec 31 line written out of order just after New Year: the year before
-                return _epoch(best, NO_YEAR + self._years - 1), best.group(0).strip("[]"), best.span()
-            self._last_yearless = seconds if seconds is not None else last
+            if last is not None and seconds > last + NEW_YEAR_GAP_S and self._years:
+                # a Dec 31 line written out of order just after New Year: the year before (not remembered)
+                seconds = _epoch(best, NO_YEAR + self._years - 1)
+            else:
+                if last is not None and seconds < last - NEW_YEAR_GAP_S:
+                    self._years += 1  # Dec 31 -> Jan 1: the next year
+                    seconds = _epoch(best, NO_YEAR + self._years)  # None: Feb 29 of a common year
+                self._last_yearless = seconds if seconds is not None else last
         return seconds, best.group(0).strip("[]"), best.span()
 
     def memory(self) -> list[Any] | None:
