@@ -1,7 +1,8 @@
 """Cascading KV cache (Willette et al., ICLR 2025), from ../shared/reference/cascading.md.
 
 Contract: per layer and KV head, keep ``sink`` (NS) sinks plus ``M = budget - sink`` slots split into
-``cascades`` (C) sub-caches of ``W = M / C``; sub-cache 0 holds the newest tokens. A token at stream position
+``cascades`` (C) sub-caches of ``W = M / C`` (when C does not divide M, the first ``M mod C`` sub-caches get
+one slot more); sub-cache 0 holds the newest tokens. A token at stream position
 ``p`` (0-based) is inserted after the chunk's attention and score update. Eager fill: while ``p <= M + NS``
 every sub-cache is open; afterwards sub-cache ``i`` is open iff ``(p - NS) mod 2^i == 0``. The carried token
 (the new one, then whatever it displaces) meets sub-caches 0..C-1: A open, not full: append, stop;
@@ -17,8 +18,9 @@ position and the sub-cache counts, never on scores (D overwrites or drops, neith
 control flow is the same for every layer and head and the counts are plain ints. Within one sub-cache an
 open (or case C) arrival starts a new *entry*; closed arrivals compete for the newest entry, which ends up
 holding the highest-scoring candidate (ties to the later, as ``>=`` does). Entries leave FIFO: entry ``j``
-is carried on when entry ``j + W`` is created. So one chunk is, per sub-cache, a segmented argmax over the
-arrivals plus slicing -- a fixed number of tensor ops for all layers, heads and tokens at once.
+is carried on when entry ``j + W`` is created (``W`` that sub-cache's width). So one chunk is, per
+sub-cache, a segmented argmax over the arrivals plus slicing -- a fixed number of tensor ops for all layers,
+heads and tokens at once.
 
 Cache order is stream order (sinks, oldest sub-cache, ..., sub-cache 0, each oldest to newest), so after
 every chunk the cache's slots are ``[sinks | sub C-1 | ... | sub 0]`` with the same counts for every head:
@@ -56,19 +58,20 @@ class Cascading(CachePolicy):
         if cascades < 1:
             raise PolicyConfigError(f"cascading: cascades={cascades} must be >= 1 (1 = StreamingLLM).")
         slots = budget - sink
-        if slots % cascades:
-            below = slots - slots % cascades + sink
-            fixes = " or ".join(f"budget={b}" for b in (below, below + cascades) if b > sink)
+        if slots < cascades:
             raise PolicyConfigError(
-                f"cascading: budget - sink = {slots} slots must be divisible by cascades={cascades}; "
-                f"use {fixes}, or another number of cascades."
+                f"cascading: budget - sink = {slots} slots cannot give cascades={cascades} sub-caches a slot "
+                f"each; use budget >= {sink + cascades} or fewer cascades."
             )
         if not 0.0 < beta < 1.0:
             raise PolicyConfigError(f"cascading: beta={beta} must be in (0, 1) (paper: 0.9999).")
         if reduce not in ("max", "mean"):
             raise PolicyConfigError(f"cascading: reduce={reduce!r} must be 'max' (paper) or 'mean'.")
         self.cascades = cascades
-        self.window = slots // cascades  # W
+        # W = M / C slots each; when C does not divide M the newest sub-caches take one slot more, so any
+        # budget works (a budget given as a fraction of a document rarely divides) and the span stays
+        # about W (2^C - 1).
+        self._widths = [slots // cascades + (level < slots % cascades) for level in range(cascades)]
         self.beta = beta
         self.reduce = reduce
         self._weights: dict[tuple[int, torch.device], torch.Tensor] = {}
@@ -202,12 +205,17 @@ class Cascading(CachePolicy):
             winner = torch.full_like(best, -1, dtype=torch.long).scatter_reduce(1, groups, order, "amax")
             entries = cand.gather(1, winner)
         total = entries.shape[1]
-        evicted = max(0, total - self.window)
+        evicted = max(0, total - self._widths[level])
         self.counts[level] = total - evicted
         # Entry j leaves when entry j + W is created, i.e. at the step of the (j + W - m)-th new entry.
         start_steps = steps[starts]
-        leave = start_steps[self.window - m : self.window - m + evicted]
+        width = self._widths[level]
+        leave = start_steps[width - m : width - m + evicted]
         return entries[:, evicted:], entries[:, :evicted], leave
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        # Snapshots written before sub-caches could differ in width carry ``window``, now derived (_widths).
+        super().load_state_dict({k: v for k, v in state.items() if k != "window"})
 
     def params(self) -> dict[str, Any]:
         return {

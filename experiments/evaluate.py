@@ -53,8 +53,8 @@ PROMPTS: dict[str, str] = {
     "qa": "Answer the question about the text above in one or two sentences.\nQuestion: {question}",
     "paragraph": QASettings().prompt,
 }
-#: Budgets are rounded down so that budget - sink is a multiple of this: every policy then accepts the same
-#: budget (cascading needs budget - sink divisible by its number of cascades: 1, 2, 4, 8 or 16).
+#: Budgets are rounded down so that budget - sink is a multiple of this, as for every result in BENCHMARKS.md
+#: (cascading once needed budget - sink divisible by its number of cascades; it now takes any budget).
 BUDGET_ALIGN = 16
 
 

@@ -88,7 +88,11 @@ def simulate(
 
 @pytest.mark.parametrize(
     "budget,sink,cascades",
-    [(20, 4, 4), (16, 0, 2), (12, 2, 1), (27, 3, 8), (9, 1, 8), (35, 5, 3), (68, 4, 4)],
+    [
+        *[(20, 4, 4), (16, 0, 2), (12, 2, 1), (27, 3, 8), (9, 1, 8), (35, 5, 3), (68, 4, 4)],
+        # sub-caches of unequal widths (C does not divide budget - sink): 5,5,5,4 / 6,6,6,5,5 / 5,4,4
+        *[(23, 4, 4), (30, 2, 5), (13, 0, 3)],
+    ],
 )
 @pytest.mark.parametrize("strides", [[1], [3, 7], [16], [1, 5, 40]])
 def test_fast_cascade_matches_reference(budget, sink, cascades, strides):
@@ -361,8 +365,8 @@ def test_select_without_scores_is_refused():
     "params,match",
     [
         (
-            {"budget": 23, "sink": 4, "cascades": 4},
-            r"budget - sink = 19 .* divisible by cascades=4; use budget=20 ",
+            {"budget": 6, "sink": 4, "cascades": 4},
+            r"budget - sink = 2 slots cannot give cascades=4 sub-caches a slot each; use budget >= 8 ",
         ),
         ({"budget": 20, "sink": 4, "cascades": 0}, "cascades=0 must be >= 1"),
         ({"budget": 20, "sink": 4, "beta": 1.0}, r"beta=1.0 must be in \(0, 1\)"),

@@ -306,7 +306,7 @@ def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama,
     stories, _ = load_stories(data, max_stories=1)
     cfg = EvalConfig(
         policies=["cascading:cascades=32", "streaming_llm"],
-        budgets=[0.05],  # 5% of a ~280-token story: 16 slots, not divisible into 32 cascades
+        budgets=[0.05],  # 5% of a ~280-token story: 16 slots, too few for 32 cascades
         full=False,
         stride=32,
         variants=["a:max_new_tokens=2"],
@@ -316,7 +316,7 @@ def test_a_policy_that_cannot_run_on_a_story_is_an_error_not_a_crash(tiny_llama,
     errors: list = []
     rows, runs = evaluate(cfg, tiny_llama, CharTokenizer(), stories, errors=errors)
     assert [r["policy"] for r in runs] == ["streaming_llm"] and len(rows) == 2
-    assert len(errors) == 1 and "cascades=32" in errors[0]["error"] and "divisible" in errors[0]["error"]
+    assert len(errors) == 1 and "cascades=32" in errors[0]["error"] and "a slot each" in errors[0]["error"]
 
 
 def test_answers_in_parallel_rows_equal_answers_one_after_another(tiny_llama, data):

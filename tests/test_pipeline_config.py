@@ -104,8 +104,8 @@ def test_flags_override_the_file(tmp_path):
     [
         ({"policy": {"name": "lru"}}, r"policy: unknown cache policy 'lru'; choose one of \['cascading'"),
         (
-            {"policy": {"name": "cascading", "budget": 50}},
-            r"divisible by cascades=4; use budget=48 or budget=52",
+            {"policy": {"name": "cascading", "budget": 6}},
+            r"cannot give cascades=4 sub-caches a slot each; use budget >= 8",
         ),
         ({"policy": {"params": {"spam": 1}}}, r"policy: lacache: .*spam"),
         (

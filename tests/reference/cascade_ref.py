@@ -1,7 +1,8 @@
 """Slow, obviously correct Cascading KV cache reference, straight from ../shared/reference/cascading.md.
 
 One independent cascade per (layer, KV head): a list of sinks and C ring buffers (slots, start, count) of
-W slots, each slot a ``[stream position, score]`` pair. Per chunk: the scores of the cache (in cache order,
+W = M / C slots (the first M mod C rings one more, this project's choice when C does not divide M), each
+slot a ``[stream position, score]`` pair. Per chunk: the scores of the cache (in cache order,
 then the chunk's tokens) are updated with the EMA rule in float32, then the chunk's tokens are inserted
 one by one, each walking the sub-cache cases A-D. Cache order: sinks, oldest sub-cache first, each ring
 from its start.
@@ -15,17 +16,18 @@ Slot = list  # [position: int, score: np.float32]
 
 
 class CascadeHead:
-    def __init__(self, sink: int, cascades: int, window: int) -> None:
-        self.sink, self.C, self.W = sink, cascades, window
+    def __init__(self, sink: int, cascades: int, slots: int) -> None:
+        self.sink, self.C, self.M = sink, cascades, slots
+        self.W = [slots // cascades + (1 if i < slots % cascades else 0) for i in range(cascades)]
         self.sinks: list[Slot] = []
-        self.rings: list[list[Slot | None]] = [[None] * window for _ in range(cascades)]
+        self.rings: list[list[Slot | None]] = [[None] * w for w in self.W]
         self.start = [0] * cascades
         self.count = [0] * cascades
 
     def ring_order(self, i: int) -> list[Slot]:
         out = []
         for k in range(self.count[i]):
-            slot = self.rings[i][(self.start[i] + k) % self.W]
+            slot = self.rings[i][(self.start[i] + k) % self.W[i]]
             assert slot is not None
             out.append(slot)
         return out
@@ -41,28 +43,28 @@ class CascadeHead:
         if len(self.sinks) < self.sink:
             self.sinks.append(token)
             return
-        M = self.C * self.W
+        M = self.M
         carried = token
         for i in range(self.C):
             eager = r - 1 <= M + self.sink
             is_open = eager or (r - 1 - self.sink) % (2**i) == 0
-            ring, start, count = self.rings[i], self.start[i], self.count[i]
-            if is_open and count < self.W:  # A
-                ring[(start + count) % self.W] = carried
+            ring, start, count, W = self.rings[i], self.start[i], self.count[i], self.W[i]
+            if is_open and count < W:  # A
+                ring[(start + count) % W] = carried
                 self.count[i] += 1
                 return
             if is_open:  # B: replace the oldest, carry it on
                 oldest = ring[start]
                 assert oldest is not None
                 ring[start] = carried
-                self.start[i] = (start + 1) % self.W
+                self.start[i] = (start + 1) % W
                 carried = oldest
                 continue
             if count == 0:  # C
                 ring[start] = carried
                 self.count[i] = 1
                 return
-            newest = (start + count - 1) % self.W  # D
+            newest = (start + count - 1) % W  # D
             held = ring[newest]
             assert held is not None
             if carried[1] >= held[1]:
@@ -76,8 +78,8 @@ class CascadeReference:
         self, layers: int, kv_heads: int, budget: int, sink: int, cascades: int, beta: float, reduce: str
     ) -> None:
         self.beta, self.reduce, self.kv_heads = beta, reduce, kv_heads
-        window = (budget - sink) // cascades
-        self.heads = [[CascadeHead(sink, cascades, window) for _ in range(kv_heads)] for _ in range(layers)]
+        slots = budget - sink
+        self.heads = [[CascadeHead(sink, cascades, slots) for _ in range(kv_heads)] for _ in range(layers)]
         self.seen = 0
 
     def chunk(self, column_sums: list[np.ndarray], n_new: int) -> None:
