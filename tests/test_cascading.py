@@ -162,7 +162,7 @@ def test_one_cascade_is_streaming_llm(tiny_llama, stride, sink):
 
 
 @pytest.mark.parametrize("stride", [1, 5, 32])
-@pytest.mark.parametrize("cascades", [2, 4])
+@pytest.mark.parametrize("cascades", [2, 3, 4])  # 3: widths 14, 13, 13
 def test_budget_sinks_and_cache_order(tiny_llama, stride, cascades):
     budget, sink = 44, 4
 
