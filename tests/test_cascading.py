@@ -382,6 +382,18 @@ def test_bad_configs_name_the_parameter(params, match):
         make_policy("cascading", **params)
 
 
+def test_state_from_before_unequal_widths_still_loads():
+    old = make_policy("cascading", budget=20, sink=4, cascades=4)
+    old.bind(2, 2)
+    state = {**old.state_dict(), "window": 4}  # snapshots kept the width as state until 4c105f8
+    fresh = make_policy("cascading", budget=20, sink=4, cascades=4)
+    fresh.bind(2, 2)
+    fresh.load_state_dict(state)
+    assert fresh._widths == [4, 4, 4, 4] and "window" not in vars(fresh)
+    with pytest.raises(KeyError, match="'span' is not part of this policy's state"):
+        fresh.load_state_dict({"span": 3})
+
+
 # ------------------------------------------------------------------ passkey job
 class CharTokenizer:
     def __call__(self, text: str, add_special_tokens: bool = False) -> dict[str, list[int]]:
