@@ -2,12 +2,12 @@
 
 Contract: per layer and KV head, keep ``sink`` (NS) sinks plus ``M = budget - sink`` slots split into
 ``cascades`` (C) sub-caches of ``W = M / C`` (when C does not divide M, the first ``M mod C`` sub-caches get
-one slot more); sub-cache 0 holds the newest tokens. A token at stream position
-``p`` (0-based) is inserted after the chunk's attention and score update. Eager fill: while ``p <= M + NS``
-every sub-cache is open; afterwards sub-cache ``i`` is open iff ``(p - NS) mod 2^i == 0``. The carried token
-(the new one, then whatever it displaces) meets sub-caches 0..C-1: A open, not full: append, stop;
-B open, full: replace the oldest, carry the oldest on (dropped after the last); C closed, empty: append,
-stop; D closed, not empty: overwrite the newest if its score is >= the newest's, else drop; stop.
+one slot more); sub-cache 0 holds the newest tokens. A token at stream position ``p`` (0-based) is inserted
+after the chunk's attention and score update. Eager fill: while ``p <= M + NS`` every sub-cache is open;
+afterwards sub-cache ``i`` is open iff ``(p - NS) mod 2^i == 0``. The carried token (the new one, then
+whatever it displaces) meets sub-caches 0..C-1: A open, not full: append, stop; B open, full: replace the
+oldest, carry the oldest on (dropped after the last); C closed, empty: append, stop; D closed, not empty:
+overwrite the newest if its score is >= the newest's, else drop; stop.
 
 Scores are float32 EMAs per (layer, KV head, slot), ``s <- beta^S s + sum_q (1-beta) beta^(S-1-q) p(q, slot)``
 with the query-head probabilities reduced over each GQA group by max (or mean). They arrive through
@@ -204,12 +204,11 @@ class Cascading(CachePolicy):
             order = order.masked_fill(cand_score < best.gather(1, groups), -1)
             winner = torch.full_like(best, -1, dtype=torch.long).scatter_reduce(1, groups, order, "amax")
             entries = cand.gather(1, winner)
-        total = entries.shape[1]
-        evicted = max(0, total - self._widths[level])
+        width, total = self._widths[level], entries.shape[1]
+        evicted = max(0, total - width)
         self.counts[level] = total - evicted
         # Entry j leaves when entry j + W is created, i.e. at the step of the (j + W - m)-th new entry.
         start_steps = steps[starts]
-        width = self._widths[level]
         leave = start_steps[width - m : width - m + evicted]
         return entries[:, evicted:], entries[:, :evicted], leave
 
