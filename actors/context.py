@@ -27,7 +27,7 @@ Contract:
 * ``ctx.damage`` collects what readers report about an input that ended early (a truncated gzip): the
   stream keeps what was read, and ``run`` writes the report into every row's ``error_kind``/``error``.
 * ``ctx.row`` builds an output row with the identity, model, policy, cache (from ``Inspect``) and timing
-  columns filled in; tasks add their own columns (see ``pipeline.schema``).
+  columns filled in; tasks add their own columns (see ``pipeline.output.schema``).
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import socket
 import time
 from collections.abc import Callable, Generator, Sequence
@@ -47,91 +46,20 @@ from actors.checkpoint import Checkpoint, fingerprint
 from cache_policies import CachePolicy
 from longread.generation import GenerationResult, GenerationSettings
 from longread.scheduler import Ask, AskMany, Feed, Inspect, Load, Program, Request, Save, StreamState
+from longread.text import STOP_STRINGS, chat_frame, drop_repeated_sentences
 from pipeline.config import BaseJobConfig, Decoding
-from pipeline.readers import Damage
+from pipeline.inputs.readers import Damage
 
 log = logging.getLogger(__name__)
 
-#: Stop strings besides EOS: chat models sometimes open a new turn instead of ending theirs.
-STOP_STRINGS = ("<|im_end|>", "<|im_start|>", "<|endoftext|>", "</s>")
 
 Row = dict[str, Any]
 
-_MARK = "\u2063LONGREAD-CONTENT\u2063"
 #: A text cut to a token limit is tokenized from a prefix of this many characters per token wanted (grown
 #: when the prefix falls short) ...
 CHARS_PER_TOKEN = 8
 #: ... minus this many tokens at the cut, where the prefix's last tokens may merge unlike the whole text's.
 CUT_MARGIN = 16
-
-
-def chat_frame(
-    tokenizer: Any, system_prompt: str | None = None, use_template: bool = True
-) -> tuple[str, str]:
-    """``(prefix, suffix)`` that put a streamed document inside one user message of the chat template.
-
-    The prefix (system prompt, start of the user turn) is fed before the document; every instruction is
-    appended to the user message and followed by the suffix (end of turn, start of the assistant's), so
-    the model answers about text it was given as the user's. Models without a chat template (or
-    ``use_template=False``) get ``("", "\n\nAnswer:")``, after the system prompt if one is given.
-    """
-    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-    messages.append({"role": "user", "content": _MARK})
-    template = getattr(tokenizer, "chat_template", None) if use_template else None
-    if template:
-        try:
-            text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # a template that rejects this message list: fall back to plain text
-            text = ""
-        if isinstance(text, str) and text.count(_MARK) == 1:
-            prefix, suffix = text.split(_MARK)
-            return prefix, suffix
-    return (f"{system_prompt}\n\n" if system_prompt else ""), "\n\nAnswer:"
-
-
-#: ., ! or ? (and closing quotes or brackets), then the whitespace that may end a sentence there.
-_SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*(\s+)")
-#: Words whose period does not end a sentence (besides initials, "U.S." and list numbers: see below).
-_ABBREVIATIONS = frozenset(
-    {"mr", "mrs", "ms", "dr", "prof", "st", "jr", "sr", "vs", "etc", "no", "fig", "mt", "gen", "col", "lt"}
-    | {"sgt", "capt", "rev"}
-)
-#: Shorter sentences are never dropped ("No. No." may be meant; a loop repeats a longer one).
-MIN_REPEAT_WORDS = 3
-
-
-def sentences(text: str) -> list[tuple[str, str]]:
-    """``text`` as (sentence, the whitespace after it) pairs, which join back to ``text``. A sentence ends
-    at ., ! or ? followed by whitespace -- not after an abbreviation (Mr.), an initial or a list number
-    (J., 1.) or a dotted word (U.S., e.g.)."""
-    out: list[tuple[str, str]] = []
-    start = 0
-    for m in _SENTENCE_END.finditer(text):
-        words = text[start : m.start()].split()
-        word = words[-1].lower() if words else ""
-        if text[m.start()] == "." and (word in _ABBREVIATIONS or len(word) == 1 or "." in word):
-            continue
-        out.append((text[start : m.start(1)], m.group(1)))
-        start = m.end()
-    out.append((text[start:], ""))
-    return out
-
-
-def drop_repeated_sentences(text: str) -> str:
-    """Drop verbatim repeats of an earlier sentence of at least ``MIN_REPEAT_WORDS`` words: small models
-    under greedy decoding loop on one. Everything else, line breaks included, stays as it was."""
-    seen: set[str] = set()
-    kept: list[str] = []
-    dropped = False
-    for sentence, gap in sentences(text):
-        key = " ".join(sentence.lower().split())
-        if key in seen and len(key.split()) >= MIN_REPEAT_WORDS:
-            dropped = True
-            continue
-        seen.add(key)
-        kept.append(sentence + gap)
-    out = "".join(kept)
-    return out.rstrip() if dropped and not text[-1:].isspace() else out
 
 
 @dataclass

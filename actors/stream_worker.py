@@ -23,7 +23,7 @@ Contract:
   stream's error row; the worker goes on with the next stream. A failure to write the output
   (``OutputError``: disk full, read-only, S3 refusing) is not the stream's fault: its status is ``fatal``
   with the one message the driver stops the job with, and the worker starts no more streams.
-* Under Ray, per-stream metrics go to the Ray dashboard (``pipeline.metrics``).
+* Under Ray, per-stream metrics go to the Ray dashboard (``pipeline.cluster.metrics``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,12 @@ from actors.checkpoint import Checkpoint
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
 from longread.scheduler import Batcher, Program
-from pipeline.cluster import STOP_POLL_S, StopFlag
+from pipeline.cluster.metrics import StreamMetrics
+from pipeline.cluster.session import STOP_POLL_S, StopFlag
 from pipeline.config import BaseJobConfig
-from pipeline.metrics import StreamMetrics
-from pipeline.sharding import StreamTask
-from pipeline.sources import InputError
-from pipeline.writer import OutputError, PartWriter, stream_key
+from pipeline.inputs.sources import InputError
+from pipeline.job.plan import StreamTask
+from pipeline.output.writer import OutputError, PartWriter, stream_key
 
 log = logging.getLogger(__name__)
 

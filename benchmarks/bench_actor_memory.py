@@ -13,8 +13,9 @@ mmapped). Variants:
 
 * ``none``: glibc's defaults (a dynamic mmap threshold), nothing between streams (the actor before the fix);
 * ``trim``: glibc's defaults, ``gc.collect()`` + ``malloc_trim(0)`` after every stream (a reference only);
-* ``default``: the allocator settings the pipeline gives every actor (``pipeline.memory.ALLOCATOR_ENV``,
-  set in the environment before the process starts, as the actors' runtime_env does);
+* ``default``: the allocator settings the pipeline gives every actor
+  (``pipeline.cluster.memory.ALLOCATOR_ENV``, set in the environment before the process starts, as the actors'
+  runtime_env does);
 * ``ray_none`` / ``ray_default``: the same worker inside a Ray actor (local Ray, ``max_concurrency`` =
   ``--concurrent``), created without / with the pipeline's actor runtime_env
   (``pipeline.cluster.actor_runtime_env``); RSS is the actor process's.
@@ -130,7 +131,7 @@ def job(work: Path, streams: int, max_tokens: int, concurrent: int) -> tuple[Any
     """The main job's config on a corpus of ``streams`` texts, and its stream descriptors."""
     from actors.tasks import make_task
     from jobs.config import CONFIG_DIR, config_from_dict, read_yaml
-    from pipeline.sources import expand_inputs
+    from pipeline.inputs.sources import expand_inputs
 
     make_corpus(work / "in", streams)
     data = read_yaml(CONFIG_DIR / "summarize_books.yaml")
@@ -167,7 +168,7 @@ class Probe:
         return os.getpid()
 
     def one(self, unit_json: str) -> None:
-        from pipeline.sharding import StreamTask
+        from pipeline.job.plan import StreamTask
 
         t0 = time.perf_counter()
         (status,) = self.worker.process(StreamTask.from_json(unit_json))
@@ -205,7 +206,7 @@ def run_in_process(variant: str, streams: int, max_tokens: int, concurrent: int)
 def run_in_ray(variant: str, streams: int, max_tokens: int, concurrent: int) -> dict[str, Any]:
     import ray
 
-    from pipeline.cluster import actor_runtime_env
+    from pipeline.cluster.session import actor_runtime_env
 
     work = Path(tempfile.mkdtemp(prefix="bench-actor-memory-"))
     ray.init(address="local", num_cpus=1, include_dashboard=False, logging_level="WARNING")
@@ -233,7 +234,7 @@ def child(args: argparse.Namespace) -> None:
 
 
 def spawn(variant: str, args: argparse.Namespace) -> dict[str, Any]:
-    from pipeline.memory import ALLOCATOR_ENV
+    from pipeline.cluster.memory import ALLOCATOR_ENV
 
     env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != "RAY_ADDRESS"}
     env["TOKENIZERS_PARALLELISM"] = "false"

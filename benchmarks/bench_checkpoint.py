@@ -72,7 +72,7 @@ def parts(worker: Any, work: Path, s3: Any | None, tokens: int) -> dict[str, Any
     """Each step of one checkpoint, on a stream fed ``tokens`` tokens (a bounded policy's cache is full)."""
     from actors.checkpoint import Checkpoint
     from longread.engine import Snapshot
-    from pipeline.writer import PartWriter
+    from pipeline.output.writer import PartWriter
 
     engine = worker.engine
     stream = engine.open()
@@ -112,8 +112,8 @@ def parts(worker: Any, work: Path, s3: Any | None, tokens: int) -> dict[str, Any
 
 def overhead(book: Path, work: Path, tokens: int, every: int, threads: int, model: Any) -> dict[str, Any]:
     from actors.stream_worker import StreamWorker
-    from pipeline.sources import expand_inputs
-    from pipeline.writer import PartWriter
+    from pipeline.inputs.sources import expand_inputs
+    from pipeline.output.writer import PartWriter
 
     out = work / f"every-{every}"
     cfg = _config(book, out, tokens, every or None, threads)
@@ -173,7 +173,7 @@ def main() -> None:
         if args.s3:
             from moto.server import ThreadedMotoServer
 
-            from pipeline.fs import Storage
+            from pipeline.storage import Storage
 
             server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
             server.start()

@@ -11,8 +11,8 @@ processes per mode; each reads every part and exits at once, as the driver does 
   Python ``bytes``, still a dataset scan);
 * ``dataset_fsspec``: ``pyarrow.dataset.dataset(paths, filesystem=<fsspec local>).to_table()`` (pyarrow
   reads through fsspec's Python file objects on its own threads);
-* ``read_part``: ``pipeline.writer.read_part(data)`` (synchronous ``ParquetFile.read`` on an Arrow-owned
-  copy).
+* ``read_part``: ``pipeline.output.writer.read_part(data)`` (synchronous ``ParquetFile.read`` on an
+  Arrow-owned copy).
 
 A run fails when the process does not exit 0 (134 = SIGABRT: "terminate called without an active
 exception"). Prints a table and writes JSON.
@@ -40,7 +40,7 @@ CHILD = """
 import io, sys
 sys.path.insert(0, {root!r})
 import fsspec, pyarrow as pa, pyarrow.dataset as ds, pyarrow.parquet as pq
-from pipeline.writer import read_part
+from pipeline.output.writer import read_part
 mode, paths = sys.argv[1], sys.argv[2:]
 if mode == "dataset_fsspec":
     assert ds.dataset(paths, format="parquet", filesystem=fsspec.filesystem("file")).to_table().num_rows
@@ -59,7 +59,7 @@ for path in paths if mode != "dataset_fsspec" else []:
 def write_parts(folder: Path, files: int) -> list[str]:
     from datetime import UTC, datetime
 
-    from pipeline.writer import PartWriter
+    from pipeline.output.writer import PartWriter
 
     writer = PartWriter(str(folder))
     writer.prepare()

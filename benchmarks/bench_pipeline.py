@@ -26,7 +26,7 @@ from typing import Any
 
 from jobs.config import CONFIG_DIR, config_from_dict, read_yaml
 from jobs.run import run_job
-from pipeline.writer import PartWriter
+from pipeline.output.writer import PartWriter
 
 
 def run_once(actors: int, streams: int, max_tokens: int, split_parts: int, out: Path) -> dict[str, Any]:

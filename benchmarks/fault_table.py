@@ -73,7 +73,7 @@ def killed_actors(work: Path, model_dir: Path, books: int, kills: int) -> dict[s
 
     from actors.checkpoint import Checkpoint
     from jobs.run import run_job
-    from pipeline.writer import CHECKPOINTS_DIR
+    from pipeline.output.writer import CHECKPOINTS_DIR
 
     folder = work / "books"
     folder.mkdir()
@@ -305,7 +305,7 @@ def s3_outage(work: Path, model_dir: Path, moto: Any, endpoint: str, seconds: fl
     from helpers_pipeline import book_text, job_config, take_s3_away
 
     from jobs.run import run_job
-    from pipeline.fs import Storage
+    from pipeline.storage import Storage
 
     fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint}, **S3_KEYS)
     fs.mkdir("outage")

@@ -32,7 +32,7 @@ TEXT_KINDS = ("segment", "final", "answer", "window")
 
 def load_rows(output: str) -> list[dict[str, Any]]:
     """The rows of one job's output folder (the pipeline's own reader: temporary files skipped)."""
-    from pipeline.writer import read_results
+    from pipeline.output.writer import read_results
 
     table = read_results(output)
     if table.num_rows == 0:

@@ -34,13 +34,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from actors.context import STOP_STRINGS, chat_frame, drop_repeated_sentences
 from actors.tasks.qa import QASettings
 from cache_policies import POLICIES, make_policy, parse_spec
 from experiments.eval_table import METRICS, format_table, summarize
 from longread.generation import GenerationResult, GenerationSettings
 from longread.quality import degeneracy
 from longread.scheduler import AskMany, Feed, Inspect, Program, StreamState
+from longread.text import STOP_STRINGS, chat_frame, drop_repeated_sentences
 
 log = logging.getLogger("experiments.evaluate")
 

@@ -1,6 +1,6 @@
 """Run a pipeline job: the driver handed the job's task and the stream worker; ``main`` is the CLI.
 
-* ``run_job(cfg)`` runs ``pipeline.driver.run_job`` with the task of ``cfg.task`` (``actors.tasks``) and
+* ``run_job(cfg)`` runs ``pipeline.job.driver.run_job`` with the task of ``cfg.task`` (``actors.tasks``) and
   ``actors.stream_worker.StreamWorker``: the one place where the layers are put together.
 * ``main(task, argv)`` is what ``python -m jobs.<name>`` runs: load the config (``jobs.config``), run the
   job, print where the results are and a short preview. Exit status 2 for bad settings or inputs, 3 when
@@ -18,9 +18,9 @@ from actors.stream_worker import StreamWorker
 from actors.tasks import make_task
 from jobs.config import ConfigError, load_config
 from pipeline.config import BaseJobConfig
-from pipeline.driver import run_job as drive
-from pipeline.report import JobReport, format_report
-from pipeline.writer import OutputError
+from pipeline.job.driver import run_job as drive
+from pipeline.job.report import JobReport, format_report
+from pipeline.output.writer import OutputError
 
 
 def run_job(cfg: BaseJobConfig) -> JobReport:
@@ -39,7 +39,7 @@ def main(task: str, argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     if not cfg.progress:  # no progress bar: progress goes to the log instead
-        logging.getLogger("pipeline.driver").setLevel(logging.INFO)
+        logging.getLogger("pipeline.job.driver").setLevel(logging.INFO)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
         report = run_job(cfg)

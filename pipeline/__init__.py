@@ -1,18 +1,17 @@
 """The Ray pipeline: corpora of books or logs become continuous streams, run on actors, saved as Parquet.
 
-Modules, in the order data flows through them (none knows the tasks: they live in ``actors.tasks``):
+Sub-packages by reason to change, each importing only those above it in this list (tests/test_layers.py):
 
+* ``pipeline.storage``  -- local paths and ``s3://`` through fsspec; credentials never logged.
+* ``pipeline.inputs``   -- ``sources`` (paths, globs, prefixes -> files; format detection; ``InputError``) and
+  ``readers`` (lines of byte ranges and gzip; documents of text, JSONL, Parquet), incremental.
+* ``pipeline.output``   -- ``schema`` (the one pyarrow schema of every row) and ``writer`` (Parquet parts,
+  checkpoints, job records, reading results back).
 * ``pipeline.config``   -- the settings sections every job shares (model, policy, input, output ...).
-* ``pipeline.fs``       -- local paths and ``s3://`` through fsspec; credentials never logged.
-* ``pipeline.sources``  -- input expansion (paths, globs, prefixes), format detection, ``InputError``.
-* ``pipeline.readers``  -- readers: lines (byte ranges, gzip) and documents (text, JSONL, Parquet).
-* ``pipeline.sharding`` -- stream descriptors (``StreamTask``), contiguous parts, path keys, chapters.
-* ``pipeline.shuffle``  -- streams keyed by a match in each line, through a Ray Data groupby.
-* ``pipeline.logstats`` -- exact log statistics without a model: timestamps, levels, message templates.
-* ``pipeline.schema``   -- the one explicit pyarrow schema of every output row.
-* ``pipeline.writer``   -- atomic per-stream Parquet parts, the resume check, reading results back.
-* ``pipeline.driver``   -- Ray Data scheduling over an actor pool and progress, with ``cluster`` (Ray
-  start-up, actor sizing), ``preflight`` (checks before Ray), ``metrics`` and ``report``.
+* ``pipeline.cluster``  -- Ray plumbing: start or join a cluster, size actors, the stop flag, metrics.
+* ``pipeline.job``      -- the job: ``plan`` (stream descriptors), ``preflight`` (checks before Ray),
+  ``driver`` (Ray Data scheduling, progress), ``report`` (what the run tells and records).
 
-The actors that run the model live in ``actors/``; the command-line jobs in ``jobs/``.
+None knows the tasks: they live in ``actors.tasks`` (the log analysis with the logs task), the actors that
+run the model in ``actors/``, the command-line jobs in ``jobs/``.
 """

@@ -21,8 +21,8 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from cache_policies import POLICIES, CachePolicy, PolicyConfigError, make_policy, policy_kwargs
 from longread.generation import GenerationSettings as Sampling
 from longread.models import model_name
-from pipeline.fs import DEFAULT_S3_RETRIES, Storage
-from pipeline.sources import TextFormat
+from pipeline.inputs.sources import TextFormat
+from pipeline.storage import DEFAULT_S3_RETRIES, Storage
 
 
 class Section(BaseModel):

@@ -197,7 +197,7 @@ def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sec
 
 def read_output(path: str | Path, storage: Any = None) -> Any:
     """All rows of an output folder as a pandas DataFrame (through the writer's own reader)."""
-    from pipeline.writer import read_results
+    from pipeline.output.writer import read_results
 
     return read_results(str(path), storage).to_pandas()
 

@@ -186,16 +186,16 @@ def _memory_rounds() -> None:
 
 def test_snapshots_and_restores_do_not_grow_memory():
     """30 rounds of snapshot / restore / bytes round trip in a fresh process started the way the pipeline
-    starts its actors (``pipeline.memory.ALLOCATOR_ENV``): RSS stays flat and nothing is left to the cycle
-    collector. (With glibc's default dynamic mmap threshold the same rounds grow RSS by one to four copies
-    of the state: freed, but fragmented in the heap; BENCHMARKS.md, "Stream-worker memory".)"""
+    starts its actors (``pipeline.cluster.memory.ALLOCATOR_ENV``): RSS stays flat and nothing is left to the
+    cycle collector. (With glibc's default dynamic mmap threshold the same rounds grow RSS by one to four
+    copies of the state: freed, but fragmented in the heap; BENCHMARKS.md, "Stream-worker memory".)"""
     import json
     import os
     import subprocess
     import sys
     from pathlib import Path
 
-    from pipeline.memory import ALLOCATOR_ENV
+    from pipeline.cluster.memory import ALLOCATOR_ENV
 
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, **ALLOCATOR_ENV, "PYTHONPATH": f"{root}{os.pathsep}{root / 'tests'}"}

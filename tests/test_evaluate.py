@@ -8,7 +8,6 @@ import math
 import pytest
 import torch
 
-from actors.context import drop_repeated_sentences
 from actors.tasks.qa import QASettings
 from cache_policies import make_policy
 from experiments.eval_table import format_table, summarize
@@ -29,6 +28,7 @@ from experiments.evaluate import (
 )
 from longread.engine import StreamingEngine
 from longread.scheduler import run_program
+from longread.text import drop_repeated_sentences
 
 
 class CharTokenizer:

@@ -15,6 +15,15 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 LAYERS = ("cache_policies", "longread", "pipeline", "actors", "jobs", "experiments", "benchmarks", "examples")
 RANK = {name: rank for rank, name in enumerate(LAYERS)}
+#: Inside ``pipeline`` the sub-packages are layers too, by reason to change (see pipeline/__init__.py).
+PIPELINE = (
+    "pipeline.storage",
+    "pipeline.inputs",
+    "pipeline.output",
+    "pipeline.config",
+    "pipeline.cluster",
+    "pipeline.job",
+)
 
 
 def module_name(path: Path) -> str:
@@ -64,6 +73,11 @@ def layer(module: str) -> str:
     return module.split(".", 1)[0]
 
 
+def pipeline_layer(module: str) -> str | None:
+    """The ``PIPELINE`` sub-layer of a ``pipeline`` module (None for the package itself)."""
+    return next((p for p in PIPELINE if module == p or module.startswith(p + ".")), None)
+
+
 def cycles(edges: dict[str, set[str]]) -> list[list[str]]:
     """The strongly connected components with more than one module (Tarjan's algorithm)."""
     index: dict[str, int] = {}
@@ -103,7 +117,8 @@ def test_the_reader_sees_the_imports():
     """The graph is read right: known edges are there (else the checks below would pass vacuously)."""
     edges = graph()
     assert "actors.tasks" in edges["actors.stream_worker"]
-    assert "pipeline.readers" in edges["actors.tasks.base"]
+    assert "pipeline.inputs.readers" in edges["actors.tasks.base"]
+    assert "pipeline.storage" in edges["pipeline.output.writer"]
     assert "cache_policies" in edges["pipeline.config"]
     assert "actors.stream_worker" in edges["jobs.run"]
     assert len(edges) > 40
@@ -117,6 +132,28 @@ def test_layers_import_only_downward():
         if RANK[layer(target)] > RANK[layer(module)]
     ]
     assert not upward, "imports that climb a layer (" + " < ".join(LAYERS) + "):\n" + "\n".join(upward)
+
+
+def test_every_pipeline_module_has_a_sub_layer():
+    """A module directly in ``pipeline/`` or in a new sub-package must be placed in ``PIPELINE`` first."""
+    loose = [m for m in graph() if layer(m) == "pipeline" and m != "pipeline" and pipeline_layer(m) is None]
+    assert not loose, f"pipeline modules outside the sub-layers {PIPELINE}: {loose}"
+
+
+def test_pipeline_sub_packages_import_only_downward():
+    rank = {name: i for i, name in enumerate(PIPELINE)}
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in sorted(graph().items())
+        for target in sorted(targets)
+        if layer(module) == layer(target) == "pipeline"
+        and pipeline_layer(module) is not None
+        and pipeline_layer(target) is not None
+        and rank[pipeline_layer(target)] > rank[pipeline_layer(module)]  # type: ignore[index]
+    ]
+    assert not upward, (
+        "pipeline imports that climb a sub-layer (" + " < ".join(PIPELINE) + "):\n" + "\n".join(upward)
+    )
 
 
 def test_no_import_circle():

@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from conftest import SHARED_DATA
 
-from pipeline.logformats import FORMATS, GENERIC, detect_format, get_format
-from pipeline.logreport import duration_text, render_report, statistics_text
-from pipeline.logstats import LogParser, WindowStats
+from actors.tasks.logs.formats import FORMATS, GENERIC, detect_format, get_format
+from actors.tasks.logs.report import duration_text, render_report, statistics_text
+from actors.tasks.logs.stats import LogParser, WindowStats
 
 LOGHUB = SHARED_DATA / "loghub"
 needs_loghub = pytest.mark.skipif(not LOGHUB.is_dir(), reason="../shared/data/loghub is absent")

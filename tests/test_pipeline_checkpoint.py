@@ -15,9 +15,9 @@ from helpers_pipeline import book_text, job_config, log_lines, read_output
 from actors.checkpoint import Checkpoint, fingerprint
 from actors.context import StreamInfo
 from actors.stream_worker import StreamWorker
-from pipeline.sharding import StreamTask
-from pipeline.sources import expand_inputs
-from pipeline.writer import PartWriter
+from pipeline.inputs.sources import expand_inputs
+from pipeline.job.plan import StreamTask
+from pipeline.output.writer import PartWriter
 
 EVERY = 40  # tokens between checkpoints: several per stream of the tiny corpus
 #: Columns that say when, where and how fast a row was made, not what it says.

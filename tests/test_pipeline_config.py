@@ -11,7 +11,7 @@ from pydantic import BaseModel
 from actors.tasks import TASKS, JobConfig
 from jobs.config import CONFIG_DIR, ConfigError, build_parser, config_from_dict, load_config, read_yaml
 from jobs.run import main
-from pipeline.schema import ROW_KINDS
+from pipeline.output.schema import ROW_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "pipeline.md"
@@ -244,7 +244,7 @@ def test_local_actor_requests_fit_the_machine(monkeypatch):
     import ray
 
     from actors.tasks import JobConfig
-    from pipeline.cluster import actor_resources
+    from pipeline.cluster.session import actor_resources
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
 

@@ -23,7 +23,7 @@ from helpers_pipeline import book_text, job_config, local_ray, read_output
 
 from actors.checkpoint import Checkpoint
 from jobs.run import run_job
-from pipeline.writer import CHECKPOINTS_DIR
+from pipeline.output.writer import CHECKPOINTS_DIR
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]

@@ -24,9 +24,9 @@ from helpers_pipeline import (
 )
 
 from jobs.run import run_job
-from pipeline.report import format_report
-from pipeline.schema import SCHEMA
-from pipeline.writer import stream_key
+from pipeline.job.report import format_report
+from pipeline.output.schema import SCHEMA
+from pipeline.output.writer import stream_key
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -92,7 +92,7 @@ def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_b
     """One JSONL file of 6 records, 2 actors of one stream each: both actors take records of the file, and
     the driver counts each record as it ends (the first status arrives while records are still running),
     not the whole file at once."""
-    from pipeline.report import JobReport
+    from pipeline.job.report import JobReport
 
     path = tmp_path / "stories.jsonl"
     path.write_text("".join(json.dumps({"text": book_text(repeat=8 + 3 * i)}) + "\n" for i in range(6)))

@@ -22,9 +22,9 @@ from helpers_pipeline import (
 )
 
 from jobs.run import run_job
-from pipeline.fs import Storage
-from pipeline.report import format_report
-from pipeline.schema import SCHEMA
+from pipeline.job.report import format_report
+from pipeline.output.schema import SCHEMA
+from pipeline.storage import Storage
 
 pytestmark = pytest.mark.ray
 
@@ -164,7 +164,7 @@ def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
 
 def test_folder_marker_objects_are_not_inputs(s3_server):
     """The empty ``prefix/`` object an S3 console's "Create folder" leaves is not a file of the prefix."""
-    from pipeline.sources import TextFormat, expand_inputs
+    from pipeline.inputs.sources import TextFormat, expand_inputs
 
     fs = s3_server
     fs.call_s3("put_object", Bucket="corpus", Key="marked/", Body=b"")

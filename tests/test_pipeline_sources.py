@@ -14,17 +14,12 @@ import pyarrow.parquet as pq
 import pytest
 from helpers_pipeline import SHARED_DATA, book_text, write_bad_corpus
 
-from pipeline.logstats import LogParser, WindowStats, mask_template
-from pipeline.readers import Damage, iter_documents, iter_lines, iter_lines_at, iter_log_lines
-from pipeline.sharding import (
-    ChapterSplitter,
-    StreamTask,
-    group_by_path_key,
-    plan_files,
-    split_ranges,
-    spread_records,
-)
-from pipeline.sources import InputError, ReadOptions, SourceFile, expand_inputs, input_error
+from actors.tasks.logs.grouping import group_by_path_key
+from actors.tasks.logs.stats import LogParser, WindowStats, mask_template
+from longread.text import ChapterSplitter
+from pipeline.inputs.readers import Damage, iter_documents, iter_lines, iter_lines_at, iter_log_lines
+from pipeline.inputs.sources import InputError, ReadOptions, SourceFile, expand_inputs, input_error
+from pipeline.job.plan import StreamTask, plan_files, split_ranges, spread_records
 
 OPTS = ReadOptions()
 
@@ -319,7 +314,7 @@ def test_reading_resumes_at_any_position_it_yielded(tmp_path, name):
 def test_long_lines_stream_in_pieces_and_ranges_still_partition_them(tmp_path):
     """A line longer than MAX_LINE (a file without newlines) comes in pieces cut between UTF-8
     characters, in bounded memory; byte ranges and resumed reads keep every piece exactly once."""
-    from pipeline.readers import MAX_LINE
+    from pipeline.inputs.readers import MAX_LINE
 
     long = ("é€a" * (3 * MAX_LINE // 6 + 7))[:-1]  # ~3 MiB of 1-, 2- and 3-byte characters
     lines = ["first", long, "", "last"]
@@ -375,7 +370,7 @@ def test_jsonl_blank_lines_with_a_bom_or_unicode_spaces_are_skipped(tmp_path):
 def test_long_lines_in_multibyte_encodings_are_read_whole(tmp_path):
     """A cut could split a gbk character: lines in such encodings are not cut (UTF-8 and single-byte
     codecs are)."""
-    from pipeline.readers import MAX_LINE, cuttable
+    from pipeline.inputs.readers import MAX_LINE, cuttable
 
     assert cuttable("utf-8") and cuttable("UTF8") and cuttable("latin-1") and cuttable("cp1252")
     assert not cuttable("gbk") and not cuttable("shift_jis")
@@ -433,7 +428,7 @@ def test_record_names_never_collide_and_split_parts_keep_limits(tmp_path):
 
 
 def test_split_jsonl_log_parts_read_each_line_once(tmp_path):
-    from pipeline.readers import iter_log_lines_at
+    from pipeline.inputs.readers import iter_log_lines_at
 
     path = tmp_path / "app.jsonl"
     lines = [f"2024-01-05 10:00:{i % 60:02d} INFO line {i}" for i in range(200)]
@@ -450,7 +445,7 @@ def test_split_jsonl_log_parts_read_each_line_once(tmp_path):
 
 def test_line_groups_carry_their_files_sizes():
     """A line-grouped stream's sources keep the sizes the listing saw (what its checkpoints compare)."""
-    from pipeline.shuffle import _pack_group
+    from actors.tasks.logs.shuffle import _pack_group
 
     table = pa.table({"key": ["k", "k"], "ts": [2.0, 1.0], "file": [1, 0], "line_no": [0, 0],
                       "line": ["later", "first"], "uri": ["/b.log", "/a.log"]})  # fmt: skip
@@ -490,7 +485,7 @@ def test_records_can_be_shared_by_readers_and_keep_their_names(tmp_path):
 
 
 def test_display_uri_hides_every_form_of_credentials(monkeypatch):
-    from pipeline.fs import display_uri, get_fs
+    from pipeline.storage import display_uri, get_fs
 
     for uri in ["s3://AKIA:secret@bucket/out", "s3://user:p@ss@bucket/out", "s3://AKIA:wJal/K7MD@bucket/out"]:
         assert display_uri(uri) == "s3://bucket/out", uri

@@ -24,8 +24,8 @@ import pytest
 import yaml
 from helpers_pipeline import book_text, build_tiny_model, job_config
 
-from pipeline.raylog import RESTART_WARNING, capture_stderr_fd
-from pipeline.submit import JOB_CONFIG_ENV, check_output_path, submitted_job
+from pipeline.cluster.raylog import RESTART_WARNING, capture_stderr_fd
+from pipeline.cluster.submit import JOB_CONFIG_ENV, check_output_path, submitted_job
 
 ROOT = Path(__file__).resolve().parents[1]
 HEAD_SCRIPT = ROOT / "scripts" / "ray_head.sh"

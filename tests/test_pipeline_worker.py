@@ -18,15 +18,15 @@ from helpers_pipeline import (
     write_good_corpus,
 )
 
-from actors.context import STOP_STRINGS, drop_repeated_sentences
 from actors.stream_worker import StreamWorker
+from actors.tasks.logs.stats import LogParser
 from cache_policies import POLICIES
 from longread.engine import Snapshot, StreamingEngine
 from longread.scheduler import Save
-from pipeline.logstats import LogParser
-from pipeline.readers import iter_lines
-from pipeline.sharding import ChapterSplitter, plan_files
-from pipeline.sources import expand_inputs
+from longread.text import STOP_STRINGS, ChapterSplitter, drop_repeated_sentences
+from pipeline.inputs.readers import iter_lines
+from pipeline.inputs.sources import expand_inputs
+from pipeline.job.plan import plan_files
 
 POLICY_SETTINGS = {
     "full": {"name": "full", "budget": None, "params": {}},
@@ -287,7 +287,7 @@ def test_an_output_that_cannot_be_listed_is_fatal_not_an_error_row(tmp_path, mod
     """The worker lists the output to skip written streams; when that listing fails (S3 throttling after
     the driver's own listing worked) every stream reports the one output failure, no error row is written
     and process() returns."""
-    from pipeline.writer import PartWriter, output_error
+    from pipeline.output.writer import PartWriter, output_error
 
     files = write_good_corpus(tmp_path / "in")
     cfg = job_config("summarize", [str(files["records"])], str(tmp_path / "out"), model_dir)

@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.schema import COLUMNS, SCHEMA, rows_to_table
-from pipeline.sources import ERROR_KINDS
-from pipeline.writer import OutputError, PartWriter, stream_key
+from pipeline.inputs.sources import ERROR_KINDS
+from pipeline.output.schema import COLUMNS, SCHEMA, rows_to_table
+from pipeline.output.writer import OutputError, PartWriter, stream_key
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 
@@ -160,7 +160,7 @@ def test_a_cluster_that_cannot_start_fails_the_runs_record(tmp_path, model_dir, 
     """Ray failing to start (a wrong RAY_ADDRESS) is the run's failure: its record says so, not running."""
     from helpers_pipeline import book_text, job_config
 
-    import pipeline.driver
+    import pipeline.job.driver
     from jobs.run import run_job
 
     (tmp_path / "book.txt").write_text(book_text(repeat=1))
@@ -169,7 +169,7 @@ def test_a_cluster_that_cannot_start_fails_the_runs_record(tmp_path, model_dir, 
     def no_cluster(resources):
         raise ConnectionError("could not connect to RAY_ADDRESS=ray://nowhere:10001")
 
-    monkeypatch.setattr(pipeline.driver, "init_ray", no_cluster)
+    monkeypatch.setattr(pipeline.job.driver, "init_ray", no_cluster)
     with pytest.raises(ConnectionError):
         run_job(cfg)
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_jobs").glob("*.json")]

@@ -111,7 +111,7 @@ def row(stream: str, kind: str, index: int, text: str | None, stop: str | None =
 def test_degenerate_command_on_a_job_output(tmp_path, capsys):
     """experiments.degenerate reads a job's Parquet folder and counts with the same rule, per row kind."""
     from experiments.degenerate import main
-    from pipeline.writer import PartWriter
+    from pipeline.output.writer import PartWriter
 
     out = tmp_path / "out"
     writer = PartWriter(str(out))
@@ -144,7 +144,7 @@ def test_degenerate_command_scores_answers_against_their_references(tmp_path, ca
     """--references: ROUGE of each answer against its own story's references (record index + question)."""
     from experiments.degenerate import main
     from experiments.evaluate import Scorer
-    from pipeline.writer import PartWriter
+    from pipeline.output.writer import PartWriter
 
     refs = [["The crew repairs the ship and escapes."], ["A robot guards the gate.", "The gate has a guard."]]
     stories = tmp_path / "stories.jsonl"

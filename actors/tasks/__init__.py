@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import Field, create_model, field_validator, model_validator
 
 from actors.tasks.base import Stream, Task
-from actors.tasks.logs import Logs
+from actors.tasks.logs.task import Logs
 from actors.tasks.qa import QA
 from actors.tasks.summarize import Summarize
 from pipeline.config import BaseJobConfig

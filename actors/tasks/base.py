@@ -32,11 +32,10 @@ from pydantic import BaseModel
 from actors.context import Row, StreamInfo, TaskContext
 from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
-from pipeline.fs import Storage
-from pipeline.readers import Document, iter_documents
-from pipeline.sharding import StreamTask, plan_files
-from pipeline.shuffle import LineGrouping
-from pipeline.sources import ReadOptions, SourceFile
+from pipeline.inputs.readers import Document, iter_documents
+from pipeline.inputs.sources import ReadOptions, SourceFile
+from pipeline.job.plan import GroupedInput, StreamTask, plan_files
+from pipeline.storage import Storage
 
 ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
 
@@ -93,7 +92,7 @@ class Task:
             records_are_streams=self.records_are_streams,
         )
 
-    def line_grouping(self) -> LineGrouping | None:
+    def line_grouping(self) -> GroupedInput | None:
         """Set when each stream gathers the lines that share a key (the driver shuffles them first)."""
         return None
 

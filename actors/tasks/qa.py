@@ -27,11 +27,12 @@ from actors.checkpoint import allow
 from actors.context import Row, TaskContext
 from actors.tasks.base import Stream, Task, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
+from longread.text import ChapterSplitter
 from pipeline.config import BaseJobConfig, Decoding, Section
-from pipeline.fs import Storage, display_uri, get_fs
-from pipeline.readers import Document, parse_questions
-from pipeline.sharding import ChapterSplitter, StreamTask
-from pipeline.sources import InputError, ReadOptions
+from pipeline.inputs.readers import Document, parse_questions
+from pipeline.inputs.sources import InputError, ReadOptions
+from pipeline.job.plan import StreamTask
+from pipeline.storage import Storage, display_uri, get_fs
 
 Questions = list[str] | dict[str, list[str]]
 

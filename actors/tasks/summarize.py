@@ -28,10 +28,11 @@ from actors.checkpoint import allow
 from actors.context import Row, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
+from longread.text import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece
 from pipeline.config import Decoding, Section
-from pipeline.readers import Document
-from pipeline.sharding import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece, StreamTask
-from pipeline.sources import InputError
+from pipeline.inputs.readers import Document
+from pipeline.inputs.sources import InputError
+from pipeline.job.plan import StreamTask
 
 MAX_TITLES = 3
 

@@ -26,8 +26,8 @@ from typing import Any
 import psutil
 
 from pipeline.config import BaseJobConfig
-from pipeline.fs import Storage, display_uri, get_fs
-from pipeline.writer import OutputError, PartWriter, read_part
+from pipeline.output.writer import OutputError, PartWriter, read_part
+from pipeline.storage import Storage, display_uri, get_fs
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ Contract:
   Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
 * ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
   GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units;
-  ``actor_runtime_env`` what their processes start with (``pipeline.memory``'s allocator settings).
+  ``actor_runtime_env`` what their processes start with (``pipeline.cluster.memory``'s allocator settings).
 * ``StopFlag`` is a job-wide "stop now" (a key in Ray's GCS key-value store): the driver raises it when the
   output fails, every actor sees it within ``STOP_POLL_S`` and ends its calls at once, so the job ends as a
   dataset that ran out of work instead of one torn down with actors killed mid-call.
@@ -20,9 +20,9 @@ import os
 import time
 from typing import Any
 
+from pipeline.cluster.memory import ALLOCATOR_ENV
 from pipeline.config import BaseJobConfig, ResourceSettings
-from pipeline.fs import is_remote
-from pipeline.memory import ALLOCATOR_ENV
+from pipeline.storage import is_remote
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +115,8 @@ def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[
 
 
 def actor_runtime_env() -> dict[str, Any]:
-    """The runtime_env of the stream actors: the allocator settings of ``pipeline.memory`` (Ray merges it
-    with the job's own runtime_env, e.g. the working_dir of ``ray job submit``; the job's own values for
+    """The runtime_env of the stream actors: the allocator settings of ``pipeline.cluster.memory`` (Ray merges
+    it with the job's own runtime_env, e.g. the working_dir of ``ray job submit``; the job's own values for
     these variables win, so a cluster can tune them)."""
     return {"env_vars": {k: os.environ.get(k, v) for k, v in ALLOCATOR_ENV.items()}}
 

@@ -8,7 +8,7 @@ Contract:
 * Formats: plain text, JSONL (one document per line, text in ``text_column``) and Parquet (text column),
   each optionally gzip-compressed (``.gz``, or sniffed from the magic bytes when ``compression="infer"``).
   ``TextFormat`` holds the reading settings once: the job's ``input`` section and the readers'
-  ``ReadOptions`` both extend it. The readers themselves are in ``pipeline.readers``.
+  ``ReadOptions`` both extend it. The readers themselves are in ``pipeline.inputs.readers``.
 * Every way an input can be bad raises ``InputError(kind, message)`` with a message naming the input and the
   fix: ``missing``, ``access_denied``, ``credentials``, ``unreadable``, ``binary``, ``encoding``,
   ``corrupt_gzip``, ``corrupt_parquet``, ``bad_record``, ``empty``. Callers turn it into an error row;
@@ -30,7 +30,7 @@ from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, Pa
 from fsspec.core import has_magic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
+from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protocol_of
 
 log = logging.getLogger(__name__)
 

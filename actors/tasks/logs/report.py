@@ -2,7 +2,7 @@
 
 Contract:
 
-* ``statistics_text(stats, ...)`` renders a window's statistics (``pipeline.logstats.WindowStats``) as
+* ``statistics_text(stats, ...)`` renders a window's statistics (``actors.tasks.logs.stats.WindowStats``) as
   short plain-text lines: time span and duration, counts by level, alert lines and the rule that counted
   them, notable messages (alert, then WARN-and-above templates) and the most frequent ones with their first
   and last occurrence, and bursts in time. It needs no model, so a report is useful whatever model wrote
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.logstats import Burst, TemplateStats, WindowStats
+from actors.tasks.logs.stats import Burst, TemplateStats, WindowStats
 
 MAX_TEMPLATE_CHARS = 120
 

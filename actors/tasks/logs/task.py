@@ -8,11 +8,11 @@ bounded cache and cut into windows, either by tokens (a window closes once it ho
 by time (``window_seconds`` buckets of the parsed timestamps; lines without a timestamp belong to the
 window of the line before, and a line that goes back in time stays in the current window). At each
 window's end an incident report is written: the window's exact statistics, computed without the model
-(``pipeline.logstats``: counts by level, alert lines by the log format's rule (``pipeline.logformats``,
-detected from the stream's first lines unless ``logs.format`` names one), notable and most frequent
-message templates with their first and last occurrence, bursts in time), rendered as text
-(``pipeline.logreport``), then the model's short summary of them, written from a copy of the stream's state
-given those statistics (summaries never enter the stream). One ``window`` row per window.
+(``actors.tasks.logs.stats``: counts by level, alert lines by the log format's rule
+(``actors.tasks.logs.formats``, detected from the stream's first lines unless ``logs.format`` names one),
+notable and most frequent message templates with their first and last occurrence, bursts in time), rendered as
+text (``actors.tasks.logs.report``), then the model's short summary of them, written from a copy of the
+stream's state given those statistics (summaries never enter the stream). One ``window`` row per window.
 
 Everything the program knows lives in one ``LogsState`` (where the next batch of lines starts, the open
 window and its statistics, tokens not fed yet, the detected format, the rows so far): a checkpoint before
@@ -23,9 +23,8 @@ records, in the lines a shuffle gathered, or, for files merged in time order, in
 from __future__ import annotations
 
 import argparse
-import heapq
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any, Literal
@@ -35,15 +34,16 @@ from pydantic import Field, model_validator
 from actors.checkpoint import allow
 from actors.context import Row, StreamInfo, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
+from actors.tasks.logs.formats import FORMAT_NAMES, GENERIC, detect_format, get_format
+from actors.tasks.logs.grouping import LineOpener, group_by_path_key, merge_in_time_order
+from actors.tasks.logs.report import burst_rows, render_report, statistics_text, template_rows
+from actors.tasks.logs.shuffle import LineGrouping
+from actors.tasks.logs.stats import LogParser, TemplateStats, WindowStats
 from longread.scheduler import Program
 from pipeline.config import Decoding, Section
-from pipeline.logformats import FORMAT_NAMES, GENERIC, detect_format, get_format
-from pipeline.logreport import burst_rows, render_report, statistics_text, template_rows
-from pipeline.logstats import LogParser, TemplateStats, WindowStats
-from pipeline.readers import Damage, Position, PositionedLines, iter_log_lines_at
-from pipeline.sharding import StreamTask, group_by_path_key
-from pipeline.shuffle import LineGrouping
-from pipeline.sources import InputError, SourceFile
+from pipeline.inputs.readers import Damage, Position, PositionedLines, iter_log_lines_at
+from pipeline.inputs.sources import InputError, SourceFile
+from pipeline.job.plan import StreamTask
 
 BATCH_LINES = 128
 LOG_PROMPT_FIELDS = {
@@ -84,7 +84,8 @@ class LogsSettings(Section):
     )
     format: str = Field(
         default="auto",
-        description="the log's format (pipeline.logformats: level, message, alert rule); auto: detected",
+        description="the log's format (actors.tasks.logs.formats: level, message, alert rule); "
+        "auto: detected",
     )
     level_pattern: str | None = Field(default=None, description="regex with (?P<level>...)")
     alert_pattern: str | None = Field(
@@ -138,54 +139,6 @@ class LogsSettings(Section):
             alert_pattern=self.alert_pattern,
             log_format=get_format(self.format) if self.format != "auto" else GENERIC,
         )
-
-
-#: Opens a line source from a position it yielded (None: its start), reporting input damage to a ``Damage``.
-LineOpener = Callable[[Position, Damage | None], PositionedLines]
-
-
-def merge_in_time_order(
-    sources: list[LineOpener], settings: LogsSettings, start: Position = None, damage: Damage | None = None
-) -> PositionedLines:
-    """Lines of several time-ordered files, merged by timestamp, read lazily.
-
-    Each line comes with the position that resumes the merge at that line: per file, where its next line
-    starts (None once it is used up), the timestamp its continuation lines carry, and the format its
-    parser tries first -- the state each file's reader had when it read that next line.
-    """
-    heap: list[tuple[float, int, int, Any, str]] = []
-    heads: list[list[Any] | None] = [None] * len(sources)  # per file: [position, last_ts, memory]
-    iterators: list[PositionedLines] = []
-    parsers = [settings.parser() for _ in sources]
-    lasts: list[float] = []
-    numbers = [0] * len(sources)
-
-    def pull(i: int) -> None:
-        try:
-            position, line = next(iterators[i])
-        except StopIteration:
-            heads[i] = None
-            return
-        heads[i] = [position, lasts[i], parsers[i].memory()]
-        ts = parsers[i].timestamp(line)[0]
-        lasts[i] = ts if ts is not None else lasts[i]  # continuation lines travel with the line before
-        heapq.heappush(heap, (lasts[i], i, numbers[i], position, line))
-        numbers[i] += 1
-
-    for i, opener in enumerate(sources):
-        head: list[Any] | None = start[i] if start is not None else [None, -math.inf, None]
-        if head is None:  # used up before the checkpoint
-            lasts.append(-math.inf)
-            iterators.append(iter(()))
-            continue
-        lasts.append(float(head[1]))
-        parsers[i].remember(head[2])
-        iterators.append(opener(head[0], damage))
-        pull(i)
-    while heap:
-        _, i, _, _, line = heapq.heappop(heap)
-        yield list(heads), line  # a snapshot: pull replaces a file's head, never changes it in place
-        pull(i)
 
 
 @allow
@@ -309,7 +262,7 @@ class Logs(Task):
         openers = [opener(s) for s in unit.sources]
 
         def merged(start: Position, damage: Damage | None) -> PositionedLines:
-            return merge_in_time_order(openers, self.settings, start, damage)
+            return merge_in_time_order(openers, self.settings.parser, start, damage)
 
         return merged
 

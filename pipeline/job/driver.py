@@ -17,9 +17,9 @@ Contract:
   themselves and write each stream's Parquet part themselves, and Ray Data's streaming executor applies
   backpressure, so driver memory does not grow with the corpus.
 * A task that groups lines by a key found in each line (``line_grouping()``) first goes through a Ray Data
-  shuffle (``pipeline.shuffle``); each key then is one stream.
+  shuffle (``actors.tasks.logs.shuffle``); each key then is one stream.
 * Progress: a tqdm bar (streams, errors, tokens/s) on the driver, or a log line every 30 s without one;
-  metrics in the Ray dashboard (``pipeline.metrics``).
+  metrics in the Ray dashboard (``pipeline.cluster.metrics``).
 """
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from typing import Any, Protocol
 
 from tqdm import tqdm
 
-from pipeline.cluster import (
+from pipeline.cluster.metrics import DriverMetrics
+from pipeline.cluster.raylog import absorb_actor_restart_warning
+from pipeline.cluster.session import (
     StopFlag,
     actor_resources,
     actor_runtime_env,
@@ -41,17 +43,14 @@ from pipeline.cluster import (
     quiet_ray_data,
     warn_if_output_is_node_local,
 )
+from pipeline.cluster.submit import check_output_path, submitted_job
 from pipeline.config import BaseJobConfig
-from pipeline.fs import Storage, display_uri
-from pipeline.metrics import DriverMetrics
-from pipeline.preflight import check_model, check_policy_fits_model
-from pipeline.raylog import absorb_actor_restart_warning
-from pipeline.report import JobRecorder, JobReport, new_job_id, preview
-from pipeline.sharding import StreamTask, spread_records
-from pipeline.shuffle import MAX_BLOCKS, LineGrouping, line_grouped_dataset
-from pipeline.sources import ReadOptions, SourceFile, expand_inputs
-from pipeline.submit import check_output_path, submitted_job
-from pipeline.writer import TMP_STALE_S, OutputError, PartWriter, stream_key
+from pipeline.inputs.sources import ReadOptions, SourceFile, expand_inputs
+from pipeline.job.plan import MAX_BLOCKS, GroupedInput, StreamTask, spread_records
+from pipeline.job.preflight import check_model, check_policy_fits_model
+from pipeline.job.report import JobRecorder, JobReport, new_job_id, preview
+from pipeline.output.writer import TMP_STALE_S, OutputError, PartWriter, stream_key
+from pipeline.storage import Storage, display_uri
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +76,7 @@ class JobTask(Protocol):
 
     def plan(self, sources: list[SourceFile]) -> list[StreamTask]: ...
 
-    def line_grouping(self) -> LineGrouping | None: ...
+    def line_grouping(self) -> GroupedInput | None: ...
 
 
 def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], worker: type) -> JobReport:
@@ -175,9 +174,9 @@ def _planned(pending: list[StreamTask]) -> tuple[Any, int | None]:
 
 
 def _grouped(
-    grouping: LineGrouping, sources: list[SourceFile], storage: Storage, opts: ReadOptions
+    grouping: GroupedInput, sources: list[SourceFile], storage: Storage, opts: ReadOptions
 ) -> tuple[Any, int]:
-    ds = line_grouped_dataset(grouping, sources, storage, opts)
+    ds = grouping.dataset(sources, storage, opts)
     return ds, ds.count()
 
 
@@ -193,7 +192,7 @@ def _execute(
     import ray.data
 
     warn_if_output_is_node_local(report.output)
-    absorb_actor_restart_warning()  # Ray Data's own false alarm about restarts: see pipeline.raylog
+    absorb_actor_restart_warning()  # Ray Data's own false alarm about restarts: see pipeline.cluster.raylog
     n, ask = actors
     report.actors, report.actor_resources = n, ask
     log.info("%s: %s streams on %d actors (%s each)", job_id, total if total is not None else "?", n, ask)
@@ -212,7 +211,8 @@ def _execute(
         batch_size=1,
         batch_format="numpy",
         compute=strategy,
-        runtime_env=actor_runtime_env(),  # the allocator settings (pipeline.memory), merged with the job's
+        # the allocator settings (pipeline.cluster.memory), merged with the job's
+        runtime_env=actor_runtime_env(),
         **ask,
     )
     metrics = DriverMetrics(job_id)

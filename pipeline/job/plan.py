@@ -14,9 +14,8 @@ Contract:
   becomes one descriptor per actor, each taking every ``n``-th record (``extra['every'] = [n, j]``), so
   one JSONL/Parquet file's records run on all actors at once; every reader reads the file, parsing only
   its own records, and records keep their names (``#record=N``, ``#id=X``).
-* ``group_by_path_key``: one stream per key found by a regex in the file paths (e.g. a host's rotated
-  logs); the actor merges the files of a key. Grouping by a key in each line needs a shuffle instead
-  (``pipeline.shuffle``).
+* ``GroupedInput``: what a task hands the driver when its streams gather lines by a key found in each
+  line (the logs task's shuffle, ``actors.tasks.logs.shuffle``): the driver asks it for the dataset.
 * ``ChapterSplitter`` turns lines into text pieces and marks chapter headings, where the text has them.
 
 Which of these a task uses is the task's choice (``actors.tasks``): nothing here knows the tasks.
@@ -28,26 +27,16 @@ import itertools
 import json
 import logging
 import math
-import re
-from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-from pipeline.fs import Storage
-from pipeline.logstats import compile_key_pattern, extract_key
-from pipeline.sources import SourceFile, file_size
+from pipeline.inputs.sources import ReadOptions, SourceFile, file_size
+from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
 
-# A heading line: a keyword followed by a numeral or a capitalized word ("ACT I.", "Chapter 12",
-# "STAVE ONE", "Part the First"), or a bare Roman numeral ("XII."). Prose rarely fits in <= 100 characters
-# starting like that; plays and novels from Project Gutenberg do.
-DEFAULT_CHAPTER_PATTERN = (
-    r"^\s{0,4}(?:(?:CHAPTER|Chapter|BOOK|Book|PART|Part|ACT|Act|SCENE|Scene|STAVE|Stave|CANTO|Canto)"
-    r"\s+(?:[IVXLCDM]+\b|\d+\b|(?:the\s+)?[A-Z][a-z]+\b|[A-Z]+\b).*|[IVXLC]{1,7}\.?\s*|"
-    r"(?:PROLOGUE|Prologue|EPILOGUE|Epilogue)\b.*)$"
-)
-HEADING_MAX_CHARS = 100
+#: At most this many Ray Data blocks for a list of descriptors (or of files to shuffle).
+MAX_BLOCKS = 20_000
 
 
 @dataclass
@@ -97,6 +86,15 @@ class StreamTask:
         )
 
 
+class GroupedInput(Protocol):
+    """Streams a task gathers from all its inputs by a key in each line (see the module docstring)."""
+
+    def dataset(self, sources: list[SourceFile], storage: Storage | None, opts: ReadOptions) -> Any:
+        """A materialized Ray dataset with one row per stream: columns ``task`` (a ``StreamTask``'s JSON)
+        and ``lines``."""
+        ...
+
+
 def split_ranges(size: int, parts: int) -> list[tuple[int, int]]:
     """``parts`` contiguous byte ranges covering ``[0, size)``."""
     step = max(1, math.ceil(size / max(1, parts)))
@@ -143,27 +141,6 @@ def spread_records(tasks: list[StreamTask], ways: int) -> list[StreamTask]:
     return out
 
 
-def group_by_path_key(task: str, sources: list[SourceFile], key_pattern: str) -> list[StreamTask]:
-    """One stream per key that ``key_pattern`` finds in the paths (a path without one is its own stream)."""
-    pattern = compile_key_pattern(key_pattern)
-    tasks: list[StreamTask] = []
-    groups: dict[str, list[SourceFile]] = {}
-    for src in sources:
-        if src.error:
-            tasks.append(StreamTask(task, [src], stream_id=src.uri))
-            continue
-        key = extract_key(pattern, src.uri)
-        if key is None:
-            log.warning(
-                "no key in %s for key_pattern %r: it forms a stream of its own", src.display, key_pattern
-            )
-            key = src.uri
-        groups.setdefault(key, []).append(src)
-    for key, group in groups.items():
-        tasks.append(StreamTask(task, group, stream_id=f"{task}:key={key}", key=key))
-    return tasks
-
-
 def _split(
     task: str, src: SourceFile, storage: Storage | None, parts: int, min_bytes: int, single: bool
 ) -> list[StreamTask]:
@@ -173,8 +150,8 @@ def _split(
     file is split between its records, so each record still is one whole stream.
     """
     if src.format == "parquet" and not single:
-        from pipeline.readers import parquet_row_groups
-        from pipeline.sources import InputError
+        from pipeline.inputs.readers import parquet_row_groups
+        from pipeline.inputs.sources import InputError
 
         try:
             rows = parquet_row_groups(src, storage)
@@ -209,56 +186,3 @@ def _split(
         )
         for i, r in enumerate(ranges)
     ]
-
-
-@dataclass
-class Piece:
-    """A run of whole lines; ``heading`` is set when the piece starts with a chapter heading; ``start`` is
-    the position of its first line (``pieces_at``), where a resumed reader starts to get it again."""
-
-    text: str
-    heading: str | None = None
-    start: Any = None
-
-
-class ChapterSplitter:
-    """Groups lines into pieces of about ``piece_chars``, starting a new piece at every chapter heading.
-
-    Pieces end before a non-blank line, so runs of blank lines stay in one piece and the tokenizer sees the
-    same whitespace it would see in the whole text.
-    """
-
-    def __init__(self, pattern: str | None = DEFAULT_CHAPTER_PATTERN, piece_chars: int = 2000) -> None:
-        self.pattern = re.compile(pattern) if pattern else None
-        self.piece_chars = piece_chars
-
-    def is_heading(self, line: str) -> bool:
-        return bool(
-            self.pattern and line.strip() and len(line) <= HEADING_MAX_CHARS and self.pattern.match(line)
-        )
-
-    def pieces(self, lines: Iterable[str]) -> Iterator[Piece]:
-        return self.pieces_at((None, line) for line in lines)
-
-    def pieces_at(self, lines: Iterable[tuple[Any, str]]) -> Iterator[Piece]:
-        """``pieces`` of ``(position, line)`` pairs; each piece knows its first line's position. A piece
-        depends only on the lines from its first on, so pieces read again from a piece's ``start`` are the
-        same pieces (what a resumed stream relies on)."""
-        buf: list[str] = []
-        size = 0
-        heading: str | None = None
-        start: Any = None
-        for position, line in lines:
-            if self.is_heading(line):
-                if buf:
-                    yield Piece("".join(buf), heading, start)
-                buf, size, heading = [], 0, line.strip()
-            elif size >= self.piece_chars and line.strip():
-                yield Piece("".join(buf), heading, start)
-                buf, size, heading = [], 0, None
-            if not buf:
-                start = position
-            buf.append(line + "\n")
-            size += len(line) + 1
-        if buf:
-            yield Piece("".join(buf), heading, start)

@@ -47,9 +47,9 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.fs import Storage, display_uri, get_fs, normalize_uri, protocol_of
-from pipeline.schema import SCHEMA, rows_to_table
-from pipeline.sources import (
+from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protocol_of
+from pipeline.output.schema import SCHEMA, rows_to_table
+from pipeline.inputs.sources import (
     ACCESS_ERRORS,
     CREDENTIAL_CODES,
     CREDENTIAL_ERRORS,

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.logformats import (
+from actors.tasks.logs.formats import (
     ALERT_LEVELS,
     DEFAULT_LEVEL_PATTERN,
     GENERIC,
@@ -149,9 +149,10 @@ class LogLine:
 class LogParser:
     """Parses lines of one stream. Remembers the timestamp format that matched, to try it first.
 
-    ``log_format`` (``pipeline.logformats``; settable once the stream's first lines are seen) splits a line
-    into level, component and message and decides alerts; ``level_pattern`` and ``alert_pattern`` override
-    its level and alert rule. Lines that do not match it (continuations) are parsed as ``GENERIC`` ones.
+    ``log_format`` (``actors.tasks.logs.formats``; settable once the stream's first lines are seen) splits a
+    line into level, component and message and decides alerts; ``level_pattern`` and ``alert_pattern``
+    override its level and alert rule. Lines that do not match it (continuations) are parsed as ``GENERIC``
+    ones.
     """
 
     def __init__(

@@ -20,7 +20,7 @@ import json
 import os
 from dataclasses import dataclass
 
-from pipeline.fs import protocol_of
+from pipeline.storage import protocol_of
 
 #: Set by Ray's job supervisor for the entrypoint of every submitted job (``ray._private.runtime_env``).
 JOB_CONFIG_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"

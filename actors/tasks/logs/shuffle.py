@@ -1,12 +1,13 @@
 """Streams keyed by a regex match in each line, gathered and time-sorted by a Ray Data shuffle.
 
-Contract: ``line_grouped_dataset(grouping, sources)`` reads every source file incrementally in Ray Data
-tasks, tags each line with its key (``grouping.key_pattern``; lines without one get ``_unmatched``) and its
-timestamp (a line without one takes the timestamp of the line before), then ``groupby(key)`` gathers each
-key's lines sorted by (time, file, line number). Every key becomes one row: a ``StreamTask`` (JSON, column
-``task``) plus its lines (column ``lines``), what the stream worker takes. A file that cannot be read
-becomes a group of its own carrying its ``InputError``, so it ends up as that file's error row. The dataset
-is materialized before the model actors start, so the two stages never compete for the same CPUs.
+Contract: ``line_grouped_dataset(grouping, sources)`` (``LineGrouping.dataset``, what the driver calls) reads
+every source file incrementally in Ray Data tasks, tags each line with its key (``grouping.key_pattern``;
+lines without one get ``_unmatched``) and its timestamp (a line without one takes the timestamp of the line
+before), then ``groupby(key)`` gathers each key's lines sorted by (time, file, line number). Every key becomes
+one row: a ``StreamTask`` (JSON, column ``task``) plus its lines (column ``lines``), what the stream worker
+takes. A file that cannot be read becomes a group of its own carrying its ``InputError``, so it ends up as
+that file's error row. The dataset is materialized before the model actors start, so the two stages never
+compete for the same CPUs.
 """
 
 from __future__ import annotations
@@ -17,13 +18,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.fs import Storage
-from pipeline.logstats import LogParser, compile_key_pattern, extract_key
-from pipeline.readers import iter_log_lines
-from pipeline.sharding import StreamTask
-from pipeline.sources import InputError, ReadOptions, SourceFile
+from actors.tasks.logs.stats import LogParser, compile_key_pattern, extract_key
+from pipeline.inputs.readers import iter_log_lines
+from pipeline.inputs.sources import InputError, ReadOptions, SourceFile
+from pipeline.job.plan import MAX_BLOCKS, StreamTask
+from pipeline.storage import Storage
 
-MAX_BLOCKS = 20_000
 BATCH_LINES = 4096
 ERROR_KEY = "\x00error:"
 
@@ -36,6 +36,10 @@ class LineGrouping:
     key_pattern: str
     timestamp_pattern: str | None = None
     timestamp_format: str | None = None
+
+    def dataset(self, sources: list[SourceFile], storage: Storage | None, opts: ReadOptions) -> Any:
+        """``pipeline.job.plan.GroupedInput``: the shuffled dataset, one row per key."""
+        return line_grouped_dataset(self, sources, storage, opts)
 
 
 def _read_keyed_lines(

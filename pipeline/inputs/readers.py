@@ -8,8 +8,8 @@ Contract:
   ``[start, end)``: contiguous ranges partition the file's lines.
 * ``iter_documents`` yields a file's documents: a text file is one (its lines, lazily), a JSONL or Parquet
   file one per record (``Document.text``), with the record's questions when ``ReadOptions`` names a column.
-* Every way an input can be bad raises ``InputError`` (see ``pipeline.sources``); a bad record becomes a
-  ``Document`` carrying its error, so the other records of the file still stream.
+* Every way an input can be bad raises ``InputError`` (see ``pipeline.inputs.sources``); a bad record becomes
+  a ``Document`` carrying its error, so the other records of the file still stream.
 """
 
 from __future__ import annotations
@@ -27,8 +27,7 @@ from typing import Any, BinaryIO, Literal
 from fsspec.compression import compr
 from fsspec.utils import seek_delimiter
 
-from pipeline.fs import Storage, get_fs
-from pipeline.sources import (
+from pipeline.inputs.sources import (
     ACCESS_ERRORS,
     CREDENTIAL_ERRORS,
     InputError,
@@ -37,6 +36,7 @@ from pipeline.sources import (
     explain_forbidden,
     input_error,
 )
+from pipeline.storage import Storage, get_fs
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Other compressed formats, by their magic bytes: named in the error, since only gzip is read.

@@ -1,0 +1,1 @@
+"""Inputs: expanding paths into files (``sources``) and reading them incrementally (``readers``)."""
