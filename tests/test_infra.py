@@ -13,6 +13,7 @@ import shlex
 import subprocess
 import sys
 import tomllib
+import warnings
 from pathlib import Path
 
 import pytest
@@ -568,3 +569,50 @@ def test_constraints_match_the_installed_packages():
     if not checked:
         pytest.skip("none of the pinned packages is installed")
     assert not mismatched, "rerun scripts/setup.sh, or regenerate constraints.txt: " + "; ".join(mismatched)
+
+
+# --- pytest's warning filters -----------------------------------------------------------------------
+
+
+def warning_filters() -> list[str]:
+    return PYPROJECT["tool"]["pytest"]["ini_options"]["filterwarnings"]
+
+
+def test_deprecation_warnings_are_ignored_only_for_named_modules():
+    for entry in warning_filters():
+        action, _, category, module, *_ = [*entry.split(":"), "", "", "", ""]
+        if action == "ignore" and "Deprecation" in category:
+            assert module.strip(), f"{entry!r} hides every module's {category}"
+    for package in top_level_packages():
+        assert any(
+            f.startswith("error::DeprecationWarning:") and re.match(f.split(":", 3)[3], package)
+            for f in warning_filters()
+        ), f"DeprecationWarnings of {package} are not errors"
+
+
+def _warn_from(module: str) -> None:
+    """A DeprecationWarning raised by code of ``module`` (warnings attributes it to the caller's module)."""
+    code = compile("import warnings\nwarnings.warn('old', DeprecationWarning)\n", f"{module}.py", "exec")
+    exec(code, {"__name__": module})
+
+
+def test_our_deprecation_warnings_fail_the_tests(request):
+    """The filters as pytest applies them in this test: a DeprecationWarning raised in our packages' modules
+    or in the tests' raises; one raised in a module of a similar name, or a third party's, does not."""
+    if request.config.known_args_namespace.pythonwarnings:
+        pytest.skip("-W options on the command line override pyproject's filters")
+    for package in top_level_packages():
+        for module in (package, f"{package}.sub"):
+            with pytest.raises(DeprecationWarning):
+                _warn_from(module)
+    with pytest.raises(DeprecationWarning):
+        warnings.warn("old", DeprecationWarning, stacklevel=1)  # from this test module
+    with warnings.catch_warnings(record=True) as caught:
+        for module in [f"{p}_other" for p in top_level_packages()] + ["transformers.utils", "ray.data.x"]:
+            _warn_from(module)
+    assert len(caught) == len(top_level_packages()) + 2  # shown, not raised, not hidden
+    with warnings.catch_warnings(record=True) as caught:
+        import ray.data
+
+        ray.data.DataContext()  # warns about its own deprecated fields: the one thing ignored
+    assert not [w for w in caught if issubclass(w.category, DeprecationWarning)], caught
