@@ -47,8 +47,6 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protocol_of
-from pipeline.output.schema import SCHEMA, rows_to_table
 from pipeline.inputs.sources import (
     ACCESS_ERRORS,
     CREDENTIAL_CODES,
@@ -56,6 +54,8 @@ from pipeline.inputs.sources import (
     is_credential_error,
     s3_error_code,
 )
+from pipeline.output.schema import SCHEMA, rows_to_table
+from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protocol_of
 
 log = logging.getLogger(__name__)
 
