@@ -22,6 +22,7 @@ from cache_policies import POLICIES, CachePolicy, PolicyConfigError, make_policy
 from longread.generation import GenerationSettings as Sampling
 from longread.models import model_name
 from pipeline.inputs.sources import TextFormat
+from pipeline.output.parts import COMMIT_BYTES, COMMIT_ROWS, COMMIT_SECONDS
 from pipeline.storage import DEFAULT_S3_RETRIES, Storage
 
 
@@ -135,6 +136,21 @@ class OutputSettings(Section):
         ge=1,
         description="save a long stream's state to <output>/_checkpoints/ every this many document tokens, "
         "so a stream whose actor dies resumes there; null: never",
+    )
+    commit_every_rows: int = Field(
+        default=COMMIT_ROWS,
+        ge=1,
+        description="an actor commits the rows it made (of all its streams) as one Parquet part once this "
+        "many wait",
+    )
+    commit_every_bytes: int = Field(
+        default=COMMIT_BYTES, ge=1, description="... or once they hold about this many bytes of text"
+    )
+    commit_every_seconds: float = Field(
+        default=COMMIT_SECONDS,
+        gt=0,
+        description="... or once the oldest has waited this long: a running stream's rows are readable "
+        "within it",
     )
 
 

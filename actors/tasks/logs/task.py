@@ -32,7 +32,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
-from actors.context import Row, StreamInfo, TaskContext
+from actors.context import StreamInfo, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from actors.tasks.logs.formats import FORMAT_NAMES, GENERIC, detect_format, get_format
 from actors.tasks.logs.grouping import LineOpener, group_by_path_key, merge_in_time_order
@@ -41,7 +41,7 @@ from actors.tasks.logs.shuffle import LineGrouping
 from actors.tasks.logs.stats import LogParser, TemplateStats, WindowStats
 from longread.scheduler import Program
 from pipeline.config import Decoding, Section
-from pipeline.inputs.readers import Damage, Position, PositionedLines, iter_log_lines_at
+from pipeline.inputs.readers import Damage, Meter, Position, PositionedLines, iter_log_lines_at
 from pipeline.inputs.sources import InputError, SourceFile
 from pipeline.job.plan import StreamTask
 
@@ -166,7 +166,6 @@ class LogsState:
     bucket: int | None = None  # the open window's time bucket (window_seconds)
     last_ts: float | None = None
     has_text: bool = False
-    rows: list[Row] = field(default_factory=list)
     parser_memory: Any = None  # the parser's memory(): the format it tries first, yearless timestamps' year
     log_format: str | None = None  # detected from the first lines (format: auto); a resumed stream keeps it
 
@@ -225,7 +224,9 @@ class Logs(Task):
         return LineGrouping(self.name, s.key_pattern, s.timestamp_pattern, s.timestamp_format)
 
     # ------------------------------------------------------------------ streams
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
         src = unit.sources[0]
         info = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
         info.inputs = tuple((s.uri, s.size) for s in unit.sources)
@@ -233,27 +234,37 @@ class Logs(Task):
         if unit.key:
             info.source_uri = ", ".join(s.display for s in unit.sources)[:2000]
 
-        def program(ctx: TaskContext) -> Program[list[Row]]:
-            return self.program(ctx, self._lines(unit, lines), label)
+        def program(ctx: TaskContext) -> Program[None]:
+            return self.program(ctx, self._lines(unit, lines, meter), label)
 
         yield Stream(info, program)
 
-    def _lines(self, unit: StreamTask, lines: list[str] | None) -> LineOpener:
+    def _lines(self, unit: StreamTask, lines: list[str] | None, meter: Meter | None = None) -> LineOpener:
         """The stream's lines, as a source that opens at a position (see ``LineOpener``)."""
         if lines is not None:  # grouped by a key in each line: the driver's shuffle sorted them already
-            if unit.extra.get("error"):
-                raise InputError(*unit.extra["error"])
+            if unit.error is not None:
+                raise InputError(*unit.error)
             grouped = lines
 
             def from_list(start: Position, damage: Damage | None) -> PositionedLines:
-                return ((i, grouped[i]) for i in range(int(start or 0), len(grouped)))
+                first = int(start or 0)
+                done = sum(len(line) + 1 for line in grouped[:first])  # progress: bytes of lines read
+                for i in range(first, len(grouped)):
+                    done += len(grouped[i]) + 1
+                    if meter is not None and i % 4096 == 4095:
+                        meter.at("lines", done)
+                    yield i, grouped[i]
+                if meter is not None:
+                    meter.at("lines", done)
 
             return from_list
         opts = self.read_options()
 
         def opener(src: SourceFile, byte_range: tuple[int, int] | None = None) -> LineOpener:
             def read(start: Position, damage: Damage | None) -> PositionedLines:
-                return iter_log_lines_at(src, self.storage, opts, byte_range, start=start, damage=damage)
+                return iter_log_lines_at(
+                    src, self.storage, opts, byte_range, start=start, damage=damage, meter=meter
+                )
 
             return read
 
@@ -266,7 +277,7 @@ class Logs(Task):
 
         return merged
 
-    def program(self, ctx: TaskContext, lines: LineOpener, source: str) -> Program[list[Row]]:
+    def program(self, ctx: TaskContext, lines: LineOpener, source: str) -> Program[None]:
         s = self.settings
         parser = s.parser()
         stride = ctx.stride
@@ -293,7 +304,7 @@ class Logs(Task):
             result = yield from ctx.ask(prompt, s.generation)
             title = f"Incident report: {source}, window {window.index + 1} ({fmt} log)"
             span = f"{stats.first_ts_text} .. {stats.last_ts_text}" if stats.first_ts_text else None
-            row = yield from ctx.row(
+            yield from ctx.write(
                 "window",
                 segment_index=window.index,
                 segment_title=span,
@@ -315,7 +326,6 @@ class Logs(Task):
                 feed_seconds=window.feed_seconds,
                 generate_seconds=result.seconds,
             )
-            st.rows.append(row)
             st.window = Window(window.index + 1, ctx.tokens)
 
         iterator = lines(st.position, ctx.damage)
@@ -366,4 +376,3 @@ class Logs(Task):
                 "empty", f"{source}: empty log (no lines with text); remove it or check the path."
             )
         yield from close()
-        return st.rows
