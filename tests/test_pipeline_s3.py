@@ -93,7 +93,7 @@ def test_books_from_a_bucket_to_a_bucket_with_resume(s3_server, ray_local, model
 
     # Credentials appear nowhere: logs, report, job records, rows.
     record = fs.cat_file(next(k for k in fs.find("results/summaries/_jobs")))
-    visible = caplog.text + format_report(report) + record.decode() + rows.to_json()
+    visible = caplog.text + format_report(report) + record.decode() + rows.to_json(date_format="iso")
     assert SECRET not in visible and KEY_ID not in visible
     assert json.loads(record)["config"]["storage"]["secret"] in (None, "**********")
 
