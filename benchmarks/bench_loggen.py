@@ -4,8 +4,9 @@
 
 Times ``generate`` (the import of the package, several seconds, is not counted), then prints wall and CPU
 seconds (this process and its workers), tonight's and all nights' bytes and lines, seconds per GB and
-lines per GB of tonight's size, and the load average (the development box's 2 CPUs are shared: a busy
-box slows the wall time, not the CPU time). The output folder is removed unless ``--keep`` names one.
+lines per GB of tonight's size, the load average (the development box's 2 CPUs are shared: a busy box
+slows the wall time, not the CPU time) and the peak memory. The output folder is removed unless
+``--keep`` names one.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ def _cpu() -> float:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _peak_mib(who: int) -> float:
+    return resource.getrusage(who).ru_maxrss / 1024  # KiB on Linux
 
 
 def main() -> None:
@@ -69,7 +74,9 @@ def main() -> None:
         f"{tonight['lines']:,} lines; all nights: {total_bytes:,} B, {total_lines:,} lines\n"
         f"wall {wall:.1f} s, cpu {cpu:.1f} s -> {wall / gb:.1f} s per GB of tonight "
         f"({wall / (total_bytes / 1e9):.1f} s per GB written), {tonight['lines'] / gb:,.0f} lines per GB\n"
-        f"load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 CPUs)"
+        f"load average: {load_before:.1f} before, {os.getloadavg()[0]:.1f} after (2 CPUs); peak RSS "
+        f"{_peak_mib(resource.RUSAGE_SELF):.0f} MiB here, {_peak_mib(resource.RUSAGE_CHILDREN):.0f} MiB "
+        "in the largest worker"
     )
 
 

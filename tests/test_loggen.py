@@ -213,7 +213,7 @@ def test_incident_silences_are_in_the_data(data, parsed):
         before = max(s for s in pf.seconds if s < lo)
         after = min(s for s in pf.seconds if s >= hi)
         assert inc["gap_s"] == after - before
-        assert inc["observed_lines"] == 0 and inc["expected_lines"] >= 20
+        assert inc["observed_lines"] == 0 and inc["expected_lines"] >= 10  # by chance: p < e**-10
 
 
 def test_incident_rate_changes_are_in_the_data(data, parsed):
@@ -230,10 +230,15 @@ def test_incident_rate_changes_are_in_the_data(data, parsed):
         assert factor >= 4 or factor <= 1 / 4
         expected = inc["expected_rate_after"] / inc["expected_rate_before"]
         observed = after / before
+        # the hour before and after: the expected rates differ by >= 3, and the lines are counts drawn at
+        # those rates (at this size a few dozen lines an hour: the observed ratio is noisier)
+        for rate, mean in ((before, inc["expected_rate_before"]), (after, inc["expected_rate_after"])):
+            lines, mean_lines = rate * window, mean * window
+            assert abs(lines - mean_lines) <= 4 * mean_lines**0.5 + 3, (inc["id"], lines, mean_lines)
         if factor > 1:
-            assert expected >= 3 and observed >= 3, inc["id"]
+            assert expected >= 3 and observed >= 2, inc["id"]
         else:
-            assert expected <= 1 / 3 and observed <= 1 / 3, inc["id"]
+            assert expected <= 1 / 3 and observed <= 1 / 2, inc["id"]
         # sustained to the night's end: tonight's lines after t0 over the earlier nights' (same hours, same
         # diurnal curve), against the same ratio before t0
         earlier = [s for n in labels["nights"][:-1] for s in parsed[n["hosts"][inc["host"]]["file"]].seconds]
