@@ -96,11 +96,13 @@ its date (the weekday would make a new template every night); sessions are not f
 gzip files are written at compression level 1.
 
 Speed, measured with ``python benchmarks/bench_loggen.py --size 1GB [--gzip]`` on the development box (2
-shared CPUs, load average 6-9 from other jobs during the runs), 8 hosts, 3 nights, 2 worker processes:
-1 GB tonight (1.2 GB written, the two earlier nights at a tenth), 9.46 million lines per GB, took 18-21
-CPU-seconds and 29-71 s of wall time (about 10 s on two idle CPUs, by the CPU time); with ``--gzip``
-22.6 CPU-seconds, 60 s wall. Tonight's size came within 0.05% of the target. Peak memory: about 390 MiB
-per process, most of it the imported package (torch); the lines are written 65,536 at a time.
+shared CPUs, load average 5-9 from other jobs during the runs), 8 hosts, 3 nights, 2 worker processes:
+1 GB tonight (1.2 GB written, the two earlier nights at a tenth), 9.4 million lines per GB, took 18-24
+CPU-seconds and 29-92 s of wall time over five runs (about 10-12 s on two idle CPUs, by the CPU time);
+with ``--gzip`` 22.6 CPU-seconds, 60 s wall. The CLI adds the import of the package (``actors.tasks``
+imports torch): 1 min 52 s end to end once, at load 5-8. Tonight's size came within 0.05% of the
+target. Peak memory: about 400 MiB per process, most of it the imported package; the lines are written
+65,536 at a time.
 """
 
 from __future__ import annotations
