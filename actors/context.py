@@ -278,11 +278,14 @@ class TaskContext:
         """The task state of the checkpoint this stream resumed from (None: it started at the beginning)."""
         return None if self.resume is None else self.resume.state
 
-    def checkpoint(self, state: Any) -> Generator[Request, Any, bool]:
+    def checkpoint(self, state: Any, progress: int | None = None) -> Generator[Request, Any, bool]:
         """Call where the program could resume from ``state``: saves a checkpoint once
-        ``output.checkpoint_every_tokens`` document tokens went by since the last. Returns whether it did."""
+        ``output.checkpoint_every_tokens`` document tokens went by since the last (``progress``: the
+        stream's own measure of work in tokens, for programs that read far more than they feed). Returns
+        whether it did."""
         every = self.env.checkpoint_every
-        if every is None or self.saver is None or self.tokens - self._saved_at < every:
+        done = self.tokens if progress is None else progress
+        if every is None or self.saver is None or done - self._saved_at < every:
             return False
         engine: bytes = yield Save()
         self.saver(
@@ -299,7 +302,7 @@ class TaskContext:
                 rows=self.rows,
             )
         )
-        self._saved_at = self.tokens
+        self._saved_at = done
         self.checkpoints += 1
         return True
 

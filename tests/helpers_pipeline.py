@@ -183,9 +183,11 @@ def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sec
             "final_generation": NO_FINISH,
         },
         "qa": {"max_new_tokens": 6, "generation": NO_FINISH},
-        "logs": {"window_tokens": 256, "max_new_tokens": 6, "generation": NO_FINISH},
+        # The raw feed with small token windows unless a test asks for the condensed one (the default).
+        "logs": {"feed": "raw", "window_tokens": 256, "max_new_tokens": 6, "generation": NO_FINISH},
     }
-    if "window_seconds" in sections.get("logs", {}):
+    logs = sections.get("logs", {})
+    if "window_seconds" in logs or logs.get("feed") == "condensed":
         del data["logs"]["window_tokens"]
     for name, values in sections.items():
         if isinstance(data.get(name), dict):
