@@ -491,14 +491,34 @@ def _np_bool(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return np.asarray(arr.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
 
 
+def _offsets_data(arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
+    """The offsets (n + 1) and bytes of a (large) string array."""
+    arr = arr.cast(pa.large_string())
+    buffers = arr.buffers()
+    offsets = np.frombuffer(buffers[1], dtype=np.int64)[arr.offset : arr.offset + len(arr) + 1]
+    data = np.frombuffer(buffers[2], dtype=np.uint8) if buffers[2] is not None else np.zeros(0, np.uint8)
+    return offsets, data
+
+
 def _np_int(arr: pa.Array, missing: int = -1) -> np.ndarray:
-    """Digit strings as int64 (``missing`` for empty or null)."""
-    arr = pc.if_else(pc.equal(arr, ""), pa.scalar(None, arr.type), arr)
-    return np.asarray(pc.cast(arr, pa.int64()).fill_null(missing).to_numpy(zero_copy_only=False))
+    """ASCII digit strings (at most 18) as int64, ``missing`` for empty ones (and nulls, which are)."""
+    offsets, data = _offsets_data(arr)
+    lens = np.diff(offsets)
+    width = int(lens.max()) if len(lens) else 0
+    if width == 0:
+        return np.full(len(arr), missing, dtype=np.int64)
+    col = np.arange(width)
+    pad = width - lens  # right-aligned: digit j of a row sits at column pad + j
+    at = offsets[:-1, None] + (col[None, :] - pad[:, None])
+    inside = col[None, :] >= pad[:, None]
+    digits = np.where(inside, data[np.clip(at, 0, max(len(data) - 1, 0))].astype(np.int64) - 48, 0)
+    value = digits @ (10 ** np.arange(width - 1, -1, -1, dtype=np.int64))
+    return np.where(lens > 0, value, missing)
 
 
 def _np_len(arr: pa.Array) -> np.ndarray:
-    return np.asarray(pc.utf8_length(arr).fill_null(0).to_numpy(zero_copy_only=False))
+    """Lengths (ASCII: bytes are characters), 0 for nulls."""
+    return np.diff(_offsets_data(arr)[0])
 
 
 def _strings(values: list[str | None]) -> pa.Array:
@@ -638,10 +658,11 @@ class _StatePass:
             own = TIMESTAMP_FORMATS[state][1].pattern
             start = _np_bool(pc.match_substring_regex(head, f"^(?:{_unnamed(own)})"))
             rest = np.flatnonzero(~start)
-            texts = [(np.flatnonzero(start), head.filter(pa.array(start)), "^")]
+            texts = [(np.flatnonzero(start), head.filter(pa.array(start)) if len(rest) else head, "^")]
             if len(rest):
                 others = "|".join(_unnamed(TIMESTAMP_FORMATS[i][1].pattern) for i in order if i != state)
-                ext = pc.extract_regex(head.take(pa.array(rest)), f"(?P<s>{_unnamed(own)})|(?P<o>{others})")
+                sub = head.take(pa.array(rest)) if len(rest) < n else head
+                ext = pc.extract_regex(sub, f"(?P<s>{_unnamed(own)})|(?P<o>{others})")
                 matched = _np_bool(ext.is_valid())
                 other = matched & (_np_len(ext.field("o")) > 0)
                 self.other[rest[other]] = True
@@ -650,14 +671,19 @@ class _StatePass:
             parts = [(rows, pc.extract_regex(text, f"^(?P<_t>{own})" + anchors[1:]))
                      for rows, text, anchors in texts if len(rows)]  # fmt: skip
             if parts:
-                rows = np.concatenate([r for r, _ in parts])
-                order_rows = np.argsort(rows, kind="stable")
-                take = pa.array(order_rows)
                 names = ["_t", *TIMESTAMP_FORMATS[state][1].groupindex]
-                get = {
-                    name: pa.concat_arrays([ext.field(name) for _, ext in parts]).take(take) for name in names
-                }
-                rows = rows[order_rows]
+                if len(parts) == 1:
+                    rows, ext = parts[0]
+                    get = {name: ext.field(name) for name in names}
+                else:
+                    rows = np.concatenate([r for r, _ in parts])
+                    order_rows = np.argsort(rows, kind="stable")
+                    take = pa.array(order_rows)
+                    get = {
+                        name: pa.concat_arrays([ext.field(name) for _, ext in parts]).take(take)
+                        for name in names
+                    }
+                    rows = rows[order_rows]
                 self.own[rows] = True
                 self.fields = _Fields(state, rows, get)
                 self.text = pc.utf8_trim(get["_t"], "[]")
@@ -765,33 +791,34 @@ class _BatchParse:
                     pa.array(rows),
                     _strings([self.custom_texts[i] for i in sorted(self.custom_texts)]),
                 )
-        level, template, alert, blank = self._columns(state_of, passes)
-        binary = pa.large_binary()
-        ts_text, level, template = ts_text.cast(binary), level.cast(binary), template.cast(binary)
+        level, source, alert, blank = self._columns(state_of, passes)
+        ts_text = ts_text.cast(pa.large_binary())
+        level_codes, level_names = _codes(pc.dictionary_encode(level))
+        # a message that comes back (often, in logs) is masked once: mask the distinct sources
+        sources = pc.dictionary_encode(source)
+        template_codes, template_names = _codes(pc.dictionary_encode(_mask(sources.dictionary)))
+        template_codes = template_codes[sources.indices.to_numpy(zero_copy_only=False)]
         if self.fallback:
             rows = np.zeros(n, dtype=bool)
             order = sorted(self.fallback)
             rows[order] = True
             got = [self.fallback[i] for i in order]
-            mask = pa.array(rows)
             ts[order] = [np.nan if x.ts is None else x.ts for x in got]
-            ts_text = pc.replace_with_mask(ts_text, mask, _binaries([x.ts_text for x in got]))
-            level = pc.replace_with_mask(level, mask, _binaries([x.level for x in got]))
-            template = pc.replace_with_mask(template, mask, _binaries([x.template for x in got]))
+            ts_text = pc.replace_with_mask(ts_text, pa.array(rows), _binaries([x.ts_text for x in got]))
+            level_codes[order] = _add_names(level_names, [x.level for x in got])
+            template_codes[order] = _add_names(template_names, [x.template for x in got])
             alert[order] = [x.alert for x in got]
             blank[order] = [not x.text.strip() for x in got]
-        levels = pc.dictionary_encode(level)
-        templates = pc.dictionary_encode(template)
         fallback = np.zeros(n, dtype=bool)
         fallback[list(self.fallback)] = True
         return ParsedBatch(
             text=self.lines,
             ts=ts,
             ts_text=ts_text,
-            level_codes=np.asarray(levels.indices.to_numpy(zero_copy_only=False), dtype=np.int32),
-            level_names=[x or "" for x in _texts(levels.dictionary)],
-            template_codes=np.asarray(templates.indices.to_numpy(zero_copy_only=False), dtype=np.int32),
-            template_names=[x or "" for x in _texts(templates.dictionary)],
+            level_codes=level_codes,
+            level_names=level_names,
+            template_codes=template_codes,
+            template_names=template_names,
             alert=alert,
             blank=blank,
             fallback=fallback,
@@ -859,9 +886,9 @@ class _BatchParse:
             else:
                 level = pa.array(["NONE"] * n, pa.large_string())
             assert message is not None
-            message = pc.utf8_trim_whitespace(message)
+            message = pc.ascii_trim_whitespace(message)
             if "component" in names:
-                component = pc.utf8_trim_whitespace(header.field("component"))
+                component = pc.ascii_trim_whitespace(header.field("component"))
                 joined = pc.binary_join_element_wise(component, message, pa.scalar(": ", pa.large_string()))
                 source = pc.if_else(pc.equal(component, ""), message, joined)
             else:
@@ -899,9 +926,8 @@ class _BatchParse:
         if p._alert is not None:
             search = p._alert.search
             alert = np.array([search(line) is not None for line in self.lines], dtype=bool)
-        template = _mask(source)
         blank = _np_bool(pc.match_substring_regex(arr, r"^[ \t]*$"))
-        return level, template, alert, blank
+        return level, source, alert, blank
 
     def _generic_source(
         self, sub: pa.Array, rows: np.ndarray, state_of: np.ndarray, passes: dict[int | None, _StatePass]
@@ -929,6 +955,24 @@ class _BatchParse:
             joined = pc.binary_join_element_wise(cut, tail, pa.scalar("", pa.large_string()))
             out = joined if pick.all() else pc.if_else(pa.array(pick), joined, out)
         return out
+
+
+def _codes(encoded: pa.DictionaryArray) -> tuple[np.ndarray, list[str]]:
+    """(int32 codes, names) of a dictionary-encoded string array without nulls."""
+    codes = np.array(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32)
+    return codes, [x or "" for x in encoded.dictionary.to_pylist()]
+
+
+def _add_names(names: list[str], values: list[str]) -> list[int]:
+    """The codes of ``values`` in ``names``, appending the new ones."""
+    index = {name: i for i, name in enumerate(names)}
+    out = []
+    for v in values:
+        if v not in index:
+            index[v] = len(names)
+            names.append(v)
+        out.append(index[v])
+    return out
 
 
 def _encodable(line: str) -> str:
