@@ -197,6 +197,21 @@ def test_random_streams_batch_equals_per_line_and_reference(fmt):
     assert [fields(x) for x in new] == [fields(old.parse(line)) for line in lines]
 
 
+def test_random_streams_with_custom_level_and_alert_patterns():
+    rng = random.Random(11)
+    lines = random_lines(rng, 800, [])
+    for fmt in ("generic", "hdfs", "syslog"):
+        log_format = get_format(fmt)
+        make = lambda f=log_format: LogParser(  # noqa: E731
+            log_format=f, level_pattern=r"(?P<level>[A-Z]{4,5})\b", alert_pattern=r"[Ee]rr|\d{3}"
+        )
+        new = check_batch_equals_per_line(make, lines, seed=3)
+        old = ref.LogParser(
+            log_format=log_format, level_pattern=r"(?P<level>[A-Z]{4,5})\b", alert_pattern=r"[Ee]rr|\d{3}"
+        )
+        assert [fields(x) for x in new] == [fields(old.parse(line)) for line in lines]
+
+
 # ------------------------------------------------------------------------------------- edge cases
 def test_new_year_crossing_and_lines_back_in_time_across_batches():
     lines = [
