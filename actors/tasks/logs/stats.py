@@ -18,23 +18,23 @@ Contract:
   last timestamps, and lines that go back in time. ``WindowStats.add_batch(batch, start, stop)`` adds the
   rows ``start:stop`` of a ``ParsedBatch`` and leaves the statistics equal to adding them line by line.
 
-Why a batch path, and this one (measured by ``benchmarks/bench_logparse.py``; BENCHMARKS.md has the
-table): the per-line code spends its time in Python's regex engine (up to eleven timestamp searches, five
-masking substitutions, the format's line regex) and in the Python around it, about 20,000-45,000 lines per
-CPU-second. Tuning it in Python (one timestamp regex per parser state, one masking substitution, cached day
-numbers: today's ``parse``) gains 1.1-2.3x. ``parse_batch`` runs each regex once over a whole batch with
-pyarrow.compute (RE2, C++; pyarrow is already a dependency): where the parser's current timestamp format
-matches at a line's start (RE2's DFA says so cheaply) that is the line's timestamp, the other lines get one
-search of all formats (``(?P<s>that format)|(?P<o>the others)``, which also says where the format changes);
-the format's line regex captures the line's head and the line is split after it (RE2's capturing engine is
-slow over a long message); one substitution masks IP addresses, hex ids, digit runs and the ``<*>`` runs
-they make (equal to the old four substitutions, tested), once per distinct message of the batch; numpy
-turns the fields into epoch seconds, walks the yearless year count and makes the window's counts. That is
-4-9x the old per-line code per log format, 6.5x overall (a 1 GB log of 7 million lines: under a minute of
-CPU). Batches of 8,192 lines or more: each call compiles its regexes (RE2 has no cache across calls), which
-costs as much as parsing about a thousand lines. polars (Rust's regex) was measured too: not faster where the
-time goes (capturing groups) and a 40 MB dependency; google-re2's Python binding, called per line, was
-slower than ``re``.
+Why a batch path, and this one (measured by ``benchmarks/bench_logparse.py``; BENCHMARKS.md has the table):
+the per-line code spends its time in Python's regex engine (up to eleven timestamp searches, five masking
+substitutions, the format's line regex) and in the Python around it: 24,000 lines per CPU-second over the 16
+Loghub logs. Tuning it in Python (one timestamp regex per parser state, one masking substitution, cached day
+numbers: today's ``parse``) gains 1.1x (0.8-2.3x per log). ``parse_batch`` runs each regex once over a whole
+batch with pyarrow.compute (RE2, C++; pyarrow is already a dependency): where the parser's current timestamp
+format matches at a line's start (RE2's DFA says so cheaply) that is the line's timestamp, the other lines
+get one search of all formats (``(?P<s>that format)|(?P<o>the others)``, which also says where the format
+changes); the format's line regex captures the line's head and the line is split after it (RE2's capturing
+engine is slow over a long message); one substitution masks IP addresses, hex ids, digit runs and the
+``<*>`` runs they make (equal to the old four substitutions, tested), once per distinct message of the
+batch; numpy turns the fields into epoch seconds, walks the yearless year count and makes the window's
+counts. That is 158,000 lines per CPU-second, 6.7x the old per-line code (2.2-10.8x per log format; a 1 GB
+log of 7 million lines: 45 s of CPU). Batches of 8,192 lines or more: each call compiles its regexes (RE2
+has no cache across calls), which costs as much as parsing about a thousand lines. polars (Rust's regex) was
+measured too: 1.1-1.6x faster on the regex steps alone, perhaps a fifth overall, for a 40 MB dependency;
+google-re2's Python binding, called per line, was slower than ``re``.
 
 Exactness: RE2 and Python's ``re`` agree only where the text is printable ASCII (Python's ``\\d``, ``\\s``,
 ``\\w``, ``\\b`` and case folding are Unicode-aware, RE2's are ASCII), so every other line (tabs allowed)
