@@ -48,6 +48,8 @@ OTHER_COMPRESSIONS = {
     b"7z\xbc\xaf\x27\x1c": "7z",
 }
 BLOCK = 1 << 20
+#: A ``Meter`` learns how far a read got every this many bytes of lines (every line of records).
+METER_STEP = 1 << 16
 #: Lines longer than this come in pieces (``iter_raw_lines``' ``max_line``).
 MAX_LINE = BLOCK
 SNIFF = 8192
@@ -242,7 +244,7 @@ def iter_raw_lines(
                     break
                 if meter is not None and offset >= mark:
                     meter.at(src.uri, (raw.tell() if gz else offset) - begin)
-                    mark = offset + BLOCK
+                    mark = offset + METER_STEP if max_line is not None else offset  # records: each
                 yield offset, line[:-1] if line.endswith(b"\n") else line
                 offset += len(line)
                 at_line_start = ends

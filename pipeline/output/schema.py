@@ -39,6 +39,9 @@ _BURST = pa.struct(
 )
 
 
+_WINDOW_LINES = pa.struct(
+    [pa.field("start", pa.float64()), pa.field("lines", pa.int64()), pa.field("seconds", pa.float64())]
+)
 _SILENCE = pa.struct(
     [pa.field("start", pa.string()), pa.field("end", pa.string()), pa.field("seconds", pa.float64())]
 )
@@ -100,6 +103,7 @@ SCHEMA = pa.schema(
         _f("log_silences", pa.list_(_SILENCE)),
         _f("log_rate_ratio", pa.float64()),
         _f("log_busiest_windows", pa.list_(pa.int32())),
+        _f("log_window_lines", pa.list_(_WINDOW_LINES)),
         _f("log_report", pa.string()),
         # timings
         _f("feed_seconds", pa.float64()),

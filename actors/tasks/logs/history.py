@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import posixpath
+import statistics
 from dataclasses import dataclass, field
 
 import pyarrow.dataset as ds
@@ -21,11 +22,16 @@ from pipeline.storage import Storage, display_uri, get_fs, protocol_of
 
 log = logging.getLogger(__name__)
 
+#: An earlier night's window is a baseline for tonight's rate only with at least this many lines.
+MIN_BASELINE_LINES = 30
+
 
 @dataclass
 class History:
     nights: list[str] = field(default_factory=list)  # the folders read, oldest first
     templates: dict[str, set[str]] = field(default_factory=dict)  # host -> templates seen
+    #: host -> window start (seconds of the day) -> its (lines, seconds), one per night
+    rates: dict[str, dict[int, list[tuple[int, float]]]] = field(default_factory=dict)
 
     @property
     def hosts(self) -> set[str]:
@@ -38,6 +44,15 @@ class History:
 
     def is_new_host(self, host: str) -> bool:
         return bool(self.nights) and host not in self.templates
+
+    def rate(self, host: str, day: float) -> float | None:
+        """The host's usual lines per second in the window that starts ``day`` seconds into the day (the
+        median of the earlier nights'), or None when no earlier night had that window with at least
+        ``MIN_BASELINE_LINES`` lines (fewer make a baseline of noise)."""
+        windows = self.rates.get(host, {}).get(int(day))
+        if not windows or statistics.median(n for n, _ in windows) < MIN_BASELINE_LINES:
+            return None
+        return statistics.median(n / s for n, s in windows)
 
     @classmethod
     def load(
@@ -71,7 +86,8 @@ class History:
             return
         try:
             table = ds.dataset(files, format="parquet", filesystem=fs).to_table(
-                columns=["row_kind", "log_host", "log_templates"], filter=ds.field("row_kind") == "summary"
+                columns=["row_kind", "log_host", "log_templates", "log_window_lines"],
+                filter=ds.field("row_kind") == "summary",
             )
         except Exception as exc:  # another job's folder, or an older schema: not a night of this job
             log.info("history: %s skipped (%s)", folder, exc)
@@ -79,7 +95,11 @@ class History:
         if not table.num_rows:
             return
         self.nights.append(folder if protocol == "file" else f"{protocol}://{folder}")
-        for host, templates in zip(
-            table.column("log_host").to_pylist(), table.column("log_templates").to_pylist()
-        ):
+        hosts, lists = table.column("log_host").to_pylist(), table.column("log_templates").to_pylist()
+        for host, templates in zip(hosts, lists):
             self.templates.setdefault(str(host), set()).update(t["template"] for t in templates or [])
+        for host, windows in zip(hosts, table.column("log_window_lines").to_pylist()):
+            per_day = self.rates.setdefault(str(host), {})
+            for w in windows or []:
+                if w["seconds"]:
+                    per_day.setdefault(int(w["start"]), []).append((int(w["lines"]), float(w["seconds"])))

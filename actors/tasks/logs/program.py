@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
 
+import numpy as np
+
 from actors.checkpoint import allow
 from actors.context import TaskContext
 from actors.tasks.logs.formats import detect_format, get_format
@@ -38,7 +40,7 @@ from actors.tasks.logs.history import History
 from actors.tasks.logs.report import burst_rows, duration_text, render_report, statistics_text, template_rows
 from actors.tasks.logs.settings import LogsSettings
 from actors.tasks.logs.skim import MAX_SEEN, Silence, Skim, alert_bursts
-from actors.tasks.logs.stats import LogLine, LogParser, TemplateStats, WindowStats
+from actors.tasks.logs.stats import LogLine, LogParser, ParsedBatch, TemplateStats, WindowStats
 from longread.scheduler import Program
 from pipeline.inputs.readers import Position
 from pipeline.inputs.sources import InputError
@@ -103,6 +105,7 @@ class LogsRun:
             self.parser.format = get_format(self.st.log_format)
         self.detect = settings.format == "auto" and self.st.log_format is None
         self.stop = False
+        self.ending = False  # the last window is closing (a partial one)
 
     # ------------------------------------------------------------------ reading
     def run(self, lines: LineOpener) -> Program[None]:
@@ -117,6 +120,7 @@ class LogsRun:
             raise InputError(
                 "empty", f"{self.source}: empty log (no lines with text); remove it or check the path."
             )
+        self.ending = True
         yield from self._close()
         yield from self._summary()
 
@@ -132,12 +136,76 @@ class LogsRun:
         yield from ctx.checkpoint(st, progress=progress)
         if self.s.feed == "raw":
             yield from self._raw_batch(batch)
-            return
-        for _, line in batch:
-            st.read_bytes += len(line) + 1
-            if self._capped():
-                return
-            yield from self._line(self.parser.parse(line) if line.strip() else None)
+        else:
+            yield from self._condensed_batch([line for _, line in batch])
+
+    def _condensed_batch(self, texts: list[str]) -> Program[None]:
+        """A batch of lines parsed at once (``parse_batch``: columns, in RE2), then added window by window:
+        nothing per line in Python but the windows' cuts."""
+        st = self.st
+        parsed = self.parser.parse_batch(texts)
+        filled = parsed.ts_filled(st.last_ts)
+        has_text = ~parsed.blank
+        at, n = 0, len(texts)
+        while at < n and not self.stop:
+            end = self._window_end(filled, has_text, at)
+            end = self._cap(has_text, at, end)
+            if end > at:
+                self._add_rows(parsed, filled, at, end)
+            if end < n and not self.stop:
+                yield from self._close()
+                if self.s.window_seconds and not np.isnan(filled[end]):  # the next window's bucket
+                    bucket = math.floor(filled[end] / self.s.window_seconds)
+                    st.bucket = bucket if st.bucket is None else max(st.bucket, bucket)
+            at = end
+        st.read_bytes += sum(len(line) + 1 for line in texts[:at])
+
+    def _window_end(self, filled: np.ndarray, has_text: np.ndarray, at: int) -> int:
+        """Where the open window ends in the batch (its length if it goes on): the first line of a later
+        time bucket (lines that go back in time stay), or the line past ``window_lines``."""
+        s, st, end = self.s, self.st, len(filled)
+        if s.window_seconds:
+            buckets = np.floor(filled[at:] / s.window_seconds)
+            known = ~np.isnan(buckets)
+            if st.bucket is None and known.any():
+                st.bucket = int(buckets[known][0])
+            if st.bucket is not None:
+                later = np.flatnonzero(known & (buckets > st.bucket))
+                end = at + int(later[0]) if len(later) else end
+        if s.window_lines:
+            room = s.window_lines - st.window.stats.lines
+            counted = np.cumsum(has_text[at:end])
+            over = np.flatnonzero(counted > room)
+            end = at + int(over[0]) if len(over) and room >= 0 else end
+        return end
+
+    def _cap(self, has_text: np.ndarray, at: int, end: int) -> int:
+        """``logs.max_lines``: the batch stops at the line past the cap (the stream stops there)."""
+        limit = self.s.max_lines
+        if limit is None:
+            return end
+        over = np.flatnonzero(np.cumsum(has_text[at:end]) > limit - self.st.lines)
+        if len(over):
+            self.st.capped = f"capped at {limit:,} lines (logs.max_lines)"
+            self.ctx.truncated = self.stop = True
+            return at + int(over[0])
+        return end
+
+    def _add_rows(self, parsed: ParsedBatch, filled: np.ndarray, at: int, end: int) -> None:
+        """Rows ``at:end`` of a parsed batch, all of the open window: its statistics and the skim."""
+        st = self.st
+        st.window.stats.add_batch(parsed, at, end, skip_blank=True)
+        st.skim.add_batch(parsed, at, end, st.window.index)
+        text = int(np.count_nonzero(~parsed.blank[at:end]))
+        st.lines += text
+        st.alerts += int(np.count_nonzero(parsed.alert[at:end] & ~parsed.blank[at:end]))
+        st.has_text = st.has_text or text > 0
+        times = filled[at:end]
+        if len(times) and not np.isnan(times[-1]):
+            st.last_ts = float(times[-1])
+            if self.s.window_seconds:
+                last = np.floor(times[~np.isnan(times)] / self.s.window_seconds).max()
+                st.bucket = int(last) if st.bucket is None else max(st.bucket, int(last))
 
     def _raw_batch(self, batch: list[tuple[Position, str]]) -> Program[None]:
         st, ctx = self.st, self.ctx
@@ -224,10 +292,13 @@ class LogsRun:
         stats = window.stats
         if stats.first_ts is None or stats.last_ts is None:
             return None
-        seconds = self.s.window_seconds or (stats.last_ts - stats.first_ts)
-        if self.s.window_seconds and (window.index == 0 or self.stop):  # a partial window: its own span
+        w = self.s.window_seconds
+        seconds = w or (stats.last_ts - stats.first_ts)
+        if w and (window.index == 0 or self.ending):  # a partial window: its own span
             seconds = max(60.0, stats.last_ts - stats.first_ts)
-        return self.st.skim.rate(stats, seconds)
+        day = None if not w or self.st.bucket is None else (self.st.bucket * w) % 86400
+        earlier = None if day is None else self.history.rate(self.host, day)
+        return self.st.skim.rate(stats, seconds, day, earlier)
 
     def _new_tonight(self, templates: list[str]) -> list[str]:
         """Of the window's first-seen templates, those the host never logged in the earlier nights."""
@@ -317,6 +388,7 @@ class LogsRun:
             log_new_templates=st.new_tonight,
             log_new_host=new_host,
             log_busiest_windows=[index for _, index, _ in skim.busiest],
+            log_window_lines=[{"start": d, "lines": n, "seconds": s} for d, n, s in skim.windows],
             log_silences=[x.__dict__ for x in st.silences],
             log_report=render_report(
                 f"Summary: {self.source}", facts, result.text, str(self.ctx.env.columns["model"])
@@ -324,7 +396,7 @@ class LogsRun:
             generate_seconds=result.seconds,
         )
 
-    def _night_facts(self, templates: int, new_host: bool) -> str:
+    def _night_facts(self, templates: int, new_host: bool | None) -> str:
         st, skim = self.st, self.st.skim
         lines = [f"Lines: {st.lines:,}; alert lines: {st.alerts:,}; message templates: {templates:,}"]
         if self.history.nights:

@@ -24,9 +24,11 @@ import statistics
 from collections import Counter
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from actors.checkpoint import allow
 from actors.tasks.logs.report import duration_text
-from actors.tasks.logs.stats import Burst, LogLine, WindowStats
+from actors.tasks.logs.stats import Burst, LogLine, ParsedBatch, WindowStats
 
 #: Templates a stream remembers (for "new" and for the night's summary), at most.
 MAX_SEEN = 50_000
@@ -39,6 +41,8 @@ LINE_CHARS = 240
 #: Recent windows a window's rate is compared with, and busiest windows kept for the summary.
 RECENT_RATES = 3
 BUSIEST = 5
+#: Windows whose rate a stream keeps for later nights (a day of minutes).
+MAX_WINDOWS = 1440
 #: Alert bursts: minutes whose alert lines are at least this many (and BURST_FACTOR times the window's
 #: median minute, and 1.5 times its mean).
 ALERT_BURST_MIN = 5
@@ -65,6 +69,10 @@ class Skim:
     overflowed: bool = False  # MAX_SEEN reached: later templates are not told apart as new
     counts: Counter[str] = field(default_factory=Counter)  # every template of the stream, with its lines
     recent: list[float] = field(default_factory=list)  # lines per second of the last windows
+    #: tonight's windows' rates against the earlier nights' at the same time of day (for their scale)
+    vs_history: list[float] = field(default_factory=list)
+    #: (window start as seconds of the day, lines, seconds) of each window: what later nights compare with
+    windows: list[tuple[float, int, float]] = field(default_factory=list)
     busiest: list[tuple[int, int, str]] = field(default_factory=list)  # (lines, window, span)
     last_ts: float | None = None
     last_ts_text: str | None = None
@@ -74,33 +82,86 @@ class Skim:
     silences: list[Silence] = field(default_factory=list)
 
     def add(self, line: LogLine, window: int) -> None:
-        """Note one parsed line with text of window ``window``."""
+        """Note one parsed line with text of window ``window`` (the raw feed's way; ``add_batch`` is the
+        same in columns)."""
         template = line.template
         self.counts[template] += 1
         if template not in self.seen:
-            if len(self.seen) < MAX_SEEN:
-                self.seen[template] = window
-                if len(self.new) < MAX_NEW:
-                    self.new.append((template, line.text[:LINE_CHARS]))
-                else:
-                    self.new_more += 1
-            else:
-                self.overflowed = True
+            self._first_seen(template, line.text, window)
         if line.ts is not None:
             if self.last_ts is not None and line.ts - self.last_ts >= self.silence_seconds:
-                self.silences.append(
-                    Silence(self.last_ts_text or "", line.ts_text or "", line.ts - self.last_ts)
-                )
+                gap = line.ts - self.last_ts
+                self.silences.append(Silence(self.last_ts_text or "", line.ts_text or "", gap))
             if self.last_ts is None or line.ts >= self.last_ts:
                 self.last_ts, self.last_ts_text = line.ts, line.ts_text
 
-    def rate(self, stats: WindowStats, seconds: float) -> float | None:
-        """The closing window's lines per second against the recent windows' (None for the first), and
-        remember it."""
+    def add_batch(self, batch: ParsedBatch, start: int, stop: int, window: int) -> None:
+        """``add`` of rows ``start:stop`` of a parsed batch (lines with text), in columns: the same notes."""
+        rows = np.arange(start, stop)
+        rows = rows[~batch.blank[start:stop]]
+        if not len(rows):
+            return
+        codes = batch.template_codes[rows]
+        names = batch.template_names
+        distinct, first = np.unique(codes, return_index=True)
+        counts = np.bincount(codes - codes.min(), minlength=0)
+        for code, at in sorted(zip(distinct.tolist(), first.tolist()), key=lambda ca: ca[1]):
+            template = names[code]
+            self.counts[template] += int(counts[code - codes.min()])
+            if template not in self.seen:
+                self._first_seen(template, batch.text[int(rows[at])], window)
+        self._silences(batch, rows)
+
+    def _first_seen(self, template: str, line: str, window: int) -> None:
+        if len(self.seen) >= MAX_SEEN:
+            self.overflowed = True
+            return
+        self.seen[template] = window
+        if len(self.new) < MAX_NEW:
+            self.new.append((template, line[:LINE_CHARS]))
+        else:
+            self.new_more += 1
+
+    def _silences(self, batch: ParsedBatch, rows: np.ndarray) -> None:
+        """Gaps of ``silence_seconds`` or more between a line's time and the latest time before it."""
+        ts = batch.ts[rows]
+        stamped = rows[~np.isnan(ts)]
+        if not len(stamped):
+            return
+        times = batch.ts[stamped]
+        before = np.maximum.accumulate(
+            np.concatenate([[-np.inf if self.last_ts is None else self.last_ts], times])
+        )
+        gaps = np.flatnonzero((times - before[:-1] >= self.silence_seconds) & np.isfinite(before[:-1]))
+        for g in gaps.tolist():
+            start_text = self.last_ts_text if g == 0 else _latest_text(batch, stamped[:g], times[:g])
+            end = batch[int(stamped[g])]
+            self.silences.append(Silence(start_text or "", end.ts_text or "", float(times[g] - before[g])))
+        latest = _last_max(times)  # the last of the latest times (the per-line rule keeps ties' last)
+        if self.last_ts is None or times[latest] >= self.last_ts:
+            self.last_ts, self.last_ts_text = float(times[latest]), batch[int(stamped[latest])].ts_text
+
+    def rate(
+        self, stats: WindowStats, seconds: float, day: float | None = None, earlier: float | None = None
+    ) -> float | None:
+        """The closing window's lines per second against what was usual (None for the first window),
+        remembered. ``day``: the window's start as seconds of the day; ``earlier``: the earlier nights'
+        rate at that time. With earlier nights, usual is their rate at this time of day times tonight's
+        scale (the median of tonight's windows against theirs), so a daily rhythm is no change and a change
+        at the day's peak still shows; without, it is the median of the last few windows (a median, so a
+        window that the change itself cuts in two does not hide it in the next one)."""
         rate = stats.lines / max(seconds, 1e-9)
-        mean = statistics.fmean(self.recent) if self.recent else 0.0
+        if day is not None and len(self.windows) < MAX_WINDOWS:
+            self.windows.append((day, stats.lines, seconds))
+        usual = statistics.median(self.recent) if self.recent else 0.0
         self.recent = [*self.recent, rate][-RECENT_RATES:]
-        return rate / mean if mean > 0 else None
+        if earlier:
+            against = rate / earlier
+            scale = statistics.median(self.vs_history) if len(self.vs_history) >= 2 else None
+            self.vs_history = [*self.vs_history, against][-MAX_WINDOWS:]
+            if scale:
+                return against / scale
+        return rate / usual if usual > 0 else None
 
     def close(self, stats: WindowStats, index: int) -> None:
         """The window ended (after ``window_text``): count it among the busiest, start the next's notes."""
@@ -137,6 +198,15 @@ class Skim:
             assert ratio is not None
             out.append(f"Rate: {ratio:.1f}x the lines per second of the previous hours")
         return "\n".join(out) + "\n"
+
+
+def _last_max(values: np.ndarray) -> int:
+    return len(values) - 1 - int(np.argmax(values[::-1]))
+
+
+def _latest_text(batch: ParsedBatch, rows: np.ndarray, times: np.ndarray) -> str | None:
+    """The timestamp text of the latest of these lines (of equal times, the last one)."""
+    return batch[int(rows[_last_max(times)])].ts_text
 
 
 def alert_bursts(stats: WindowStats, width: int = 60) -> list[Burst]:
