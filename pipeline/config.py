@@ -116,8 +116,10 @@ class InputSettings(TextFormat):
     max_tokens_per_stream: int | None = Field(
         default=None, ge=1, description="stop each stream after this many tokens"
     )
-    split_parts: int = Field(
-        default=1, ge=1, description="split each large text file into this many parallel parts"
+    split_parts: int | Literal["auto"] = Field(
+        default="auto",
+        description="split each large text file into this many parallel parts; auto: logs split a file "
+        "over the actors when there are fewer files than actors, books and records never",
     )
     min_split_bytes: int = Field(default=1 << 20, ge=1)
 

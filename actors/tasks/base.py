@@ -60,6 +60,9 @@ class Task:
     needs_input_paths: ClassVar[bool] = True
     #: JSONL/Parquet records are streams of their own (else a file of records is one stream)
     records_are_streams: ClassVar[bool] = True
+    #: ``input.split_parts: auto`` splits this task's large files over the actors (a log can be cut
+    #: anywhere between lines; a book cut in parts would be summarized in parts)
+    splits_by_default: ClassVar[bool] = False
 
     def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
         self.cfg = cfg
@@ -88,7 +91,7 @@ class Task:
             self.name,
             sources,
             storage=self.storage,
-            split_parts=i.split_parts,
+            split_parts=1 if i.split_parts == "auto" else i.split_parts,
             min_split_bytes=i.min_split_bytes,
             records_are_streams=self.records_are_streams,
         )

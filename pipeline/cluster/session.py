@@ -175,8 +175,10 @@ class StopFlag:
             kv._internal_kv_del(self.key, namespace=self.NAMESPACE)
 
 
-#: Seconds a local run waits for all its actors to load the model before it hands out streams.
+#: Seconds a run waits for all its actors to load the model before it hands out streams: locally, and on a
+#: cluster (where the autoscaler may first start the nodes).
 ACTOR_START_TIMEOUT_S = 600
+CLUSTER_ACTOR_START_TIMEOUT_S = 1800
 
 
 def quiet_ray_data(local: bool = False) -> None:
@@ -184,11 +186,13 @@ def quiet_ray_data(local: bool = False) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    if local:
-        # Every local actor starts at once: wait for all before handing out work, or the first one up
-        # would take `streams_per_actor` descriptors while the others load (on a cluster the autoscaler
-        # may take long, so there work starts with whichever actors are up).
-        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    # Wait for every actor before handing out work, or the first one up takes `streams_per_actor` units
+    # while the others load, and on a cluster one node did 495 of 500 streams. On a cluster the autoscaler
+    # may have nodes to start: it gets longer.
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if local else CLUSTER_ACTOR_START_TIMEOUT_S
+    # Our blocks are descriptors of a few hundred bytes made on the driver's node: "locality" would send
+    # them all to the actors there (two of three units to the head node's actor on a 3-node cluster).
+    ctx.execution_options.actor_locality_enabled = False
     ctx.enable_progress_bars = False  # the driver shows its own bar (streams, tokens/s)
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

@@ -57,6 +57,8 @@ from pipeline.job.plan import (
     GroupedInput,
     StreamTask,
     bundle_small,
+    largest_first,
+    split_for_actors,
     spread_records,
     units_to_json,
 )
@@ -92,6 +94,11 @@ class JobTask(Protocol):
 
     def line_grouping(self) -> GroupedInput | None: ...
 
+    @property
+    def splits_by_default(self) -> bool:
+        """Whether ``input.split_parts: auto`` splits the task's large files over the actors."""
+        ...
+
 
 def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], worker: type) -> JobReport:
     """Run the job (see the module docstring). An output that cannot be written raises ``OutputError``
@@ -115,7 +122,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
         writer.cleanup_tmp(older_than=TMP_STALE_S if recorder.others_alive() else 0.0)
     if pending or grouping is not None:
         try:
-            _run_on_ray(cfg, job_id, worker, report, pending, grouping, sources, storage, opts)
+            _run_on_ray(cfg, job_id, worker, report, task, pending, sources, storage)
         except BaseException as exc:
             report.seconds = time.perf_counter() - t_start
             _record_failure(recorder, exc)
@@ -194,34 +201,49 @@ def _run_on_ray(
     job_id: str,
     worker: type,
     report: JobReport,
+    task: JobTask,
     pending: list[StreamTask],
-    grouping: GroupedInput | None,
     sources: list[SourceFile],
     storage: Storage,
-    opts: ReadOptions,
 ) -> None:
     """Start (or join) Ray, size the actor pool, make the dataset of units, execute it."""
     started = False
     try:
         started = init_ray(cfg.resources)  # inside: a cluster that cannot start fails the run's record
         quiet_ray_data(local=not is_remote_cluster(cfg.resources))
+        grouping = task.line_grouping()
         if grouping is not None:
-            dataset, units = _grouped(grouping, sources, storage, opts)
+            dataset, units = _grouped(grouping, sources, storage, task.read_options())
             actors = actor_resources(cfg, units)
             totals = _Totals(units, sum(s.size or 0 for s in sources))
         else:
             # Files of records are several streams each, as many as they hold: no upper bound here.
             actors = actor_resources(cfg, None if any(not t.single_stream for t in pending) else len(pending))
-            slots = actors[0] * cfg.resources.streams(gpu="num_gpus" in actors[1])
-            if len(pending) < slots:  # too few units to keep every stream slot busy: share record files
-                pending = spread_records(pending, actors[0])
-            dataset, totals = _planned(bundle_small(pending, slots))
+            dataset, totals = _planned(_units_of_work(cfg, task, pending, actors, storage))
         _execute(cfg, job_id, dataset, totals, worker, report, actors)
     finally:
         if started:
             import ray
 
             ray.shutdown()
+
+
+def _units_of_work(
+    cfg: BaseJobConfig,
+    task: JobTask,
+    pending: list[StreamTask],
+    actors: tuple[int, dict[str, float]],
+    storage: Storage,
+) -> list[list[StreamTask]]:
+    """The descriptors as Ray Data will hand them out: a big log split over the actors (``split_parts:
+    auto``), files of records shared by the actors when there are too few units for the stream slots,
+    small one-stream units bundled, the largest first."""
+    slots = actors[0] * cfg.resources.streams(gpu="num_gpus" in actors[1])
+    if cfg.input.split_parts == "auto" and task.splits_by_default:
+        pending = split_for_actors(pending, actors[0], storage, cfg.input.min_split_bytes)
+    if len(pending) < slots:
+        pending = spread_records(pending, actors[0])
+    return largest_first(bundle_small(pending, slots))
 
 
 @dataclass

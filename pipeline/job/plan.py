@@ -189,6 +189,33 @@ def plan_files(
     return tasks
 
 
+def split_for_actors(
+    units: list[StreamTask], actors: int, storage: Storage | None = None, min_bytes: int = 1 << 20
+) -> list[StreamTask]:
+    """``input.split_parts: auto`` for a task that splits by default (logs): with fewer units than actors,
+    each large uncompressed text file that is one stream becomes parts in proportion to its share of the
+    input (one per actor for a single file), so every actor reads; gzip files cannot be cut and stay whole."""
+    if len(units) >= actors:
+        return units
+    total = sum(u.input_bytes for u in units) or 1
+    out: list[StreamTask] = []
+    for unit in units:
+        src = unit.sources[0]
+        parts = max(1, round(actors * unit.input_bytes / total))
+        whole_text = (
+            unit.single_stream and len(unit.sources) == 1 and unit.whole_file and src.format == "text"
+        )
+        split = _split(unit.task, src, storage, parts, min_bytes, True) if parts > 1 and whole_text else []
+        out += split or [unit]
+    return out
+
+
+def largest_first(units: list[list[StreamTask]]) -> list[list[StreamTask]]:
+    """Units by their input, largest first (Ray Data hands them out in order): the longest ones start at
+    once and the last to end are small, so actors finish close together."""
+    return sorted(units, key=lambda unit: -sum(u.input_bytes for u in unit))
+
+
 def spread_records(tasks: list[StreamTask], ways: int) -> list[StreamTask]:
     """Each unsplit file of records as ``ways`` descriptors sharing its records (see the module docstring)."""
     if ways < 2:

@@ -1516,3 +1516,34 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+#: The sample night ``python -m jobs.analyze_logs`` reads without ``input.paths``: six hosts, 6 MB, every
+#: kind of incident (generated once under ``$LONGREAD_HOME``, a few seconds).
+SAMPLE = {"size_bytes": 6_000_000, "hosts": 6, "nights": 2, "seed": 7}
+SAMPLE_VERSION = "logs-sample-v1"
+
+
+def sample_night() -> Path:
+    """The sample night's folder (one folder per host), generated on first use; see ``SAMPLE``. The
+    folder is written beside its final place and renamed, so an interrupted run leaves no half sample."""
+    import shutil
+    import tempfile
+
+    from longread.assets import home
+
+    root = home() / "samples" / SAMPLE_VERSION
+    if not (root / "labels.json").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=root.parent))
+        try:
+            generate(staging, **SAMPLE)  # type: ignore[arg-type]
+            if root.exists():  # another process published it meanwhile
+                shutil.rmtree(staging)
+            else:
+                os.replace(staging, root)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+    labels = json.loads((root / "labels.json").read_text())
+    return root / labels["tonight"]

@@ -39,10 +39,20 @@ class Logs(Task):
     row_kinds = ("window", "summary")
     preview_kind = "window"
     records_are_streams = False  # a log in JSONL/Parquet is one stream of its records' lines
+    default_config = "analyze_logs.yaml"
+    splits_by_default = True
+    needs_input_paths = False  # without input.paths: the generated sample night (synth.sample_night)
 
     @property
     def settings(self) -> LogsSettings:
         return self.cfg.logs  # type: ignore[attr-defined]
+
+    def inputs(self) -> list[str]:
+        if self.cfg.input.paths:
+            return list(self.cfg.input.paths)
+        from actors.tasks.logs.synth import sample_night  # generated once, a few seconds
+
+        return [str(sample_night())]
 
     def history(self) -> History:
         """The earlier nights (``logs.history_nights``), read once per process."""
