@@ -1,0 +1,190 @@
+"""Edges of the command line and of the inputs: pipes and devices among the inputs, credentials in URIs,
+an unreachable S3 output, unsafe job ids, bad questions files, wide-encoded text, a missing bucket, records
+without questions, one truth for the policy's budget. No Ray here (the end-to-end run of a folder with a
+pipe is in ``tests/test_pipeline_ray.py``)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import threading
+from pathlib import Path
+
+import pytest
+from helpers_pipeline import Moto, book_text
+
+from jobs.run import main
+from pipeline.inputs.readers import iter_lines
+from pipeline.inputs.sources import InputError, ReadOptions, SourceFile, expand_inputs
+
+OPTS = ReadOptions()
+
+
+def _errors(sources: list[SourceFile]) -> dict[str, tuple[str, str] | None]:
+    return {Path(s.uri).name: s.error for s in sources}
+
+
+def _tiny(model_dir: Path) -> list[str]:
+    """Flags for the tests' tiny model (4 layers: LaCache's ladder needs a short span)."""
+    return ["--model", str(model_dir), "--policy", "lacache:span=2,overlap=0", "--budget", "48",
+            "--stride", "16"]  # fmt: skip
+
+
+def _one_line(err: str) -> str:
+    """The one ``error:`` line of a command's stderr; nothing else but log lines of INFO or below."""
+    lines = [line for line in err.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert len(errors) == 1 and len(lines) == 1, err
+    return errors[0]
+
+
+# ---------------------------------------------------------------------------- pipes, sockets, devices
+def test_fifo_and_socket_in_a_folder_are_refused_at_expansion(tmp_path):
+    (tmp_path / "book.txt").write_text(book_text(), encoding="utf-8")
+    os.mkfifo(tmp_path / "pipe.txt")
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "socket.txt"))
+        found = _errors(expand_inputs([str(tmp_path)], None, OPTS))
+        globbed = _errors(expand_inputs([str(tmp_path / "*.txt")], None, OPTS))
+    assert found == globbed
+    assert found["book.txt"] is None
+    kind, message = found["pipe.txt"]  # type: ignore[misc]
+    assert kind == "unreadable" and str(tmp_path / "pipe.txt") in message
+    assert "named pipe (FIFO), not a regular file" in message and "Remove it from the inputs" in message
+    kind, message = found["socket.txt"]  # type: ignore[misc]
+    assert kind == "unreadable" and "is a socket, not a regular file" in message
+
+
+@pytest.mark.parametrize("device", ["/dev/null", "/dev/zero"])
+def test_fifo_rule_covers_devices_named_as_inputs(device):
+    (source,) = expand_inputs([device], None, OPTS)
+    assert source.error is not None and source.error[0] == "unreadable"
+    assert f"{device} is a character device, not a regular file" in source.error[1]
+    with pytest.raises(InputError, match="character device"):  # and read anyway: refused, not opened
+        list(iter_lines(SourceFile(device)))
+
+
+def _read_in_thread(src: SourceFile) -> tuple[threading.Thread, dict[str, BaseException]]:
+    outcome: dict[str, BaseException] = {}
+
+    def read() -> None:
+        try:
+            list(iter_lines(src))
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    thread.join(timeout=10)
+    return thread, outcome
+
+
+def _unblock(fifo: Path) -> None:
+    """A reader blocked opening the pipe (the bug) gets a writer and goes on; none waiting: nothing."""
+    with contextlib.suppress(OSError):
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+
+
+def test_fifo_swapped_in_after_the_listing_never_blocks_the_reader(tmp_path, monkeypatch):
+    """The reader checks again before and after opening: a pipe that replaced a listed file (or one that
+    appears between its ``stat`` and its ``open``) is refused, never waited on."""
+    fifo = tmp_path / "book.txt"
+    os.mkfifo(fifo)
+    src = SourceFile(str(fifo))  # as listed when it was still a regular file
+    try:
+        thread, outcome = _read_in_thread(src)
+        assert not thread.is_alive(), "the reader blocks opening a named pipe"
+        assert isinstance(outcome.get("error"), InputError), outcome
+        assert "named pipe (FIFO)" in str(outcome["error"])
+        # stat says "regular file", the open finds a pipe: opened without blocking, refused by fstat
+        real_stat = os.stat
+
+        def stat(path: str, *args: object, **kwargs: object) -> os.stat_result:
+            found = real_stat(path, *args, **kwargs)  # type: ignore[arg-type]
+            return _regular(found) if str(path) == str(fifo) else found
+
+        monkeypatch.setattr(os, "stat", stat)
+        thread, outcome = _read_in_thread(src)
+        monkeypatch.undo()
+        assert not thread.is_alive(), "the reader blocks opening a pipe swapped in after its stat"
+        assert "named pipe (FIFO)" in str(outcome.get("error"))
+    finally:
+        _unblock(fifo)
+
+
+def _regular(st: os.stat_result) -> os.stat_result:
+    values = list(st)
+    values[0] = 0o100644  # S_IFREG
+    return os.stat_result(values)
+
+
+# ---------------------------------------------------------------------------- an unreachable S3 output
+def _closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])  # closed when the block ends: connections are refused
+
+
+def test_unreachable_s3_output_is_one_line_exit_status_3(tmp_path, model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "FAKEKEYFORTHETEST")  # credentials present: the network fails
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "fake-secret")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    book = tmp_path / "book.txt"
+    book.write_text(book_text(), encoding="utf-8")
+    endpoint = f"http://127.0.0.1:{_closed_port()}"
+    argv = ["--input", str(book), "--output", "s3://results/summaries", *_tiny(model_dir),
+            "--endpoint-url", endpoint, "--set", "storage.retries=1"]  # fmt: skip
+    assert main("summarize", argv) == 3
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: cannot reach the output s3://results/summaries: the S3 endpoint cannot be")
+    assert "storage.endpoint_url" in line and "Traceback" not in line
+
+
+def test_unreachable_s3_during_writes_is_an_output_error():
+    """Past the start, every write (a part, a checkpoint, a record) takes the same one-message path."""
+    from botocore.exceptions import EndpointConnectionError, ReadTimeoutError
+
+    from pipeline.output.writer import WRITE_ERRORS, output_error
+
+    errors = (EndpointConnectionError(endpoint_url="http://127.0.0.1:9"), ReadTimeoutError(endpoint_url="x"))
+    for exc in errors:
+        assert isinstance(exc, WRITE_ERRORS)
+        message = str(output_error("s3://results/out", "results/out/part-1.parquet", exc))
+        assert "the S3 endpoint cannot be reached" in message and "(part-1.parquet)" in message
+
+
+# ---------------------------------------------------------------------------- messages
+@pytest.mark.parametrize(
+    ("encoding", "named", "iconv"),
+    [
+        ("utf-16", "UTF-16 LE text (by its byte-order mark)", "iconv -f UTF-16 -t UTF-8"),
+        ("utf-16-be", "UTF-16 BE text (by the NUL bytes", "iconv -f UTF-16BE -t UTF-8"),
+        ("utf-32", "UTF-32 LE text (by its byte-order mark)", "iconv -f UTF-32 -t UTF-8"),
+    ],
+)
+def test_utf16_input_names_its_encoding_and_the_fix(tmp_path, encoding, named, iconv):
+    path = tmp_path / "book.txt"
+    path.write_bytes(book_text().encode(encoding))
+    with pytest.raises(InputError) as info:
+        list(iter_lines(expand_inputs([str(path)], None, OPTS)[0]))
+    assert info.value.kind == "encoding" and "binary" not in info.value.message
+    assert f"{path} is {named}" in info.value.message and iconv in info.value.message
+    chinese = tmp_path / "chinese.txt"  # no NUL bytes at all: the mark alone says it
+    chinese.write_bytes("\u4e2d\u6587\u6587\u672c\n".encode("utf-16"))
+    with pytest.raises(InputError, match="UTF-16 LE text"):
+        list(iter_lines(expand_inputs([str(chinese)], None, OPTS)[0]))
+
+
+def test_missing_bucket_is_named_as_a_bucket(monkeypatch):
+    moto = Moto()
+    try:
+        from pipeline.storage import Storage
+
+        storage = Storage(endpoint_url=f"http://{moto.host}:{moto.port}", key="k", secret="s", retries=1)
+        (source,) = expand_inputs(["s3://no-such-bucket/books/x.txt"], storage, OPTS)
+        assert source.error is not None and source.error[0] == "missing"
+        assert "the bucket 'no-such-bucket' does not exist" in source.error[1]
+        assert "S3 key" not in source.error[1]
+    finally:
+        moto.stop()
