@@ -15,7 +15,8 @@ from pipeline.output.schema import ROW_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "pipeline.md"
-EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
+#: The job configs of jobs/configs/ (beside them: data they name, e.g. sample_questions.yaml).
+EXAMPLES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "task" in read_yaml(p))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -58,7 +59,20 @@ def test_there_is_an_example_per_job_and_the_main_job_default():
     assert cfg.model.source == "default" and cfg.output.path == "output/summarize_books"
 
 
+def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object]]:
+    """Every field of a settings model, sections and their fields (recursively), by dotted name."""
+    out: list[tuple[str, object]] = []
+    for key, field in model.model_fields.items():
+        out.append((prefix + key, field))
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += _fields(sub, f"{prefix}{key}.")
+    return out
+
+
 def test_every_setting_is_documented():
+    """In docs/pipeline.md, and in the field itself: its description is the help of the flag that sets
+    it (jobs/config.py), so a field without one fails here."""
     text = DOCS.read_text(encoding="utf-8")
     for name, field in JobConfig.model_fields.items():
         sub = field.annotation
@@ -67,6 +81,27 @@ def test_every_setting_is_documented():
                 assert f"`{name}.{key}`" in text, f"{name}.{key} is missing from docs/pipeline.md"
         else:
             assert f"`{name}`" in text, name
+    undescribed = [name for name, field in _fields(JobConfig) if not (field.description or "").strip()]
+    assert not undescribed, f"settings without a description (Field(description=...)): {undescribed}"
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_help_explains_every_flag_with_its_default(name):
+    """Every flag has help; a flag that sets a field says the field's description, its name and default."""
+    from jobs.config import _overrides_a_setting, field_info
+
+    parser = build_parser(name)
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        if _overrides_a_setting(action.dest):
+            info = field_info(action.dest)
+            assert info is not None, action.dest
+            assert info.description and info.description.split(";")[0] in action.help.replace("%%", "%")
+            assert f"({action.dest}; default: " in action.help, action.help
+    text = parser.format_help()
+    assert "exit status" in text.lower() and "--dry-run" in text
+    if name == "summarize":  # what the main job's file sets, beside the field's own default
+        assert "jobs/configs/summarize_books.yaml sets 4000" in " ".join(text.split())
 
 
 def test_flags_override_the_file(tmp_path):

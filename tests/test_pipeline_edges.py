@@ -6,6 +6,8 @@ pipe is in ``tests/test_pipeline_ray.py``)."""
 from __future__ import annotations
 
 import contextlib
+import json
+import logging
 import os
 import socket
 import threading
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 from helpers_pipeline import Moto, book_text
 
+from jobs.config import ConfigError, config_from_dict, load_config
 from jobs.run import main
 from pipeline.inputs.readers import iter_lines
 from pipeline.inputs.sources import InputError, ReadOptions, SourceFile, expand_inputs
@@ -119,6 +122,41 @@ def _regular(st: os.stat_result) -> os.stat_result:
     return os.stat_result(values)
 
 
+# ---------------------------------------------------------------------------- credentials in URIs
+SECRET = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYSECRETKEY"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--input", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/x.txt"],
+        ["--input", f"s3://bucket/x.txt?AWSAccessKeyId=AKIAIOSFODNN7EXAMPLE&Signature={SECRET}"],
+        ["--output", f"s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/out"],
+        ["--set", f"input.paths=['s3://AKIAIOSFODNN7EXAMPLE:{SECRET}@bucket/x.txt']"],
+    ],
+    ids=["input-userinfo", "input-presigned-query", "output-userinfo", "set"],
+)
+def test_secret_in_a_uri_is_refused_in_one_line_and_never_shown(flags, tmp_path, model_dir, capsys, caplog):
+    good = tmp_path / "book.txt"
+    good.write_text(book_text(), encoding="utf-8")
+    out = tmp_path / "out"
+    argv = ["--input", str(good), "--output", str(out), *_tiny(model_dir), *flags]
+    caplog.set_level(logging.DEBUG)
+    assert main("summarize", argv) == 2
+    captured = capsys.readouterr()
+    line = _one_line(captured.err)
+    assert "storage.key" in line and "AWS_ACCESS_KEY_ID" in line and "refused" in line
+    assert "s3://bucket/" in line  # the URI is named, without its credentials
+    seen = captured.out + captured.err + caplog.text
+    assert SECRET not in seen and "AKIAIOSFODNN7EXAMPLE" not in seen
+    assert not out.exists()  # refused before anything is written (so no job record holds it)
+
+
+def test_local_names_with_at_and_colon_are_not_credentials(tmp_path):
+    cfg = config_from_dict("summarize", {"input": {"paths": [str(tmp_path / "me:x@home.txt")]}})
+    assert cfg.input.paths == [str(tmp_path / "me:x@home.txt")]
+
+
 # ---------------------------------------------------------------------------- an unreachable S3 output
 def _closed_port() -> int:
     with socket.socket() as sock:
@@ -152,6 +190,52 @@ def test_unreachable_s3_during_writes_is_an_output_error():
         assert isinstance(exc, WRITE_ERRORS)
         message = str(output_error("s3://results/out", "results/out/part-1.parquet", exc))
         assert "the S3 endpoint cannot be reached" in message and "(part-1.parquet)" in message
+
+
+# ---------------------------------------------------------------------------- job ids
+@pytest.mark.parametrize("job_id", ["../../x", "a/b", "", ".hidden", "x" * 129, "nightly 1", "é"])
+def test_job_id_must_be_a_safe_file_name(job_id, capsys, tmp_path):
+    assert main("summarize", ["--job-id", job_id, "--output", str(tmp_path / "out")]) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert "job_id:" in line and "letters, digits, '.', '_' or '-'" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_job_id_accepts_generated_and_dated_ids():
+    for job_id in ("summarize_books-20250101T000000Z-abc123", "nightly-2025-01-01", "run.2", "A" * 128):
+        assert config_from_dict("summarize", {"job_id": job_id}).job_id == job_id
+
+
+# ---------------------------------------------------------------------------- questions files
+def _qa_argv(tmp_path: Path, model_dir: Path, questions: Path) -> list[str]:
+    book = tmp_path / "book.txt"
+    book.write_text(book_text(), encoding="utf-8")
+    return ["--input", str(book), "--questions-file", str(questions), "--output", str(tmp_path / "out"),
+            *_tiny(model_dir)]  # fmt: skip
+
+
+def test_questions_file_folder_is_one_line_exit_status_2(tmp_path, model_dir, capsys):
+    folder = tmp_path / "questions"
+    folder.mkdir()
+    assert main("qa", _qa_argv(tmp_path, model_dir, folder)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"qa.questions_file {folder} is a folder, not a file" in line and "point it at" in line
+
+
+def test_questions_file_not_utf8_is_one_line_exit_status_2(tmp_path, model_dir, capsys):
+    latin = tmp_path / "questions.yaml"
+    latin.write_bytes("- Qui est le h\u00e9ros ?\n".encode("latin-1"))
+    assert main("qa", _qa_argv(tmp_path, model_dir, latin)) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert f"qa.questions_file {latin} is not UTF-8 text" in line and "iconv" in line
+
+
+@pytest.mark.timeout(60)
+def test_questions_file_fifo_is_refused_not_opened(tmp_path, model_dir, capsys):
+    fifo = tmp_path / "questions.yaml"
+    os.mkfifo(fifo)
+    assert main("qa", _qa_argv(tmp_path, model_dir, fifo)) == 2
+    assert "is a named pipe (FIFO), not a file" in _one_line(capsys.readouterr().err)
 
 
 # ---------------------------------------------------------------------------- messages
@@ -188,3 +272,48 @@ def test_missing_bucket_is_named_as_a_bucket(monkeypatch):
         assert "S3 key" not in source.error[1]
     finally:
         moto.stop()
+
+
+def test_no_questions_names_the_record(tmp_path):
+    from actors.tasks import make_task
+    from pipeline.job.plan import StreamTask
+
+    path = tmp_path / "stories.jsonl"
+    records = [{"text": "A tale.", "questions": ["Why?"]}, {"id": "s2", "text": "Another tale."}]
+    path.write_text("\n".join(json.dumps(r) for r in records) + "\n", encoding="utf-8")
+    for id_column, fragment, record in ((None, "#record=1", "id 1"), ("id", "#id=s2", "id s2")):
+        cfg = config_from_dict("qa", {"input": {"paths": [str(path)], "id_column": id_column}})
+        task = make_task(cfg)
+        (src,) = expand_inputs([str(path)], None, task.read_options())
+        _, doc = list(task.documents(StreamTask("qa", [src])))[1]
+        with pytest.raises(InputError) as info:
+            next(task.program(None, doc=doc, questions=task.questions_for(doc)))  # type: ignore[arg-type]
+        assert info.value.kind == "no_questions"
+        assert info.value.message.startswith(f"{path}{fragment}: no questions for this record ({record};")
+        assert "'questions' field is missing or empty" in info.value.message
+
+
+# ---------------------------------------------------------------------------- one budget
+def test_budget_in_a_policy_spec_is_the_budget_everywhere(tmp_path):
+    from pipeline.job.report import JobReport, job_record
+
+    cfg, _ = load_config("summarize", ["--policy", "lacache:budget=256,sink=2,span=15"])
+    record = job_record(cfg, "j", "finished", JobReport("j", "summarize", "summarize_books", "out"))
+    policy = cfg.policy.build()
+    assert (cfg.policy.budget, cfg.policy.sink, cfg.policy.params) == (256, 2, {"span": 15, "overlap": 0})
+    assert (policy.budget, policy.sink) == (256, 2)
+    recorded = record["config"]["policy"]
+    assert recorded["budget"] == 256 and "budget" not in recorded["params"]
+    same, _ = load_config("summarize", ["--policy", "lacache:budget=256", "--budget", "256"])
+    assert same.policy.budget == 256
+    yaml_params = config_from_dict("summarize", {"policy": {"params": {"budget": 300, "span": 15}}})
+    assert yaml_params.policy.budget == 300 == yaml_params.policy.build().budget
+
+
+def test_budget_given_twice_differently_is_an_error_naming_both():
+    with pytest.raises(ConfigError, match=r"sets budget=256 but --budget 512 is given too: give the budget"):
+        load_config("summarize", ["--policy", "lacache:budget=256", "--budget", "512"])
+    with pytest.raises(ConfigError, match=r"policy.budget=512 and policy.params.budget=256 .* disagree"):
+        config_from_dict("summarize", {"policy": {"budget": 512, "params": {"budget": 256}}})
+    with pytest.raises(ConfigError, match=r"policy.sink=4 and policy.params.sink=2"):
+        load_config("summarize", ["--set", "policy.sink=4", "--set", "policy.params.sink=2"])

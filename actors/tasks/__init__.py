@@ -48,7 +48,8 @@ class _TaskJobConfig(BaseJobConfig):
 
 
 def _section(settings: type[Any]) -> Any:
-    return (settings, Field(default_factory=settings))
+    doc = (settings.__doc__ or "").strip().split("\n")[0]
+    return (settings, Field(default_factory=settings, description=doc.rstrip(".")))
 
 
 #: ``BaseJobConfig`` + one section per registered task (``summarize:``, ``qa:``, ``logs:`` ...).

@@ -25,19 +25,23 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from actors.context import Row, StreamInfo, TaskContext
-from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
 from pipeline.inputs.readers import Document, iter_documents
 from pipeline.inputs.sources import ReadOptions, SourceFile
 from pipeline.job.plan import GroupedInput, StreamTask, plan_files
 from pipeline.storage import Storage
 
-ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
+if TYPE_CHECKING:
+    # The stream programs' side (the engine's requests: torch) is imported where streams run, not when the
+    # command line or the config is built from the tasks' settings (``--help`` in a fraction of a second).
+    from actors.context import Row, StreamInfo, TaskContext
+    from longread.scheduler import Program
+
+    ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
 
 
 @dataclass
@@ -106,6 +110,8 @@ class Task:
         A file that cannot be read raises ``InputError`` here (the worker writes one error row for it);
         a bad record comes as a document carrying its error (its program raises it).
         """
+        from actors.context import StreamInfo
+
         src = unit.sources[0]
         groups = unit.extra.get("row_groups")
         row_groups = (int(groups[0]), int(groups[1])) if groups else None

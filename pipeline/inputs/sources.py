@@ -202,13 +202,27 @@ class TextFormat(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
-    compression: Literal["infer", "gzip", "none"] = "infer"
-    encoding: str = "utf-8"
-    encoding_errors: Literal["strict", "replace", "ignore"] = "strict"
-    text_column: str = "text"
-    id_column: str | None = None
-    max_records_per_file: int | None = Field(default=None, ge=1)
+    format: Literal["auto", "text", "jsonl", "parquet"] = Field(
+        default="auto", description="auto: by suffix (.jsonl/.ndjson/.json, .parquet/.pq, else text)"
+    )
+    compression: Literal["infer", "gzip", "none"] = Field(
+        default="infer", description="infer: a .gz suffix or gzip's magic bytes"
+    )
+    encoding: str = Field(
+        default="utf-8", description="any ASCII-compatible encoding (latin-1, cp1252 ...); not UTF-16/32"
+    )
+    encoding_errors: Literal["strict", "replace", "ignore"] = Field(
+        default="strict", description="strict: invalid bytes make an encoding error row"
+    )
+    text_column: str = Field(
+        default="text", description="JSONL/Parquet field holding the document (for logs: lines)"
+    )
+    id_column: str | None = Field(
+        default=None, description="JSONL/Parquet field naming each record (#id=ID); unset: its position"
+    )
+    max_records_per_file: int | None = Field(
+        default=None, ge=1, description="read at most this many records per JSONL/Parquet file (per part)"
+    )
 
     @field_validator("encoding")
     @classmethod

@@ -27,23 +27,25 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from itertools import islice
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
-from actors.context import Row, StreamInfo, TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
 from actors.tasks.logs.formats import FORMAT_NAMES, GENERIC, detect_format, get_format
 from actors.tasks.logs.grouping import LineOpener, group_by_path_key, merge_in_time_order
 from actors.tasks.logs.report import burst_rows, render_report, statistics_text, template_rows
 from actors.tasks.logs.shuffle import LineGrouping
 from actors.tasks.logs.stats import LogParser, TemplateStats, WindowStats
-from longread.scheduler import Program
 from pipeline.config import Decoding, Section
 from pipeline.inputs.readers import Damage, Position, PositionedLines, iter_log_lines_at
 from pipeline.inputs.sources import InputError, SourceFile
 from pipeline.job.plan import StreamTask
+
+if TYPE_CHECKING:  # the stream programs' side (torch) is imported by the worker, not with the settings
+    from actors.context import Row, TaskContext
+    from longread.scheduler import Program
 
 BATCH_LINES = 128
 LOG_PROMPT_FIELDS = {
@@ -63,19 +65,25 @@ LOG_PROMPT_FIELDS = {
 class ReportGeneration(Decoding):
     """A window's summary: a few sentences; log loops are short ("A: A: A:"), so a 3-gram ban."""
 
-    max_new_tokens: int = Field(default=128, ge=1)
-    no_repeat_ngram_size: int = Field(default=3, ge=0)
+    max_new_tokens: int = Field(default=128, ge=1, description="length cap of a window's summary")
+    no_repeat_ngram_size: int = Field(default=3, ge=0, description="never repeat an n-gram; 0 = off")
 
 
 class LogsSettings(Section):
-    group_by: Literal["file", "path", "line"] = "file"
+    """Incident reports per window of each log stream: statistics first, then the model's summary."""
+
+    group_by: Literal["file", "path", "line"] = Field(
+        default="file", description="one stream per file, per key in the path, or per key in each line"
+    )
     key_pattern: str | None = Field(
         default=None, description="regex with (?P<key>...) on the path or on each line"
     )
     window_tokens: int | None = Field(
         default=None, ge=8, description="default 1024 when window_seconds is unset"
     )
-    window_seconds: float | None = Field(default=None, gt=0)
+    window_seconds: float | None = Field(
+        default=None, gt=0, description="window size in seconds of log time instead of tokens"
+    )
     timestamp_pattern: str | None = Field(
         default=None, description="regex with (?P<ts>...); default: common formats"
     )
@@ -91,11 +99,14 @@ class LogsSettings(Section):
     alert_pattern: str | None = Field(
         default=None, description="regex: matching lines count as alerts; unset: the format's rule"
     )
-    top_templates: int = Field(default=5, ge=1)
-    report_prompt: str = (
-        "Statistics of the log lines above ({source}, window {window}, {format} log):\n{statistics}\n\n"
-        "In two or three sentences, tell an on-call engineer what happened in this window and whether "
-        "anything needs attention."
+    top_templates: int = Field(default=5, ge=1, description="templates kept per window")
+    report_prompt: str = Field(
+        default=(
+            "Statistics of the log lines above ({source}, window {window}, {format} log):\n{statistics}\n\n"
+            "In two or three sentences, tell an on-call engineer what happened in this window and whether "
+            "anything needs attention."
+        ),
+        description="what the model is asked after a window; {statistics} and the window's facts",
     )
     generation: ReportGeneration = Field(
         default_factory=lambda: ReportGeneration(), description="the summary's controls"
@@ -204,10 +215,10 @@ class Logs(Task):
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
-        add("--window-tokens", type=int, dest="logs.window_tokens")
-        add("--window-seconds", type=float, dest="logs.window_seconds")
+        add("--window-tokens", type=int, dest="logs.window_tokens", metavar="N")
+        add("--window-seconds", type=float, dest="logs.window_seconds", metavar="S")
         add("--group-by", dest="logs.group_by", choices=["file", "path", "line"])
-        add("--key-pattern", dest="logs.key_pattern")
+        add("--key-pattern", dest="logs.key_pattern", metavar="REGEX")
 
     # ------------------------------------------------------------------ planning
     def plan(self, sources: list[SourceFile]) -> list[StreamTask]:
@@ -226,6 +237,8 @@ class Logs(Task):
 
     # ------------------------------------------------------------------ streams
     def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+        from actors.context import StreamInfo
+
         src = unit.sources[0]
         info = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
         info.inputs = tuple((s.uri, s.size) for s in unit.sources)
