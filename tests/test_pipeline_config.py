@@ -299,3 +299,67 @@ def test_local_actor_requests_fit_the_machine(monkeypatch):
         actor_resources(cfg(device="cuda"), None)
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster with an autoscaler: asked as given
     assert actor_resources(cfg(device="cuda", actors=4), None) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
+
+
+# ---------------------------------------------------------------------------- the samples from a fresh clone
+def _local_references(cfg) -> list[str]:
+    """The local paths a config reads (inputs, questions file, model), as written in it."""
+    refs = [p for p in cfg.input.paths]
+    if cfg.task == "qa" and cfg.qa.questions_file:
+        refs.append(cfg.qa.questions_file)
+    if cfg.model.source != "default":
+        refs.append(cfg.model.source)
+    return [r for r in refs if not r.startswith("s3://")]  # cluster samples read buckets: not run here
+
+
+LEAD_FIXES = {"analyze_logs.yaml"}  # reads ../shared/data/loghub: being moved to generated logs elsewhere
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="its own fix is on another branch"))
+        if p.name in LEAD_FIXES
+        else p
+        for p in EXAMPLES
+    ],
+    ids=lambda p: p.name,
+)
+def test_fresh_clone_sample_configs_read_only_the_repository_and_the_setup_assets(path):
+    """A fresh clone plus scripts/setup.sh runs every local sample: it reads files inside the repository
+    (relative to its root, where the jobs run) or the assets set-up fetched (empty input.paths: the sample
+    plays), never a path beside the repository (../shared) or on someone's machine."""
+    data = read_yaml(path)
+    cfg = config_from_dict(data["task"], data, str(path))
+    for ref in _local_references(cfg):
+        assert not Path(ref).is_absolute() and ".." not in Path(ref).parts, f"{path.name} reads {ref}"
+        assert any((ROOT / ref).parent.glob(Path(ref).name)), f"{path.name} reads {ref}: not in the repo"
+
+
+def test_fresh_clone_qa_sample_asks_every_sample_play_its_questions(monkeypatch):
+    """The QA sample plans one stream per sample play (the plays scripts/setup.sh fetches), each with
+    questions of its own from jobs/configs/sample_questions.yaml; no model, no Ray."""
+    from actors.tasks import make_task
+    from longread.assets import sample_books
+    from pipeline.inputs.sources import expand_inputs
+
+    monkeypatch.chdir(ROOT)  # the jobs run from the repository's root (relative paths)
+    cfg, _ = load_config("qa", ["--config", str(CONFIG_DIR / "answer_questions.yaml")])
+    assert cfg.input.max_tokens_per_stream == 4000  # small enough for a few minutes on 2 CPUs
+    plays = sample_books()
+    questions = read_yaml(CONFIG_DIR / "sample_questions.yaml")
+    assert set(questions) == {p.name for p in plays}
+    task = make_task(cfg)
+    assert task.inputs() == [str(p) for p in plays]
+    sources = expand_inputs(task.inputs(), None, task.read_options())
+    assert [s.error for s in sources] == [None] * len(plays)
+    asked = {}
+    for unit in task.plan(sources):
+        for info, doc in task.documents(unit):
+            asked[Path(info.stream_id).name] = task.questions_for(doc)
+    assert asked == questions and all(len(q) >= 3 for q in asked.values())
+    # A qa job without inputs or questions of its own is refused, naming the sample config.
+    with pytest.raises(ConfigError, match=r"input.paths is empty: .*jobs/configs/answer_questions.yaml"):
+        load_config("qa", [])
+    cfg, _ = load_config("qa", ["--question", "Who speaks first?"])  # questions of its own: the plays
+    assert make_task(cfg).inputs() == [str(p) for p in plays]

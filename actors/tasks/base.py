@@ -59,8 +59,10 @@ class Task:
     row_kinds: ClassVar[tuple[str, ...]]
     preview_kind: ClassVar[str]
     default_config: ClassVar[str | None] = None
-    #: False when the task has inputs of its own to fall back on (``inputs()``)
+    #: False when the task can run on the sample plays (``inputs()``) when ``input.paths`` is empty
     needs_input_paths: ClassVar[bool] = True
+    #: what to say when ``input.paths`` is empty but needed, after "pass --input PATH"
+    inputs_hint: ClassVar[str] = ""
     #: JSONL/Parquet records are streams of their own (else a file of records is one stream)
     records_are_streams: ClassVar[bool] = True
 
@@ -78,9 +80,18 @@ class Task:
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         """Flags of this task's job (``dest`` = the dotted setting each overrides)."""
 
+    @classmethod
+    def needs_inputs(cls, cfg: BaseJobConfig) -> bool:
+        """Whether this job must be given ``input.paths`` (else it runs on the sample plays)."""
+        return cls.needs_input_paths
+
     # ------------------------------------------------------------------ planning (driver)
     def inputs(self) -> list[str]:
-        return list(self.cfg.input.paths)
+        if self.cfg.input.paths or self.needs_inputs(self.cfg):
+            return list(self.cfg.input.paths)
+        from longread.assets import sample_books  # the sample corpus that scripts/setup.sh fetches
+
+        return [str(p) for p in sample_books()]
 
     def read_options(self) -> ReadOptions:
         return self.cfg.input.read_options()

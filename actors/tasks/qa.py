@@ -140,6 +140,10 @@ class QA(Task):
     Settings = QASettings
     row_kinds = ("answer",)
     preview_kind = "answer"
+    inputs_hint = (
+        ", or --question / --questions-file to ask the sample plays (jobs/configs/answer_questions.yaml "
+        "does, with questions about them)"
+    )
 
     def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
         super().__init__(cfg, storage)
@@ -151,6 +155,12 @@ class QA(Task):
     @property
     def settings(self) -> QASettings:
         return self.cfg.qa  # type: ignore[attr-defined]
+
+    @classmethod
+    def needs_inputs(cls, cfg: BaseJobConfig) -> bool:
+        """Questions of its own (not from records) can be asked of the sample plays."""
+        s: QASettings = cfg.qa  # type: ignore[attr-defined]
+        return not (s.questions or s.questions_file)
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:

@@ -144,14 +144,7 @@ class Summarize(Task):
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--segment-tokens", type=int, dest="summarize.segment_tokens")
-
-    def inputs(self) -> list[str]:
-        if self.cfg.input.paths:
-            return list(self.cfg.input.paths)
-        from longread.assets import sample_books  # the main job's sample corpus, fetched at set-up
-
-        return [str(p) for p in sample_books()]
+        parser.add_argument("--segment-tokens", type=int, dest="summarize.segment_tokens", metavar="N")
 
     def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
         for info, doc in self.documents(unit):
