@@ -317,3 +317,137 @@ def test_budget_given_twice_differently_is_an_error_naming_both():
         config_from_dict("summarize", {"policy": {"budget": 512, "params": {"budget": 256}}})
     with pytest.raises(ConfigError, match=r"policy.sink=4 and policy.params.sink=2"):
         load_config("summarize", ["--set", "policy.sink=4", "--set", "policy.params.sink=2"])
+
+
+# ---------------------------------------------------------------------------- Ray failing, Ctrl-C
+def _records(out: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in (out / "_jobs").glob("*.json")]
+
+
+def _book_argv(tmp_path: Path, model_dir: Path) -> list[str]:
+    book = tmp_path / "book.txt"
+    book.write_text(book_text(), encoding="utf-8")
+    return ["--input", str(book), "--output", str(tmp_path / "out"), *_tiny(model_dir)]
+
+
+def test_ray_start_failure_is_one_line_exit_status_5(tmp_path, model_dir, capsys, monkeypatch):
+    import ray
+
+    def timed_out(*args: object, **kwargs: object) -> None:  # what Ray raises when its node never comes up
+        raise Exception(
+            "The current node timed out during startup. This could happen because some of the raylet "
+            "failed to startup or the GCS has become overloaded."
+        )
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(ray, "init", timed_out)
+    assert main("summarize", _book_argv(tmp_path, model_dir)) == 5
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith(
+        "error: Ray could not start on this machine (Exception: The current node timed out"
+    )
+    assert "scripts/ray_stop.sh" in line and "resources.ray_address" in line
+    (record,) = _records(tmp_path / "out")
+    assert record["state"] == "failed" and "Ray could not start" in record["error"]
+
+
+def test_joining_an_unreachable_cluster_is_one_line_exit_status_5(tmp_path, model_dir, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{_closed_port()}")
+    import ray
+
+    def refused(*args: object, **kwargs: object) -> None:
+        raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to")
+
+    monkeypatch.setattr(ray, "init", refused)
+    assert main("summarize", _book_argv(tmp_path, model_dir)) == 5
+    line = _one_line(capsys.readouterr().err)
+    assert (
+        line.startswith("error: cannot join the Ray cluster at 127.0.0.1:") and "ray status --address" in line
+    )
+
+
+def test_ctrl_c_is_one_line_exit_status_130(tmp_path, model_dir, capsys, monkeypatch):
+    import pipeline.job.driver as driver
+
+    def interrupted(*args: object, **kwargs: object) -> bool:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "init_ray", interrupted)
+    assert main("summarize", _book_argv(tmp_path, model_dir)) == 130
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: interrupted (Ctrl-C)") and "resumes" in line
+    (record,) = _records(tmp_path / "out")
+    assert record["state"] == "interrupted"
+
+
+# ---------------------------------------------------------------------------- inputs checked before Ray
+def test_fresh_clone_missing_inputs_fail_before_ray_in_one_line(tmp_path, model_dir, capsys, monkeypatch):
+    import pipeline.job.driver as driver
+
+    def no_ray(*args: object, **kwargs: object) -> bool:
+        raise AssertionError("Ray was started")
+
+    monkeypatch.setattr(driver, "init_ray", no_ray)
+    argv = ["--input", str(tmp_path / "nope.txt"), "--input", str(tmp_path / "*.nothing"),
+            "--output", str(tmp_path / "out"), *_tiny(model_dir)]  # fmt: skip
+    assert main("summarize", argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("error: none of the 2 inputs can be read: ")
+    assert f"{tmp_path / 'nope.txt'} [missing]" in line and "*.nothing [missing]" in line
+    assert "input.paths (--input)" in line
+
+
+def test_fresh_clone_some_missing_inputs_are_one_warning_before_ray(tmp_path, model_dir, caplog, monkeypatch):
+    import pipeline.job.driver as driver
+
+    class Stop(Exception):
+        pass
+
+    seen: list[str] = []
+
+    def stop_at_ray(*args: object, **kwargs: object) -> bool:
+        seen.extend(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+        raise Stop
+
+    monkeypatch.setattr(driver, "init_ray", stop_at_ray)
+    argv = [*_book_argv(tmp_path, model_dir), "--input", str(tmp_path / "gone.txt")]
+    with pytest.raises(Stop):
+        main("summarize", argv)
+    assert seen == [f"1 of 2 inputs cannot be read and become error rows: {tmp_path / 'gone.txt'} [missing]"]
+
+
+# ---------------------------------------------------------------------------- dry run
+def test_dry_run_prints_the_plan_without_ray_or_a_model(tmp_path, model_dir):
+    import subprocess
+    import sys
+
+    from pipeline.output.writer import stream_key
+
+    folder = tmp_path / "books"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        (folder / name).write_text(book_text(), encoding="utf-8")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / f"part-{stream_key(str(folder / 'a.txt'))}.parquet").write_bytes(b"")  # a's result, written
+    argv = ["--input", str(folder), "--input", str(tmp_path / "gone.txt"), "--output", str(out),
+            "--max-tokens", "300", *_tiny(model_dir), "--dry-run"]  # fmt: skip
+    code = (
+        "import sys; from jobs.run import main; status = main('summarize', sys.argv[1:]); "
+        "print('ray imported:', 'ray' in sys.modules); sys.exit(status)"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    run = subprocess.run([sys.executable, "-c", code, *argv], cwd=Path(__file__).resolve().parents[1],
+                         env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    text = run.stdout
+    assert "summarize_books: dry run (nothing started, no model loaded, nothing written)" in text
+    assert "policy: lacache (span=2, overlap=0); budget 48, sink 4, stride 16" in text
+    assert "caps: reading at most 300 tokens per stream (input.max_tokens_per_stream)" in text
+    assert "inputs: 3 file(s), 1 known bad (error rows)" in text and "[missing:" in text
+    assert "streams: 3 descriptor(s); 1 already written (skipped), 2 to run" in text
+    assert f"    {folder / 'b.txt'}" in text and f"    {folder / 'a.txt'}\n" not in text
+    assert "actors: 2 CPU actor(s), each asking Ray for num_cpus=1" in text or "actors: 1 CPU" in text
+    assert f"output: {out} holds 1 result part(s) and 0 error part(s)" in text
+    assert "ray imported: False" in text  # let alone started
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{stream_key(str(folder / 'a.txt'))}.parquet"]

@@ -47,7 +47,7 @@ from pipeline.cluster.submit import check_output_path, submitted_job
 from pipeline.config import BaseJobConfig
 from pipeline.inputs.sources import ReadOptions, SourceFile, expand_inputs
 from pipeline.job.plan import MAX_BLOCKS, GroupedInput, StreamTask, spread_records
-from pipeline.job.preflight import check_model, check_policy_fits_model
+from pipeline.job.preflight import check_inputs, check_model, check_policy_fits_model
 from pipeline.job.report import JobRecorder, JobReport, new_job_id, preview
 from pipeline.output.writer import TMP_STALE_S, OutputError, PartWriter, stream_key
 from pipeline.storage import Storage, display_uri
@@ -104,6 +104,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     opts = task.read_options()
     inputs = task.inputs()
     sources = expand_inputs(inputs, storage, opts)
+    check_inputs(sources)  # none readable: stop here, before Ray; some: one warning line
     log.info("%d input files from %s", len(sources), [display_uri(p) for p in inputs][:5])
     grouping = task.line_grouping()
     tasks = task.plan(sources) if grouping is None else []
