@@ -192,6 +192,15 @@ def test_unreachable_s3_during_writes_is_an_output_error():
         assert "the S3 endpoint cannot be reached" in message and "(part-1.parquet)" in message
 
 
+def test_unreachable_s3_by_the_preview_leaves_it_empty():
+    """The preview, read after the last write, skips what it cannot read, an unreachable S3 included."""
+    from pipeline.job.report import preview
+    from pipeline.storage import Storage
+
+    storage = Storage(endpoint_url=f"http://127.0.0.1:{_closed_port()}", key="k", secret="s", retries=1)
+    assert preview(["s3://results/out/part-1.parquet"], storage, "final") == []
+
+
 # ---------------------------------------------------------------------------- job ids
 @pytest.mark.parametrize("job_id", ["../../x", "a/b", "", ".hidden", "x" * 129, "nightly 1", "é"])
 def test_job_id_must_be_a_safe_file_name(job_id, capsys, tmp_path):
