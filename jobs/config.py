@@ -11,6 +11,9 @@ Contract:
   ``set_dotted``, applies them to the YAML data before pydantic validates the whole. (The libraries that do
   dotted overrides -- OmegaConf's dotlists, pydantic-settings' CLI source, glom/dpath -- would change how
   values parse or what the flags look like; the helper is six lines.)
+* A flag's help is the ``description`` of the field it sets, with the field's name and default (and what
+  the job's default config file sets): one text, in the settings, for the config and the command line.
+  ``--help`` needs only the settings' pydantic models: nothing here imports torch, transformers or Ray.
 """
 
 from __future__ import annotations
