@@ -203,7 +203,7 @@ def test_unreachable_s3_by_the_preview_leaves_it_empty():
 
 # ---------------------------------------------------------------------------- job ids
 @pytest.mark.parametrize("job_id", ["../../x", "a/b", "", ".hidden", "x" * 129, "nightly 1", "é"])
-def test_job_id_must_be_a_safe_file_name(job_id, capsys, tmp_path):
+def test_unsafe_job_id_is_one_line_exit_status_2(job_id, capsys, tmp_path):
     assert main("summarize", ["--job-id", job_id, "--output", str(tmp_path / "out")]) == 2
     line = _one_line(capsys.readouterr().err)
     assert "job_id:" in line and "letters, digits, '.', '_' or '-'" in line
