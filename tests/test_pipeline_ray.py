@@ -178,6 +178,56 @@ def test_every_bad_input_yields_its_error_row_while_good_streams_complete(ray_lo
     assert rows.groupby("stream_id").row_kind.apply(lambda kinds: (kinds == "error").sum() <= 1).all()
 
 
+@pytest.mark.timeout(900)
+def test_fifo_socket_and_device_inputs_end_as_error_rows_and_exit_status_4(
+    ray_local, model_dir, tmp_path, capsys, caplog
+):
+    """A folder with a named pipe (which hung the actor's reader forever) and a socket, and /dev/null named
+    as an input: the job ends, each of them is an error row, the books are summarized, and the exit
+    status and the last line say that some streams failed; a run where every stream fails says so too."""
+    import os
+    import socket
+
+    import yaml
+
+    from jobs.run import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text(book_text(), encoding="utf-8")
+    (folder / "b.txt").write_text(book_text(repeat=3), encoding="utf-8")
+    os.mkfifo(folder / "pipe.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.txt"))
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    cfg = job_config("summarize", [str(folder), "/dev/null"], str(out), model_dir)
+    config.write_text(yaml.safe_dump(cfg.public_dict()))
+    try:
+        status = main("summarize", ["--config", str(config)])
+    finally:
+        sock.close()
+    captured = capsys.readouterr()
+    assert status == 4, captured.err
+    assert captured.err.splitlines()[-1] == "3 of 5 streams failed (error rows); exit status 4"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("3 of 5 inputs cannot be read and become error rows: ") for m in warned), warned
+    rows = read_output(out)
+    errors = rows[rows.row_kind == "error"].set_index("stream_id")
+    assert sorted(errors.index) == sorted([str(folder / "pipe.txt"), str(folder / "socket.txt"), "/dev/null"])
+    assert (errors.error_kind == "unreadable").all()
+    assert "named pipe (FIFO), not a regular file" in errors.loc[str(folder / "pipe.txt"), "error"]
+    assert "character device" in errors.loc["/dev/null", "error"]
+    assert len(rows[rows.row_kind == "final"]) == 2
+
+    bad = write_bad_corpus(tmp_path / "bad")  # read, and failing, only on the actors
+    inputs = [str(bad["binary"]), str(bad["encoding"])]
+    cfg = job_config("summarize", inputs, str(tmp_path / "out2"), model_dir)
+    config.write_text(yaml.safe_dump(cfg.public_dict()))
+    assert main("summarize", ["--config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "all 2 streams failed (error rows); exit status 1"
+
+
 def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, model_dir, tmp_path):
     books = tmp_path / "books"
     books.mkdir()

@@ -26,19 +26,23 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from actors.context import StreamInfo, TaskContext
-from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
 from pipeline.inputs.readers import Document, Meter, iter_documents
 from pipeline.inputs.sources import ReadOptions, SourceFile
 from pipeline.job.plan import GroupedInput, StreamTask, plan_files
 from pipeline.storage import Storage
 
-ProgramFactory = Callable[[TaskContext], Program[None]]
+if TYPE_CHECKING:
+    # The stream programs' side (the engine's requests: torch) is imported where streams run, not when the
+    # command line or the config is built from the tasks' settings (``--help`` in a fraction of a second).
+    from actors.context import StreamInfo, TaskContext
+    from longread.scheduler import Program
+
+    ProgramFactory = Callable[[TaskContext], Program[None]]
 
 
 @dataclass
@@ -56,8 +60,10 @@ class Task:
     row_kinds: ClassVar[tuple[str, ...]]
     preview_kind: ClassVar[str]
     default_config: ClassVar[str | None] = None
-    #: False when the task has inputs of its own to fall back on (``inputs()``)
+    #: False when the task can run on the sample plays (``inputs()``) when ``input.paths`` is empty
     needs_input_paths: ClassVar[bool] = True
+    #: what to say when ``input.paths`` is empty but needed, after "pass --input PATH"
+    inputs_hint: ClassVar[str] = ""
     #: JSONL/Parquet records are streams of their own (else a file of records is one stream)
     records_are_streams: ClassVar[bool] = True
     #: ``input.split_parts: auto`` splits this task's large files over the actors (a log can be cut
@@ -78,9 +84,18 @@ class Task:
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         """Flags of this task's job (``dest`` = the dotted setting each overrides)."""
 
+    @classmethod
+    def needs_inputs(cls, cfg: BaseJobConfig) -> bool:
+        """Whether this job must be given ``input.paths`` (else it runs on the sample plays)."""
+        return cls.needs_input_paths
+
     # ------------------------------------------------------------------ planning (driver)
     def inputs(self) -> list[str]:
-        return list(self.cfg.input.paths)
+        if self.cfg.input.paths or self.needs_inputs(self.cfg):
+            return list(self.cfg.input.paths)
+        from longread.assets import sample_books  # the sample corpus that scripts/setup.sh fetches
+
+        return [str(p) for p in sample_books()]
 
     def read_options(self) -> ReadOptions:
         return self.cfg.input.read_options()
@@ -116,6 +131,8 @@ class Task:
         A file that cannot be read raises ``InputError`` here (the worker writes one error row for it);
         a bad record comes as a document carrying its error (its program raises it).
         """
+        from actors.context import StreamInfo
+
         src = unit.sources[0]
         opts = self.read_options()
         inputs = ((src.uri, src.size),)

@@ -23,19 +23,21 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import Field, model_validator
 
 from actors.checkpoint import allow
-from actors.context import TaskContext
 from actors.tasks.base import Stream, Task, check_regex, check_template, max_new_tokens_shorthand
-from longread.scheduler import Program
 from longread.text import DEFAULT_CHAPTER_PATTERN, ChapterSplitter, Piece
 from pipeline.config import Decoding, Section
 from pipeline.inputs.readers import Document, Meter
 from pipeline.inputs.sources import InputError
 from pipeline.job.plan import StreamTask
+
+if TYPE_CHECKING:  # the stream programs' side (torch) is imported by the worker, not with the settings
+    from actors.context import TaskContext
+    from longread.scheduler import Program
 
 MAX_TITLES = 3
 
@@ -43,18 +45,25 @@ MAX_TITLES = 3
 class SegmentGeneration(Decoding):
     """A segment's summary: two sentences."""
 
-    max_new_tokens: int = Field(default=96, ge=1)
+    max_new_tokens: int = Field(default=96, ge=1, description="length cap of a segment's summary")
 
 
 class FinalGeneration(Decoding):
     """The whole text's summary: three to five sentences, more room to end the last one."""
 
-    max_new_tokens: int = Field(default=192, ge=1)
-    finish_sentence: int = Field(default=48, ge=0)
+    max_new_tokens: int = Field(default=192, ge=1, description="length cap of the whole text's summary")
+    finish_sentence: int = Field(
+        default=48,
+        ge=0,
+        description="extra tokens allowed to end a sentence cut at max_new_tokens (else cut back to the "
+        "last sentence end); 0 = off",
+    )
 
 
 class SummarizeSettings(Section):
-    chapters: bool = True
+    """Progressive summaries: one per chapter or segment, then the whole text."""
+
+    chapters: bool = Field(default=True, description="start segments at chapter headings")
     chapter_pattern: str | None = Field(
         default=None, description="regex of a heading line; None: the built-in one"
     )
@@ -62,13 +71,22 @@ class SummarizeSettings(Section):
         default=1024, ge=8, description="a segment ends at a chapter or after this many tokens"
     )
     min_segment_tokens: int = Field(default=256, ge=0, description="shorter chapters merge with the next")
-    segment_prompt: str = "Summarize the passage above in 2 sentences."
-    final_prompt: str = (
-        "Summaries of the parts of the text above, in order:\n{summaries}\n\n"
-        "Now summarize the whole text in 3 to 5 sentences."
+    segment_prompt: str = Field(
+        default="Summarize the passage above in 2 sentences.", description="instruction after each segment"
     )
-    segment_generation: SegmentGeneration = Field(default_factory=lambda: SegmentGeneration())
-    final_generation: FinalGeneration = Field(default_factory=lambda: FinalGeneration())
+    final_prompt: str = Field(
+        default=(
+            "Summaries of the parts of the text above, in order:\n{summaries}\n\n"
+            "Now summarize the whole text in 3 to 5 sentences."
+        ),
+        description="instruction at the end; {summaries} = the numbered segment summaries",
+    )
+    segment_generation: SegmentGeneration = Field(
+        default_factory=lambda: SegmentGeneration(), description="length and repetition controls of a segment"
+    )
+    final_generation: FinalGeneration = Field(
+        default_factory=lambda: FinalGeneration(), description="the same for the final summary"
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -149,14 +167,7 @@ class Summarize(Task):
 
     @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
-        parser.add_argument("--segment-tokens", type=int, dest="summarize.segment_tokens")
-
-    def inputs(self) -> list[str]:
-        if self.cfg.input.paths:
-            return list(self.cfg.input.paths)
-        from longread.assets import sample_books  # the main job's sample corpus, fetched at set-up
-
-        return [str(p) for p in sample_books()]
+        parser.add_argument("--segment-tokens", type=int, dest="summarize.segment_tokens", metavar="N")
 
     def streams(
         self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None

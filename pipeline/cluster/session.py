@@ -3,7 +3,10 @@
 Contract:
 
 * ``init_ray`` joins ``resources.ray_address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts
-  Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
+  Ray in-process (or, as ``ray.init`` does, joins a head started with ``ray start`` on this machine); it
+  says in one log line which cluster the job runs on (started or joined, address, nodes, CPUs, GPUs) and
+  whether it started Ray, so the caller shuts down only what it started. A Ray that cannot start or be
+  joined raises ``ClusterError``: one line with the cause and the fix, no traceback of Ray's internals.
 * ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
   GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units;
   ``actor_runtime_env`` what their processes start with (``pipeline.cluster.memory``'s allocator settings).
@@ -36,6 +39,10 @@ def is_remote_cluster(res: ResourceSettings) -> bool:
     return cluster_address(res) not in (None, "local")
 
 
+class ClusterError(RuntimeError):
+    """Ray could not be started or joined: one message with the cause and the fix."""
+
+
 def init_ray(res: ResourceSettings) -> bool:
     """Join ``resources.ray_address`` / ``RAY_ADDRESS``, else start Ray here. True if this call
     initialized Ray (the caller then shuts it down); False if the process already had Ray."""
@@ -49,16 +56,71 @@ def init_ray(res: ResourceSettings) -> bool:
         kwargs["num_cpus"] = res.num_cpus
         if res.include_dashboard is not None:
             kwargs["include_dashboard"] = res.include_dashboard
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # Ray's own start-up and connection errors: many types, multi-line
+        log.debug("ray.init failed", exc_info=True)
+        raise ClusterError(_start_failure(address, exc)) from None
+    started = _started_here()
+    line = describe_cluster(started)
+    if address is None and not started:  # ray.init found a head on this machine: maybe not the one meant
+        log.warning("%s (a head on this machine; resources.ray_address: local starts a private one)", line)
+    else:
+        log.info("%s", line)
     return True
 
 
-def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[str, float]]:
-    """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs)."""
+def _start_failure(address: str | None, exc: BaseException) -> str:
+    cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    cause = cause if len(cause) <= 300 else cause[:300] + "..."
+    if address not in (None, "local"):
+        return (
+            f"cannot join the Ray cluster at {address} ({type(exc).__name__}: {cause}); check that it runs "
+            f"(`ray status --address {address}`) and resources.ray_address / RAY_ADDRESS."
+        )
+    return (
+        f"Ray could not start on this machine ({type(exc).__name__}: {cause}). Check free memory and "
+        "/dev/shm, stop Ray instances left over (scripts/ray_stop.sh, or `ray stop` for all of yours), see "
+        "Ray's logs under /tmp/ray/session_latest/logs, or join a running cluster with "
+        "--set resources.ray_address=ADDRESS."
+    )
+
+
+def _started_here() -> bool:
+    """Whether this process started the Ray it is connected to: its GCS server is a child of ours (a joined
+    cluster's belongs to ``ray start`` or another machine)."""
+    import psutil
+
+    try:
+        return any(p.name() == "gcs_server" for p in psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return False
+
+
+def describe_cluster(started: bool) -> str:
+    """One line: which Ray the job runs on, and what it has."""
     import ray
 
+    context = ray.get_runtime_context()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    how = "started Ray in this process" if started else "joined the Ray cluster"
+    return (
+        f"{how} at {context.gcs_address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPUs, "
+        f"{total.get('GPU', 0):g} GPUs"
+    )
+
+
+def actor_resources(
+    cfg: BaseJobConfig, streams: int | None, cluster: dict[str, float] | None = None
+) -> tuple[int, dict[str, float]]:
+    """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs), on the
+    cluster Ray is connected to, or on ``cluster`` (its resources, e.g. this machine's for a dry run)."""
     res = cfg.resources
-    cluster = ray.cluster_resources()
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     use_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and gpus > 0)
     local = not is_remote_cluster(res)

@@ -19,6 +19,7 @@ import functools
 import gzip
 import io
 import json
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ from pipeline.inputs.sources import (
     SourceFile,
     explain_forbidden,
     input_error,
+    not_a_regular_file,
+    special_file,
 )
-from pipeline.storage import Storage, get_fs
+from pipeline.storage import Storage, get_fs, protocol_of
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Other compressed formats, by their magic bytes: named in the error, since only gzip is read.
@@ -79,10 +82,74 @@ class Meter:
 
 def _open(src: SourceFile, storage: Storage | None) -> BinaryIO:
     fs, path = get_fs(src.uri, storage)
+    if protocol_of(src.uri) == "file":
+        return _open_local(path, src.display)
     try:
         return fs.open(path, "rb")
     except ACCESS_ERRORS as exc:  # missing, access denied, no S3 credentials, ...: this input's error row
         raise input_error(explain_forbidden(fs, path, exc), src.display) from None
+
+
+def _open_local(path: str, where: str) -> BinaryIO:
+    """A local regular file, opened for reading. A pipe, device or socket is refused before it is opened
+    (opening a named pipe waits for a writer, forever); the file is opened non-blocking and checked again,
+    so one swapped in after the listing (or after the ``stat``) cannot block the reader either."""
+    try:
+        what = special_file(os.stat(path).st_mode)
+        if what is not None:
+            raise not_a_regular_file(where, what)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # missing, access denied, a folder ...: this input's error row
+        raise input_error(exc, where) from None
+    try:
+        what = special_file(os.fstat(fd).st_mode)
+        if what is None:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=0)  # unbuffered: the readers put their own buffer on top
+    except OSError as exc:  # a folder (FileIO refuses it) ...
+        os.close(fd)
+        raise input_error(exc, where) from None
+    os.close(fd)
+    raise not_a_regular_file(where, what)
+
+
+#: Byte-order marks of the wide Unicode encodings (UTF-32 first: its LE mark starts with UTF-16 LE's).
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32 LE", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32 BE", "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16 LE", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16 BE", "UTF-16"),
+)
+
+
+def _wide_encoding(head: bytes, at_start: bool) -> tuple[str, str, str] | None:
+    """``(name, how it shows, iconv's name)`` when ``head`` is UTF-16 or UTF-32 text: by its byte-order mark
+    (only at the file's start), else by where its NUL bytes fall (ASCII-range text in UTF-16 LE has a NUL
+    after every character, in UTF-32 LE three). Such text is full of NULs, which would look binary."""
+    if at_start:
+        for bom, name, iconv in _WIDE_BOMS:
+            if head.startswith(bom):
+                return name, "by its byte-order mark", iconv
+    sample = head[: len(head) // 4 * 4]
+    if len(sample) < 8:
+        return None
+    for width, name in ((4, "UTF-32"), (2, "UTF-16")):
+        zero = [sum(1 for b in sample[i::width] if b == 0) / (len(sample) / width) for i in range(width)]
+        # LE: the character's low byte first, then NULs; BE: NULs, then the low byte last.
+        for order, text_at in (("LE", 0), ("BE", width - 1)):
+            if zero[text_at] < 0.1 and all(z > 0.9 for i, z in enumerate(zero) if i != text_at):
+                return f"{name} {order}", "by the NUL bytes between its characters", f"{name}{order}"
+    return None
+
+
+def _wide_text_error(where: str, found: tuple[str, str, str]) -> InputError:
+    name, how, iconv = found
+    return InputError(
+        "encoding",
+        f"{where} is {name} text ({how}), which is not read: only UTF-8 and other ASCII-compatible "
+        f"encodings are (input.encoding). Convert it to UTF-8 first, e.g. `iconv -f {iconv} -t UTF-8 "
+        "FILE > FILE.utf8.txt`.",
+    )
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -222,6 +289,9 @@ def iter_raw_lines(
                 head, damage = _read_head(stream, SNIFF)
                 if damage is not None and b"\n" not in head:
                     raise damage
+                wide = _wide_encoding(head, at_start=offset == 0)
+                if wide is not None:
+                    raise _wide_text_error(where, wide)
                 if _looks_binary(head):
                     packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
                     if packed is not None and offset == 0:

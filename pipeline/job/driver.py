@@ -58,13 +58,14 @@ from pipeline.job.plan import (
     StreamTask,
     bundle_small,
     largest_first,
+    pending_units,
     split_for_actors,
     spread_records,
     units_to_json,
 )
-from pipeline.job.preflight import check_model, check_policy_fits_model
+from pipeline.job.preflight import check_inputs, check_model, check_policy_fits_model
 from pipeline.job.report import JobRecorder, JobReport, new_job_id, preview
-from pipeline.output.manifest import OutputState, stream_key
+from pipeline.output.manifest import OutputState
 from pipeline.output.writer import TMP_STALE_S, OutputError, PartWriter
 from pipeline.storage import Storage, display_uri
 
@@ -112,10 +113,12 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     opts = task.read_options()
     inputs = task.inputs()
     sources = expand_inputs(inputs, storage, opts)
+    check_inputs(sources)  # none readable: stop here, before Ray; some: one warning line
     log.info("%d input files from %s", len(sources), [display_uri(p) for p in inputs][:5])
     grouping = task.line_grouping()
     state = _settle(writer)
-    pending = _pending(task.plan(sources) if grouping is None else [], state, cfg, report)
+    units = task.plan(sources) if grouping is None else []
+    pending, report.streams_skipped, report.files_skipped = pending_units(units, state, cfg)
     recorder = JobRecorder(writer, cfg, job_id, report)
     recorder.start(records)  # also marks earlier runs killed on this output interrupted
     if writer.local:  # what crashed runs left half-written; while another run writes here, only the stale
@@ -166,26 +169,6 @@ def _settle(writer: PartWriter, state: OutputState | None = None) -> OutputState
     writer.drop_superseded(state)
     writer.remove_stale_checkpoints(set(state.ended))
     return state
-
-
-def _pending(
-    units: list[StreamTask], state: OutputState, cfg: BaseJobConfig, report: JobReport
-) -> list[StreamTask]:
-    """The units the output does not hold yet: a stream not ended (or ended in an error, with
-    ``output.retry_errors``), a file of records not marked done."""
-    retry, limit = cfg.output.retry_errors, cfg.input.max_records_per_file
-    pending = []
-    for unit in units:
-        spec = unit.records_spec(limit)
-        if spec is None and state.is_done(stream_key(str(unit.stream_id)), retry):
-            report.streams_skipped += 1
-        elif spec is not None and (
-            state.shares_done(spec, retry) if unit.whole_file else state.file_done(spec, retry)
-        ):
-            report.files_skipped += 1
-        else:
-            pending.append(unit)
-    return pending
 
 
 def _record_failure(recorder: JobRecorder, exc: BaseException) -> None:

@@ -33,8 +33,9 @@ from typing import Any, Protocol
 from pydantic import TypeAdapter
 from pydantic.dataclasses import dataclass as pydantic_dataclass
 
+from pipeline.config import BaseJobConfig
 from pipeline.inputs.sources import ReadOptions, SourceFile, file_size
-from pipeline.output.manifest import file_spec
+from pipeline.output.manifest import OutputState, file_spec, stream_key
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,25 @@ class GroupedInput(Protocol):
         """A materialized Ray dataset with one row per stream: columns ``task`` (a ``StreamTask``'s JSON)
         and ``lines``."""
         ...
+
+
+def pending_units(
+    units: list[StreamTask], state: OutputState, cfg: BaseJobConfig
+) -> tuple[list[StreamTask], int, int]:
+    """The units the output does not hold yet -- a stream not ended (or ended in an error, with
+    ``output.retry_errors``), a file of records not marked done -- and how many streams and files of
+    records it holds already."""
+    retry, limit = cfg.output.retry_errors, cfg.input.max_records_per_file
+    pending, streams, files = [], 0, 0
+    for unit in units:
+        spec = unit.records_spec(limit)
+        if spec is None and state.is_done(stream_key(str(unit.stream_id)), retry):
+            streams += 1
+        elif spec is not None and state.reading_done(spec, unit.whole_file, retry):
+            files += 1
+        else:
+            pending.append(unit)
+    return pending, streams, files
 
 
 def units_to_json(units: list[StreamTask]) -> str:

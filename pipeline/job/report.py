@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from pipeline.config import BaseJobConfig
+from pipeline.inputs.sources import ACCESS_ERRORS
 from pipeline.output.writer import OutputError, PartWriter, read_part
 from pipeline.storage import Storage, display_uri, get_fs
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 1000
 MAX_KEPT_PATHS = 20
 PREVIEW_CHARS = 320
+#: What reading a result file back for the preview may raise (gone, unreadable, S3 unreachable by now).
+PREVIEW_ERRORS: tuple[type[BaseException], ...] = (*ACCESS_ERRORS, ValueError)
 #: Seconds between two heartbeats of a running job's record ...
 HEARTBEAT_S = 60.0
 #: ... and the age at which a heartbeat means its run is gone (a killed run on another host).
@@ -226,7 +229,7 @@ def preview(paths: list[str], storage: Storage | None, kind: str, limit: int = 3
             fs, path = get_fs(uri, storage)
             with fs.open(path, "rb") as fh:
                 rows = read_part(fh.read()).to_pylist()
-        except (OSError, ValueError):  # gone or unreadable since it was written: preview the others
+        except PREVIEW_ERRORS:  # gone or unreadable since it was written: preview the others
             continue
         for row in rows:
             if row["row_kind"] == kind:

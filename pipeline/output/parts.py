@@ -31,15 +31,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.output.manifest import ERROR, OK, PartManifest, stream_key
+from pipeline.output.manifest import (
+    COMMIT_BYTES,
+    COMMIT_ROWS,
+    COMMIT_SECONDS,
+    ERROR,
+    OK,
+    PartManifest,
+    stream_key,
+)
 from pipeline.output.writer import OutputError, PartWriter
 
 log = logging.getLogger(__name__)
 
-#: Defaults of ``output.commit_every_*`` (measured: BENCHMARKS.md, "Rows as they are made").
-COMMIT_ROWS = 50_000
-COMMIT_BYTES = 64 << 20
-COMMIT_SECONDS = 60.0
 
 Row = dict[str, Any]
 

@@ -53,8 +53,8 @@ import pyarrow.parquet as pq
 
 from pipeline.inputs.sources import (
     ACCESS_ERRORS,
+    CONNECTION_ERRORS,
     CREDENTIAL_CODES,
-    CREDENTIAL_ERRORS,
     is_credential_error,
     s3_error_code,
 )
@@ -114,6 +114,9 @@ def output_error(output: str, path: str | None, exc: BaseException, doing: str =
     elif isinstance(exc, PermissionError) and protocol_of(output) != "file":
         cause = "access denied by S3"
         fix = "grant s3:PutObject, GetObject, ListBucket and DeleteObject on it, or use another output"
+    elif isinstance(exc, CONNECTION_ERRORS):  # refused, unreachable, timed out: after botocore's retries
+        cause = f"the S3 endpoint cannot be reached ({' '.join(str(exc).split())[:200]})"
+        fix = "check storage.endpoint_url (or AWS_ENDPOINT_URL) and the network, or raise storage.retries"
     elif isinstance(exc, OSError) and exc.errno in _CAUSES:
         cause, fix = _CAUSES[exc.errno]
     else:
@@ -161,7 +164,7 @@ class PartWriter:
             if s3_error_code(exc) in CREDENTIAL_CODES:
                 raise output_error(self.output, None, exc, "reach") from None
             exists = True  # listing may be denied while writing is allowed: let the first write decide
-        except CREDENTIAL_ERRORS as exc:
+        except WRITE_ERRORS as exc:  # no credentials, the endpoint unreachable ...
             raise output_error(self.output, None, exc, "reach") from None
         if not exists:
             raise FileNotFoundError(

@@ -65,10 +65,10 @@ class Logs(Task):
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
         add("--feed", dest="logs.feed", choices=["condensed", "raw"])
-        add("--window-tokens", type=int, dest="logs.window_tokens")
-        add("--window-seconds", type=float, dest="logs.window_seconds")
+        add("--window-tokens", type=int, dest="logs.window_tokens", metavar="N")
+        add("--window-seconds", type=float, dest="logs.window_seconds", metavar="S")
         add("--group-by", dest="logs.group_by", choices=["file", "path", "line"])
-        add("--key-pattern", dest="logs.key_pattern")
+        add("--key-pattern", dest="logs.key_pattern", metavar="REGEX")
 
     # ------------------------------------------------------------------ planning
     def plan(self, sources: list[SourceFile]) -> list[StreamTask]:
