@@ -91,6 +91,8 @@ class StreamEnv:
     tokenizer: Any
     #: the row columns that describe how the job runs: model, policy, policy_params, budget, stride, worker
     columns: dict[str, Any]
+    #: tokens per forward chunk: the engine's (what it was built with), not read back from a row column
+    stride: int
     prefix_ids: list[int] = field(default_factory=list)
     suffix: str = "\n\nAnswer:"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -98,19 +100,20 @@ class StreamEnv:
     fingerprint: str = ""
 
     @classmethod
-    def create(
-        cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, policy: CachePolicy, device: object
-    ) -> StreamEnv:
-        """The environment of a worker whose engine runs ``policy`` (bound to the model) on ``device``."""
+    def create(cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, engine: Any) -> StreamEnv:
+        """The environment of a worker whose engine (a ``BatchEngine``: its policy prototype, bound to the
+        model, its device and stride) runs the streams: the rows say what runs, from where it runs."""
+        policy: CachePolicy = engine.prototype
         columns = {
             "model": cfg.model.display_name,
             "policy": policy.name,
             "policy_params": json.dumps(policy.params(), sort_keys=True),
             "budget": policy.budget,
-            "stride": cfg.policy.stride,
-            "worker": f"{socket.gethostname()}:{os.getpid()}:{device}",
+            "stride": engine.stride,
+            "worker": f"{socket.gethostname()}:{os.getpid()}:{engine.device}",
         }
-        env = cls(cfg, job_id, tokenizer, columns, generation=cfg.generation.sampling(stop=STOP_STRINGS))
+        sampling = cfg.generation.sampling(stop=STOP_STRINGS)
+        env = cls(cfg, job_id, tokenizer, columns, engine.stride, generation=sampling)
         env.fingerprint = fingerprint(cfg)
         g = cfg.generation
         prefix, env.suffix = chat_frame(tokenizer, g.system_prompt, use_template=g.chat_template)
@@ -120,10 +123,6 @@ class StreamEnv:
     @property
     def limit(self) -> int | None:
         return self.cfg.input.max_tokens_per_stream
-
-    @property
-    def stride(self) -> int:
-        return int(self.columns["stride"])
 
     @property
     def checkpoint_every(self) -> int | None:

@@ -87,81 +87,76 @@ class StreamWorker:
         config: BaseJobConfig | dict[str, Any],
         job_id: str = "local",
         *,
+        device: str | None = None,
         model: Any = None,
         tokenizer: Any = None,
     ) -> None:
+        """``device``: where the driver decided this actor runs (``cuda`` when it asked Ray for a GPU); None
+        resolves ``model.device`` here (``auto``: a GPU if there is one), for use without the driver."""
+        os.environ.setdefault(
+            "TOKENIZERS_PARALLELISM", "false"
+        )  # tokenizers run in threads: no fork warnings
+        self.cfg = config if isinstance(config, BaseJobConfig) else JobConfig.model_validate(config)
+        self.job_id = job_id
+        self.engine, tokenizer = self._engine(device, model, tokenizer)
+        self.streams = self.engine.rows // 2
+        self.batcher = Batcher(self.engine, max_streams=self.streams)
+        self.env = StreamEnv.create(self.cfg, job_id, tokenizer, self.engine)
+        self._output()
+        self.task = make_task(self.cfg, self.storage)
+        # Checkpoint writes happen beside the streams; one write in flight per stream, in order.
+        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="longread-checkpoint")
+        self.metrics = StreamMetrics()
+        log.info("stream worker ready: %s, %s on %s, %d streams at once", self.cfg.model.display_name,
+                 self.engine.prototype, self.engine.device, self.streams)  # fmt: skip
+
+    def _engine(self, device: str | None, model: Any, tokenizer: Any) -> tuple[Any, Any]:
+        """The model (loaded once, unless given) in a batched engine of two rows per stream (one for the
+        stream, one spare for answering questions in parallel)."""
         import torch
         import transformers
 
         from longread.engine import BatchEngine
         from longread.models import load_model
 
-        os.environ.setdefault(
-            "TOKENIZERS_PARALLELISM", "false"
-        )  # tokenizers run in threads: no fork warnings
         transformers.utils.logging.disable_progress_bar()  # no weight-loading bars in the driver's output
-
-        self.cfg = config if isinstance(config, BaseJobConfig) else JobConfig.model_validate(config)
-        self.job_id = job_id
         cfg = self.cfg
-        device = cfg.model.device
+        device = device or cfg.model.device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if device == "cpu":
             # One actor per set of cores: more threads than Ray gave us would oversubscribe the machine.
             torch.set_num_threads(cfg.resources.threads_per_actor)
         if model is None:
-            model, tokenizer = load_model(
-                cfg.model.source,
-                dtype=cfg.model.dtype,
-                device=device,
-                attn_implementation=cfg.model.attn_implementation,
-                trust_remote_code=cfg.model.trust_remote_code,
-            )
-        self.streams = cfg.resources.streams(gpu=device.startswith("cuda"))
-        self.engine = BatchEngine(
-            model,
-            cfg.policy.build(),
-            rows=2 * self.streams,
-            stride=cfg.policy.stride,
-            rope_mode=cfg.policy.rope_mode,
-            tokenizer=tokenizer,
-            cuda_graphs=cfg.model.cuda_graphs,
-        )
-        self.batcher = Batcher(self.engine, max_streams=self.streams)
-        self.env = StreamEnv.create(cfg, job_id, tokenizer, self.engine.prototype, self.engine.device)
+            model, tokenizer = load_model(cfg.model.source, dtype=cfg.model.dtype, device=device,
+                                          attn_implementation=cfg.model.attn_implementation,
+                                          trust_remote_code=cfg.model.trust_remote_code)  # fmt: skip
+        streams = cfg.resources.streams(gpu=device.startswith("cuda"))
+        engine = BatchEngine(model, cfg.policy.build(), rows=2 * streams, stride=cfg.policy.stride,
+                             rope_mode=cfg.policy.rope_mode, tokenizer=tokenizer,
+                             cuda_graphs=cfg.model.cuda_graphs)  # fmt: skip
+        return engine, tokenizer
+
+    def _output(self) -> None:
+        """The output: its store (an output failure here is reported by the first call's statuses), the
+        job's stop flag, this actor's rolling part, and what the output holds."""
+        cfg = self.cfg
         self.storage = cfg.storage.to_storage()
         assert cfg.output.path is not None
         self.writer = PartWriter(cfg.output.path, self.storage)
         #: the message of the output failure that stopped this worker (then it starts no more streams)
         self.fatal: str | None = None
-        self.stop = StopFlag(job_id)  # raised by the driver when any actor met an output failure
+        self.stop = StopFlag(self.job_id)  # raised by the driver when any actor met an output failure
         try:
             self.writer.prepare()
-        except OutputError as exc:  # reported by the first call's statuses: one message, no traceback
+        except OutputError as exc:  # one message, no traceback
             self.fatal = exc.message
-        self.task = make_task(cfg, self.storage)
         out = cfg.output
-        self.roller = PartRoller(
-            self.writer,
-            uuid.uuid4().hex[:12],
-            job=job_id,
-            max_rows=out.commit_every_rows,
-            max_bytes=out.commit_every_bytes,
-            max_age_s=out.commit_every_seconds,
-        )
+        self.roller = PartRoller(self.writer, uuid.uuid4().hex[:12], job=self.job_id,
+                                 max_rows=out.commit_every_rows, max_bytes=out.commit_every_bytes,
+                                 max_age_s=out.commit_every_seconds)  # fmt: skip
         self._state = OutputState()
         self._state_lock = threading.Lock()
-        # Checkpoint writes happen beside the streams; one write in flight per stream, in order.
-        self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="longread-checkpoint")
-        self.metrics = StreamMetrics()
-        log.info(
-            "stream worker ready: %s, %s on %s, %d streams at once",
-            cfg.model.display_name,
-            self.engine.prototype,
-            device,
-            self.streams,
-        )
 
     # ------------------------------------------------------------------ Ray Data entry point
     def __call__(self, batch: dict[str, Any]) -> Iterator[dict[str, list[Any]]]:

@@ -247,43 +247,64 @@ def profile_records(work: Path, model: Path, n: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------------------------- log
 def bench_log(args: argparse.Namespace, work: Path) -> dict[str, Any]:
-    from actors.tasks.logs.synth import generate, parse_size
+    """The nightly job on a generated night of ``--size`` (and ``--nights - 1`` earlier, smaller ones,
+    analyzed first, for the look-back), for at most ``--minutes``."""
     from helpers_pipeline import build_tiny_model, job_config
 
-    from jobs.run import run_job
+    from actors.tasks.logs.synth import generate, parse_size
 
     logs, out = work / "logs", work / "out"
-    labels = generate(logs, parse_size(args.size), hosts=8, nights=1, seed=0)
-    tonight = next(n for n in labels["nights"] if n["tonight"])["date"]
+    t0 = time.perf_counter()
+    labels = generate(logs, parse_size(args.size), hosts=args.hosts, nights=args.nights, seed=0)
+    generate_s = time.perf_counter() - t0
     model = build_tiny_model(work / "tiny-model") if args.model == "tiny" else "default"
-    cfg = job_config("logs", [str(logs / tonight)], str(out), model,
-                     logs={"group_by": "path", "key_pattern": r"/(?P<key>[^/]+)/[^/]+\.log$",
-                           "window_seconds": 3600, "max_new_tokens": 32, "feed": args.feed},
-                     resources={"actors": 2, "threads_per_actor": 1})  # fmt: skip
-    cfg.output.checkpoint_every_tokens = 4096
-    ray = _ray(2)
-    stopped = threading.Timer(args.minutes * 60, _interrupt)
+    nights = [n["date"] for n in labels["nights"]]
+
+    def config(night: str) -> Any:
+        cfg = job_config("logs", [str(logs / night)], str(out / night), model,
+                         logs={"group_by": "path", "key_pattern": r"/(?P<key>[^/]+)/[^/]+\.log$",
+                               "feed": args.feed, "history_nights": 7, "max_new_tokens": args.new_tokens,
+                               **({"window_seconds": args.window} if args.feed == "condensed" else {})},
+                         resources={"actors": args.actors, "threads_per_actor": 1})  # fmt: skip
+        cfg.output.checkpoint_every_tokens = 4096
+        return cfg
+
+    ray = _ray(args.actors)
     try:
-        with Sampler(out) as sampler:
-            stopped.start()
-            t0 = time.perf_counter()
-            try:
-                report = run_job(cfg)
-                finished = True
-            except KeyboardInterrupt:
-                report, finished = None, False
-            wall = time.perf_counter() - t0
+        for night in nights[:-1]:  # the earlier nights, for tonight's look-back
+            _run_night(config(night), None)
+        result = _run_night(config(nights[-1]), args.minutes * 60, out / nights[-1])
     finally:
-        stopped.cancel()
         ray.shutdown()
+    return {"size": args.size, "feed": args.feed, "model": args.model, "generate_s": generate_s,
+            **result, **_score(labels, out / nights[-1], work, args)}  # fmt: skip
+
+
+def _run_night(cfg: Any, seconds: float | None, out: Path | None = None) -> dict[str, Any]:
+    from jobs.run import run_job
+
+    if seconds is None:
+        run_job(cfg)
+        return {}
+    assert out is not None
+    stopped = threading.Timer(seconds, _interrupt)
+    with Sampler(out) as sampler:
+        stopped.start()
+        t0 = time.perf_counter()
+        try:
+            report, finished = run_job(cfg), True
+        except KeyboardInterrupt:
+            report, finished = None, False
+        wall = time.perf_counter() - t0
+    stopped.cancel()
     first = {name: sizes[0][1] for name, sizes in sampler.checkpoints.items()}
     last = {name: sizes[-1][1] for name, sizes in sampler.checkpoints.items()}
     driver = [s["driver_rss"] for s in sampler.samples if s["t"] > 60]
     actors = [sum(s["actors_rss"]) for s in sampler.samples if s["t"] > 60 and s["actors_rss"]]
     done = report.bytes_done if report else sampler.moves[-1][1] if sampler.moves else 0
     return {
-        "size": args.size, "feed": args.feed, "model": args.model, "minutes": args.minutes,
         "finished": finished, "wall_s": wall, "bytes_done": done,
+        "actor_cpu_s": sum(sampler.actor_cpu.values()),
         "first_actor_s": sampler.first_actor, "first_row_s": sampler.first_row,
         "first_row_after_actor_s": None if sampler.first_row is None or sampler.first_actor is None
         else sampler.first_row - sampler.first_actor,
@@ -293,6 +314,44 @@ def bench_log(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "driver_rss_spread": (max(driver) - min(driver)) / min(driver) if driver else None,
         "actors_rss_spread": (max(actors) - min(actors)) / min(actors) if actors else None,
         "parts": sampler.samples[-1]["parts"] if sampler.samples else 0,
+    }  # fmt: skip
+
+
+def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """Lines counted against the input, the model's tokens against the raw feed's, and how often a
+    window report over an incident names its host or its template's words."""
+    import pandas as pd
+
+    from longread.models import load_model
+
+    if not list(out.glob("part-*.parquet")):
+        return {}
+    rows = pd.read_parquet(out)
+    windows, summaries = rows[rows.row_kind == "window"], rows[rows.row_kind == "summary"]
+    tonight = labels["nights"][-1]
+    lines = sum(h["lines"] for h in tonight["hosts"].values())
+    # The raw feed's tokens: the tokenizer's tokens per byte on a sample of each host's lines, scaled.
+    _, tokenizer = load_model(None if args.model == "default" else str(work / "tiny-model"), device="cpu")
+    raw = 0.0
+    for facts in tonight["hosts"].values():
+        sample = (work / "logs" / facts["file"]).read_bytes()[:200_000]
+        sample = sample[: sample.rfind(b"\n") + 1].decode()
+        raw += len(tokenizer(sample)["input_ids"]) / max(1, len(sample.encode())) * facts["bytes"]
+    fed = float(summaries.tokens_streamed.sum())
+    named = []
+    for incident in labels["incidents"]:
+        if incident["kind"] == "new_host":
+            continue
+        mine = windows[windows.log_host == incident["host"]]
+        words = [w for w in incident.get("template", "").replace("<*>", " ").split() if len(w) > 4][:6]
+        texts = " ".join(mine.output_text.fillna("")).lower()
+        named.append(incident["host"].lower() in texts or any(w.lower() in texts for w in words))
+    return {
+        "input_lines": lines, "window_lines": int(windows.log_lines.sum()),
+        "summary_lines": int(summaries.log_lines.sum()),
+        "lines_per_s": windows.log_lines.sum() / max(1e-9, rows.stream_seconds.max()),
+        "tokens_fed": fed, "raw_tokens_estimate": raw, "fed_share_of_raw": fed / raw if raw else None,
+        "incidents": len(labels["incidents"]), "reports_naming_incident": sum(named), "scored": len(named),
     }  # fmt: skip
 
 
@@ -333,6 +392,10 @@ def main() -> None:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--feed", choices=["raw", "condensed"], default="raw")
     parser.add_argument("--model", choices=["tiny", "default"], default="tiny")
+    parser.add_argument("--hosts", type=int, default=8)
+    parser.add_argument("--nights", type=int, default=2, help="log: nights generated (the last is analyzed)")
+    parser.add_argument("--window", type=float, default=3600.0, help="log: seconds per window (condensed)")
+    parser.add_argument("--new-tokens", type=int, default=128, help="log: max new tokens of a report")
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()

@@ -115,7 +115,9 @@ def test_logs_glob_over_a_bucket(s3_server, ray_local, model_dir, tmp_path):
     report = run_job(cfg)
     assert (report.streams_ok, report.streams_error) == (2, 0)
     rows = read_output("s3://results/logs", Storage.from_env())
-    assert rows.groupby("stream_id").log_lines.sum().to_dict() == {
+    windows, summaries = rows[rows.row_kind == "window"], rows[rows.row_kind == "summary"]
+    assert len(summaries) == 2 and summaries.log_lines.sum() == 100
+    assert windows.groupby("stream_id").log_lines.sum().to_dict() == {
         "s3://corpus/logs/db-1.log": 40,
         "s3://corpus/logs/web-1.log.gz": 60,
     }

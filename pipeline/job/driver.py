@@ -286,7 +286,8 @@ def _execute(
              _size(totals.bytes), n, ask)  # fmt: skip
     # Each actor serves `streams` descriptors at once (concurrent calls into one batched engine); a call
     # that ends hands its place to the next descriptor at once: continuous batching across the job.
-    streams = cfg.resources.streams(gpu="num_gpus" in ask)
+    gpu = "num_gpus" in ask
+    streams = cfg.resources.streams(gpu=gpu)
     strategy = ray.data.ActorPoolStrategy(
         size=n,
         max_tasks_in_flight_per_actor=streams,
@@ -295,7 +296,12 @@ def _execute(
     )
     results = ds.map_batches(
         worker,
-        fn_constructor_kwargs={"config": cfg, "job_id": job_id},
+        # The actors run where the driver asked Ray to put them: one decision, here (actor_resources).
+        fn_constructor_kwargs={
+            "config": cfg,
+            "job_id": job_id,
+            "device": "cuda" if "num_gpus" in ask else "cpu",
+        },
         batch_size=1,
         batch_format="numpy",
         compute=strategy,
