@@ -45,13 +45,14 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from actors.checkpoint import Checkpoint
 from actors.context import Row, StreamEnv, StreamInfo, TaskContext
 from actors.tasks import JobConfig, Stream, make_task
 from longread.scheduler import Batcher, Program
 from pipeline.cluster.metrics import StreamMetrics
+from pipeline.cluster.raylog import current_stream, install_log_filter
 from pipeline.cluster.session import STOP_POLL_S, StopFlag
 from pipeline.config import BaseJobConfig
 from pipeline.inputs.readers import Meter
@@ -62,6 +63,7 @@ from pipeline.output.parts import PartRoller
 from pipeline.output.writer import OutputError, PartWriter
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 STATUS_COLUMNS = (
     "stream_id",
@@ -107,6 +109,7 @@ class StreamWorker:
         # Checkpoint writes happen beside the streams; one write in flight per stream, in order.
         self._io = ThreadPoolExecutor(max_workers=2, thread_name_prefix="longread-checkpoint")
         self.metrics = StreamMetrics()
+        install_log_filter(job_id)
         log.info("stream worker ready: %s, %s on %s, %d streams at once", self.cfg.model.display_name,
                  self.engine.prototype, self.engine.device, self.streams)  # fmt: skip
 
@@ -332,7 +335,9 @@ class StreamWorker:
             # Building a program may already fail on a bad input: let it fail inside, as the stream's error.
             return (yield from ctx.run(stream.program(ctx)))
 
-        started = _Started(info, ctx, self.batcher.submit(program()))
+        labelled = _labelled(program(), info.stream_id)  # its log records say which stream
+
+        started = _Started(info, ctx, self.batcher.submit(labelled))
         started.reported_tokens = ctx.resumed_tokens
         return started
 
@@ -351,10 +356,12 @@ class StreamWorker:
         except OutputError as exc:  # a row or a checkpoint could not be written: the output is at fault
             return self._fatal(started.info, exc)
         except InputError as exc:
-            log.info("%s: %s", exc.kind, exc.message)  # a result (error row), reported by the driver
+            # a result (error row), reported by the driver
+            log.info("%s: %s", exc.kind, exc.message, extra={"stream_id": started.info.stream_id})
             error_row = ctx.error_row(exc.kind, exc.message)
         except Exception as exc:  # one stream's failure must not take the others down
-            log.error("stream %s failed", started.info.stream_id, exc_info=exc)
+            stream_id = started.info.stream_id
+            log.error("stream %s failed", stream_id, exc_info=exc, extra={"stream_id": stream_id})
             error = _internal(exc, started.info.source_uri)
             error_row = ctx.error_row(error.kind, error.message)
         started.error_row = error_row
@@ -474,10 +481,11 @@ class StreamWorker:
         try:
             checkpoint = Checkpoint.from_bytes(data)
         except ValueError as exc:
-            log.warning("%s: %s; the stream starts over", stream_id, exc)
+            log.warning("%s: %s; the stream starts over", stream_id, exc, extra={"stream_id": stream_id})
             return None
         if checkpoint.stream_id != stream_id or checkpoint.fingerprint != self.env.fingerprint:
-            log.warning("%s: its checkpoint was made under other settings; the stream starts over", stream_id)
+            why = "its checkpoint was made under other settings"
+            log.warning("%s: %s; the stream starts over", stream_id, why, extra={"stream_id": stream_id})
             return None
         saved = [(str(uri), size) for uri, size in checkpoint.inputs]
         now = list(info.inputs)
@@ -491,7 +499,10 @@ class StreamWorker:
                 now,
             )
             return None
-        log.info("%s: resuming from its checkpoint at %d tokens", stream_id, checkpoint.tokens)
+        tokens = checkpoint.tokens
+        log.info(
+            "%s: resuming from its checkpoint at %d tokens", stream_id, tokens, extra={"stream_id": stream_id}
+        )
         return checkpoint
 
     def _save(self, ctx: TaskContext, checkpoint: Checkpoint) -> None:
@@ -569,6 +580,25 @@ class _Call:
     def file_id(self) -> str:
         """The id of the call's file of records (an error row for the whole file goes under it)."""
         return self.units[0].stream_id or self.units[0].sources[0].uri
+
+
+def _labelled(program: Program[T], stream_id: str) -> Program[T]:
+    """``program``, with ``current_stream`` set to ``stream_id`` while each of its steps runs (the log
+    records it makes carry the stream's id: ``pipeline.cluster.raylog.JobLogFilter``)."""
+    value: Any = None
+    error: BaseException | None = None
+    while True:
+        token = current_stream.set(stream_id)
+        try:
+            request = program.send(value) if error is None else program.throw(error)
+        except StopIteration as stop:
+            return stop.value
+        finally:
+            current_stream.reset(token)
+        try:
+            value, error = (yield request), None
+        except BaseException as exc:  # thrown in by the scheduler (a request failed): the program's to handle
+            value, error = None, exc
 
 
 def _identity(info: StreamInfo) -> dict[str, Any]:

@@ -94,10 +94,11 @@ def _main(task: str, argv: list[str] | None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_SETTINGS
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    if cfg.resources.log_format == "text":  # json: Ray's logging config formats this process's records too
+        logging.basicConfig(
+            level=logging.INFO if args.verbose else logging.WARNING,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
     # What a run is about to do is said at its start, also without -v: its caps and its Ray cluster.
     for name in (__name__, "pipeline.cluster.session"):
         logging.getLogger(name).setLevel(logging.INFO)

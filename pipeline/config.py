@@ -244,6 +244,11 @@ class ResourceSettings(Section):
     include_dashboard: bool | None = Field(
         default=None, description="start the dashboard with an in-process Ray; unset: Ray's default"
     )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="json: every log line of the driver and the actors is one JSON object (Ray's logging "
+        "config) with this run's longread_job_id and, for a stream's lines, its stream_id",
+    )
     streams_per_actor: int | None = Field(
         default=None,
         ge=1,

@@ -520,3 +520,43 @@ def test_worker_with_graph_replays_writes_the_same_rows(tmp_path, model_dir, pol
         rows = read_output(out).sort_values("segment_index")
         texts[graphs] = list(zip(rows.row_kind, rows.token_end, rows.output_text))
     assert texts[True] == texts[False]
+
+
+def test_log_records_say_the_job_and_the_stream(tmp_path, model_dir, monkeypatch):
+    """Every record of a worker's process carries the run's job id, and the records made while a stream's
+    program runs (programs of many streams interleave in one thread) carry that stream's id; Ray's JSON
+    formatter (``resources.log_format: json``) writes both."""
+    import logging
+
+    from ray._common.formatters import JSONFormatter
+
+    from actors.tasks.summarize import Summarize
+    from pipeline.cluster.raylog import JobLogFilter, logging_config
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    program = Summarize.program
+
+    def talking(self, ctx, doc):
+        logging.getLogger("actors.tasks.summarize").warning("reading %s", doc.stream_id)
+        return (yield from program(self, ctx, doc))
+
+    monkeypatch.setattr(Summarize, "program", talking)
+    try:
+        files = write_good_corpus(tmp_path / "in")
+        cfg = job_config("summarize", [str(files["book_a"]), str(files["book_b"])], str(tmp_path / "o"),
+                         model_dir, resources={"streams_per_actor": 2})  # fmt: skip
+        assert {s["status"] for s in run(StreamWorker(cfg, "the-job"))} == {"ok"}
+    finally:
+        logging.getLogger().removeHandler(handler)
+    talked = [r for r in records if r.getMessage().startswith("reading ")]
+    assert len(talked) == 2
+    for record in talked:
+        assert record.stream_id == record.getMessage().removeprefix("reading ")
+        assert record.longread_job_id == "the-job"
+    assert any(isinstance(f, JobLogFilter) for f in handler.filters)
+    line = json.loads(JSONFormatter().format(talked[0]))
+    assert line["stream_id"] == talked[0].stream_id and line["longread_job_id"] == "the-job"
+    assert logging_config("json").encoding == "JSON" and logging_config("text") is None

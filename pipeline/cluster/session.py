@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 from pipeline.cluster.memory import ALLOCATOR_ENV
+from pipeline.cluster.raylog import logging_config
 from pipeline.config import BaseJobConfig, ResourceSettings
 from pipeline.storage import is_remote
 
@@ -52,6 +53,8 @@ def init_ray(res: ResourceSettings) -> bool:
         return False
     address = cluster_address(res)
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if res.log_format == "json":
+        kwargs["logging_config"] = logging_config(res.log_format)
     if address in (None, "local"):  # "local" always starts a new instance; None joins a `ray start` one
         kwargs["num_cpus"] = res.num_cpus
         if res.include_dashboard is not None:

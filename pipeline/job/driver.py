@@ -39,7 +39,7 @@ from typing import Any, Protocol
 from tqdm import tqdm
 
 from pipeline.cluster.metrics import DriverMetrics
-from pipeline.cluster.raylog import absorb_actor_restart_warning
+from pipeline.cluster.raylog import absorb_actor_restart_warning, install_log_filter
 from pipeline.cluster.session import (
     StopFlag,
     actor_resources,
@@ -119,6 +119,7 @@ def run_job(cfg: BaseJobConfig, make_task: Callable[[Any, Storage], JobTask], wo
     state = _settle(writer)
     units = task.plan(sources) if grouping is None else []
     pending, report.streams_skipped, report.files_skipped = pending_units(units, state, cfg)
+    install_log_filter(job_id)
     recorder = JobRecorder(writer, cfg, job_id, report)
     recorder.start(records)  # also marks earlier runs killed on this output interrupted
     if writer.local:  # what crashed runs left half-written; while another run writes here, only the stale
@@ -193,6 +194,7 @@ def _run_on_ray(
     started = False
     try:
         started = init_ray(cfg.resources)  # inside: a cluster that cannot start fails the run's record
+        install_log_filter(job_id)  # (again: with JSON logs, Ray's handlers came with ray.init)
         quiet_ray_data(local=not is_remote_cluster(cfg.resources))
         grouping = task.line_grouping()
         if grouping is not None:
