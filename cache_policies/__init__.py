@@ -31,6 +31,12 @@ def make_policy(name: str, **params: Any) -> CachePolicy:
         cls = POLICIES[name]
     except KeyError:
         raise PolicyConfigError(f"unknown cache policy {name!r}; choose one of {sorted(POLICIES)}.") from None
+    unknown = [key for key in params if key not in cls.parameter_names()]
+    if unknown:
+        raise PolicyConfigError(
+            f"{name}: unexpected keyword argument {unknown[0]!r}; its parameters are "
+            f"{', '.join(cls.parameter_names())}. Check the policy's parameters in the README."
+        )
     try:
         return cls(**params)
     except TypeError as exc:
