@@ -13,7 +13,8 @@ Every layer and head keeps the same count ``T`` so the cache stays one tensor pe
 exceeds ``budget``. ``None`` means "keep everything" (nothing to evict yet).
 
 Policies whose choice depends on attention (``needs_scores``) receive per-chunk column sums of the
-attention probabilities of every layer through ``observe`` before ``select`` is called.
+attention probabilities of every layer through ``observe`` before ``select`` is called; ``query_weights``
+says how much each query of a chunk counts in those sums.
 
 Parameters are declared once, as annotated class attributes with defaults (dataclass fields, the way
 kvpress's presses declare theirs); every subclass is made a dataclass, so its constructor takes them by
@@ -278,8 +279,15 @@ class CachePolicy(Declared, ABC):
         to keep all, or an ascending index tensor of shape ``(T,)``, ``(L, T)`` or ``(L, H, T)``.
         """
 
+    def query_weights(self, n_queries: int, device: torch.device) -> torch.Tensor | None:
+        """How much each of a chunk's ``n_queries`` queries counts in the column sums that ``observe``
+        receives: ``(n_queries,)`` float32 on ``device``, or None (the default) for all ones. Only asked
+        of ``needs_scores`` policies."""
+        return None
+
     def observe(self, scores: torch.Tensor, n_new: int) -> None:
-        """Attention column sums ``(L, H_q, n)`` of the chunk just processed; only for ``needs_scores``."""
+        """Attention column sums ``(L, H_q, n)`` of the chunk just processed, each query weighted by
+        ``query_weights``; only for ``needs_scores``."""
 
     def state_dict(self) -> dict[str, Any]:
         """The stream's state (see the module docstring)."""

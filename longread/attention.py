@@ -151,22 +151,30 @@ def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
         _CONTEXT.reset(token)
 
 
+#: The weights of a chunk's queries, ``(n_queries, device) -> (n_queries,)`` float32 (``query_weights``).
+QueryWeights = Callable[[int, torch.device], torch.Tensor]
+
+
 @contextmanager
-def record_scores(observer: ScoreObserver, block: int = SCORE_BLOCK) -> Iterator[ScoreSink]:
+def record_scores(
+    observer: ScoreObserver, block: int = SCORE_BLOCK, query_weights: QueryWeights | None = None
+) -> Iterator[ScoreSink]:
     """Outside the engine (one stream, batch 1, keys = cache + chunk): every layer's column sums go to
-    ``observer.observe(layer, sums (H_q, K), n_new)``. Query weights come from ``observer.query_weights``
-    when it has one, else ones."""
+    ``observer.observe(layer, sums (H_q, K), n_new)``, each query weighted by ``query_weights`` (e.g. a
+    policy's ``CachePolicy.query_weights``), else by one."""
     if block < 1:
         raise ValueError(f"block={block} must be >= 1 key per tile")
     sink = ScoreSink(on_layer=lambda layer, sums: None, weights=torch.zeros(0), block=block)
-    token = _OBSERVER.set((observer, sink))
+    token = _OBSERVER.set((observer, sink, query_weights))
     try:
         yield sink
     finally:
         _OBSERVER.reset(token)
 
 
-_OBSERVER: ContextVar[tuple[ScoreObserver, ScoreSink] | None] = ContextVar("longread_observer", default=None)
+_OBSERVER: ContextVar[tuple[ScoreObserver, ScoreSink, QueryWeights | None] | None] = ContextVar(
+    "longread_observer", default=None
+)
 
 
 # --------------------------------------------------------------------------------------- column sums
@@ -294,10 +302,12 @@ def _record(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: d
             sink.on_layer(int(layer), sums)
         else:
             assert observed is not None
-            observer = observed[0]
+            observer, _, query_weights = observed
             n_new = query.shape[2]
-            fn = getattr(observer, "query_weights", None)
-            weights = fn(n_new, query.device) if fn is not None else torch.ones(n_new, device=query.device)
+            if query_weights is None:
+                weights = torch.ones(n_new, device=query.device)
+            else:
+                weights = query_weights(n_new, query.device)
             size = [n_new] * query.shape[0]
             sums = batched_column_sums(
                 query, key, [key.shape[2] - n_new] * query.shape[0], size, weights.expand(len(size), -1),

@@ -512,10 +512,8 @@ class BatchEngine:
             return None, None
         weights = torch.zeros(len(streams), width, device=self.device)
         for j, (stream, size) in enumerate(zip(streams, sizes)):
-            fn: Callable[[int, torch.device], torch.Tensor] | None = getattr(
-                stream.policy, "query_weights", None
-            )
-            weights[j, :size] = fn(size, self.device) if fn is not None else 1.0
+            row = stream.policy.query_weights(size, self.device)
+            weights[j, :size] = 1.0 if row is None else row
         holder: list[torch.Tensor] = []
 
         def on_layer(layer: int, sums: torch.Tensor) -> None:
