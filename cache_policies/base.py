@@ -51,14 +51,6 @@ from typing import Any, ClassVar, Literal, dataclass_transform
 import torch
 
 
-def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A host tensor on ``device`` without making the host wait for the device's queue: a copy from
-    pageable memory would synchronize, one from pinned memory is queued like a kernel."""
-    if device.type != "cuda" or t.device.type != "cpu":
-        return t.to(device)
-    return t.pin_memory().to(device, non_blocking=True)
-
-
 class PolicyConfigError(ValueError):
     """A policy was given parameters it cannot honour; the message names the parameter and the fix."""
 

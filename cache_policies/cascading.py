@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import torch
 
-from cache_policies.base import CachePolicy, param, to_device
+from cache_policies.base import CachePolicy, param
 
 
 def _slot_per_cascade(policy: Cascading) -> str | None:
@@ -196,7 +196,12 @@ class Cascading(CachePolicy):
             count = m + int(starts.sum())
             cand = torch.cat([entries, arrivals], dim=1)  # (LH, m+K)
             cand_score = scores.gather(1, cand)
-            groups = to_device(entry_of, cand.device).expand(rows, -1)  # no host wait
+            # entry_of comes from the schedule, decided on the host. No host wait for the copy: from pinned
+            # memory it is queued like a kernel, whereas from pageable memory (even non_blocking) CUDA may
+            # synchronize with the stream to stage it. On the CPU this is no copy at all.
+            if cand.is_cuda:
+                entry_of = entry_of.pin_memory()
+            groups = entry_of.to(cand.device, non_blocking=cand.is_cuda).expand(rows, -1)
             best = cand_score.new_full((rows, count), float("-inf"))
             best = best.scatter_reduce(1, groups, cand_score, "amax")
             order = torch.arange(cand.shape[1], device=cand.device).expand(rows, -1)
