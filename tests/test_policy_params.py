@@ -1,5 +1,5 @@
 """Policy parameters are declared once (annotated fields); the checks, ``params()``, ``describe()`` and the
-names ``make_policy`` accepts derive from them."""
+names ``make_policy`` accepts derive from them. Spec values parse like the YAML scalars they look like."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ from typing import Literal
 
 import pytest
 import torch
+import yaml
 
-from cache_policies import POLICIES, PolicyConfigError, make_policy
+from cache_policies import POLICIES, PolicyConfigError, make_policy, parse_spec, parse_value
 from cache_policies.base import CachePolicy, param
 
 
@@ -112,3 +113,55 @@ def test_state_is_the_same_attributes_as_before():
         policy.bind(16, 2)
         base = {"budget", "sink", "num_layers", "num_kv_heads", "compactions"}
         assert set(policy.state_dict()) == base | extra, name
+
+
+# ------------------------------------------------------------------ spec values
+#: Values that read as YAML reads them (``yaml.safe_load``), type included.
+AS_YAML = [
+    "15", "0", "-3", "+5", " 15 ", "0.9999", "1.", ".5", "1.0e-4", "1.5E+3", "-2.5", "1e-4", "1.0e4", "-.5",
+    "true", "True", "FALSE", "null", "Null", "~", "", "max", "median", "'max'", '"max"', "'a''b'", "''",
+    '"a\\"b"', '"\\u0041"', "a'b", "x y", "http://x", "a:b", "-x", "tRuE", "NaN", "5%", "a#b",
+    "[1", "{a", "*a", "%x", "@x", "`x", "'a", "'a'b'", '"a', '"a"b',
+]  # fmt: skip
+#: Where the spec reader departs from YAML 1.1, on purpose: its other number and boolean forms stay text,
+#: ``none`` is null, and what YAML would read as a collection, comment, anchor, tag or mapping is refused.
+NOT_AS_YAML = {
+    "1_000": "1_000", "0x1f": "0x1f", "017": "017", "1:30": "1:30", "yes": "yes", "off": "off",
+    ".inf": ".inf", "none": None, "None": None,
+    "[1]": ValueError, "{}": ValueError, "&a": ValueError, "!!int 3": ValueError, "|": ValueError,
+    "#x": ValueError, "a: b": ValueError, "a:": ValueError, "a #c": ValueError, "- x": ValueError,
+    "-": ValueError, "? x": ValueError, '"\\x41"': ValueError,
+}  # fmt: skip
+
+
+def _read(read, text):
+    try:
+        value = read(text)
+    except (ValueError, yaml.YAMLError):
+        return ValueError
+    return type(value), value
+
+
+@pytest.mark.parametrize("text", AS_YAML)
+def test_spec_values_read_as_yaml(text):
+    assert _read(parse_value, text) == _read(yaml.safe_load, text)
+
+
+@pytest.mark.parametrize("text,expected", NOT_AS_YAML.items())
+def test_spec_values_that_depart_from_yaml(text, expected):
+    assert _read(parse_value, text) == (expected if expected is ValueError else (type(expected), expected))
+    assert _read(yaml.safe_load, text) != _read(parse_value, text)
+
+
+def test_parse_spec():
+    assert parse_spec("cascading: cascades = 2, beta=0.5 ,reduce=mean") == (
+        "cascading",
+        {"cascades": 2, "beta": 0.5, "reduce": "mean"},
+    )
+    assert parse_spec("lacache") == ("lacache", {})
+    with pytest.raises(PolicyConfigError, match=r"'span' is not key=value"):
+        parse_spec("lacache:span")
+    with pytest.raises(
+        PolicyConfigError, match=r"the value 'a: b' of 'x' is not valid YAML; quote or fix it"
+    ):
+        parse_spec("lacache:x=a: b")
