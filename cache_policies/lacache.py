@@ -48,9 +48,10 @@ def ladder_geometry(num_layers: int, span: int, overlap: int) -> tuple[int, int,
 class LaCache(CachePolicy):
     name = "lacache"
 
-    #: Layers a token's ladder spans (paper: about L/2); checked against the model's layers in ``bind``.
+    #: S, which with O sets the ladder (see the module docstring); 1 <= S <= L (paper: about L/2), checked
+    #: against the model's layers in ``bind``.
     span: int = 15
-    #: Layers shared by consecutive rungs; ``0 <= overlap < span``, checked in ``bind``.
+    #: O, 0 <= O < S, checked in ``bind``.
     overlap: int = 0
 
     def __post_init__(self) -> None:
