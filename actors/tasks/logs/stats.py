@@ -51,7 +51,7 @@ import operator
 import re
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from functools import cache, lru_cache
 from typing import Any
@@ -740,99 +740,123 @@ class _BatchParse:
         self.bad_rows = np.flatnonzero(bad)
 
     def run(self) -> ParsedBatch:
-        p, n = self.p, self.n
+        """The batch's columns: each line's timestamp (the parser's state walked through the batch),
+        then its level, template, alert and blank, then the per-line code's lines written over them."""
         self.fallback: dict[int, LogLine] = {}
-        ts = np.full(n, np.nan)
-        ts_text: pa.Array = pa.nulls(n, pa.large_string())
+        ts = np.full(self.n, np.nan)
         # state of each line's timestamp search (-2: the per-line code's; -1: no state yet)
-        state_of = np.full(n, -2, dtype=np.int16)
+        state_of = np.full(self.n, -2, dtype=np.int16)
         passes: dict[int | None, _StatePass] = {}
-        if p._custom is None:
-            head = _head(self.arr, 0, SEARCH_CHARS)
-            pos = 0
-            while pos < n:
-                state = p._state
-                sp = passes.get(state)
-                if sp is None:
-                    sp = passes[state] = _StatePass(state, head)
-                stop = min(
-                    _next(self.bad_rows, pos, n), _next(sp.other_rows, pos, n)
-                )  # the next line the per-line code parses
-                own = np.flatnonzero(sp.own[pos:stop]) + pos
-                if len(own):
-                    assert state is not None
-                    values = sp.values(own, NO_YEAR + p._years)
-                    if state in _YEARLESS:
-                        cut = self._yearless(values)
-                        if cut is not None:  # New Year (or a line back across it): the per-line code
-                            stop = int(own[cut])
-                            own, values = own[:cut], values[:cut]
-                    ts[own] = values
-                state_of[pos:stop] = -1 if state is None else state
-                if stop >= n:
-                    break
-                self.fallback[stop] = p.parse(self.lines[stop])
-                pos = stop + 1
-            for state, sp in passes.items():
-                if sp.text is None:
-                    continue
-                keep = state_of[sp.own_rows] == (-1 if state is None else state)
-                if keep.any():
-                    rows = np.zeros(n, dtype=bool)
-                    rows[sp.own_rows[keep]] = True
-                    ts_text = pc.replace_with_mask(ts_text, pa.array(rows), sp.text.filter(pa.array(keep)))
+        if self.p._custom is None:
+            self._walk_states(ts, state_of, passes)
+            ts_text = self._state_texts(state_of, passes)
         else:
-            # a user's timestamp regex: Python's re on each line (cached strptime)
-            for i, line in enumerate(self.lines):
-                if not self.bad[i]:
-                    value, text, span = p._custom_timestamp(line)
-                    if text is not None and span is not None:
-                        self.custom_spans[i] = span
-                        if value is not None:
-                            ts[i] = value
-                        self.custom_texts[i] = text
-                else:
-                    self.fallback[i] = p.parse(line)
-            if self.custom_texts:
-                rows = np.zeros(n, dtype=bool)
-                rows[list(self.custom_texts)] = True
-                ts_text = pc.replace_with_mask(
-                    ts_text,
-                    pa.array(rows),
-                    _strings([self.custom_texts[i] for i in sorted(self.custom_texts)]),
-                )
+            ts_text = self._custom_timestamps(ts)
         level, source, alert, blank = self._columns(state_of, passes)
-        ts_text = ts_text.cast(pa.large_binary())
         level_codes, level_names = _codes(pc.dictionary_encode(level))
-        # a message that comes back (often, in logs) is masked once: mask the distinct sources
-        sources = pc.dictionary_encode(source)
-        template_codes, template_names = _codes(pc.dictionary_encode(_mask(sources.dictionary)))
-        template_codes = template_codes[sources.indices.to_numpy(zero_copy_only=False)]
-        if self.fallback:
-            rows = np.zeros(n, dtype=bool)
-            order = sorted(self.fallback)
-            rows[order] = True
-            got = [self.fallback[i] for i in order]
-            ts[order] = [np.nan if x.ts is None else x.ts for x in got]
-            ts_text = pc.replace_with_mask(ts_text, pa.array(rows), _binaries([x.ts_text for x in got]))
-            level_codes[order] = _add_names(level_names, [x.level for x in got])
-            template_codes[order] = _add_names(template_names, [x.template for x in got])
-            alert[order] = [x.alert for x in got]
-            blank[order] = [not x.text.strip() for x in got]
-        fallback = np.zeros(n, dtype=bool)
-        fallback[list(self.fallback)] = True
-        return ParsedBatch(
+        template_codes, template_names = _template_codes(source)
+        batch = ParsedBatch(
             text=self.lines,
             ts=ts,
-            ts_text=ts_text,
+            ts_text=ts_text.cast(pa.large_binary()),
             level_codes=level_codes,
             level_names=level_names,
             template_codes=template_codes,
             template_names=template_names,
             alert=alert,
             blank=blank,
-            fallback=fallback,
+            fallback=np.zeros(self.n, dtype=bool),
         )
+        return self._with_fallback(batch) if self.fallback else batch
+
+    def _walk_states(
+        self, ts: np.ndarray, state_of: np.ndarray, passes: dict[int | None, _StatePass]
+    ) -> None:
+        """Fill ``ts`` and ``state_of`` run by run: up to the next line the per-line code parses, the
+        lines take their times from the current state's pass (made once per state, in ``passes``);
+        that line is parsed per line (into ``fallback``), which may change the state."""
+        p, n = self.p, self.n
+        head = _head(self.arr, 0, SEARCH_CHARS)
+        pos = 0
+        while pos < n:
+            state = p._state
+            sp = passes.get(state)
+            if sp is None:
+                sp = passes[state] = _StatePass(state, head)
+            stop = min(
+                _next(self.bad_rows, pos, n), _next(sp.other_rows, pos, n)
+            )  # the next line the per-line code parses
+            own = np.flatnonzero(sp.own[pos:stop]) + pos
+            if len(own):
+                assert state is not None
+                values = sp.values(own, NO_YEAR + p._years)
+                if state in _YEARLESS:
+                    cut = self._yearless(values)
+                    if cut is not None:  # New Year (or a line back across it): the per-line code
+                        stop = int(own[cut])
+                        own, values = own[:cut], values[:cut]
+                ts[own] = values
+            state_of[pos:stop] = -1 if state is None else state
+            if stop >= n:
+                break
+            self.fallback[stop] = p.parse(self.lines[stop])
+            pos = stop + 1
+
+    def _state_texts(self, state_of: np.ndarray, passes: dict[int | None, _StatePass]) -> pa.Array:
+        """Each line's timestamp text (null where none), from the pass of the state its search ran in:
+        a pass also holds texts of lines another state searched, which are left out."""
+        n = self.n
+        ts_text: pa.Array = pa.nulls(n, pa.large_string())
+        for state, sp in passes.items():
+            if sp.text is None:
+                continue
+            keep = state_of[sp.own_rows] == (-1 if state is None else state)
+            if keep.any():
+                rows = np.zeros(n, dtype=bool)
+                rows[sp.own_rows[keep]] = True
+                ts_text = pc.replace_with_mask(ts_text, pa.array(rows), sp.text.filter(pa.array(keep)))
+        return ts_text
+
+    def _custom_timestamps(self, ts: np.ndarray) -> pa.Array:
+        """Fill ``ts`` by a user's timestamp regex and return the texts (null where none): Python's re
+        on each line (cached strptime); the spans are kept to cut the timestamp out of generic lines."""
+        p, n = self.p, self.n
+        ts_text: pa.Array = pa.nulls(n, pa.large_string())
+        for i, line in enumerate(self.lines):
+            if not self.bad[i]:
+                value, text, span = p._custom_timestamp(line)
+                if text is not None and span is not None:
+                    self.custom_spans[i] = span
+                    if value is not None:
+                        ts[i] = value
+                    self.custom_texts[i] = text
+            else:
+                self.fallback[i] = p.parse(line)
+        if self.custom_texts:
+            rows = np.zeros(n, dtype=bool)
+            rows[list(self.custom_texts)] = True
+            ts_text = pc.replace_with_mask(
+                ts_text,
+                pa.array(rows),
+                _strings([self.custom_texts[i] for i in sorted(self.custom_texts)]),
+            )
+        return ts_text
+
+    def _with_fallback(self, batch: ParsedBatch) -> ParsedBatch:
+        """``batch`` with the per-line code's lines written over its columns: the numpy columns in
+        place, new level and template names appended to its lists, the (immutable) texts replaced."""
+        rows = np.zeros(self.n, dtype=bool)
+        order = sorted(self.fallback)
+        rows[order] = True
+        got = [self.fallback[i] for i in order]
+        batch.ts[order] = [np.nan if x.ts is None else x.ts for x in got]
+        ts_text = pc.replace_with_mask(batch.ts_text, pa.array(rows), _binaries([x.ts_text for x in got]))
+        batch.level_codes[order] = _add_names(batch.level_names, [x.level for x in got])
+        batch.template_codes[order] = _add_names(batch.template_names, [x.template for x in got])
+        batch.alert[order] = [x.alert for x in got]
+        batch.blank[order] = [not x.text.strip() for x in got]
+        batch.fallback[order] = True
+        return replace(batch, ts_text=ts_text)
 
     def _yearless(self, values: np.ndarray) -> int | None:
         """Walk the yearless state over the own-format lines' ``values``: None when nothing but
@@ -861,23 +885,8 @@ class _BatchParse:
     ) -> tuple[pa.Array, pa.Array, np.ndarray, np.ndarray]:
         """Level, template, alert and blank of every line (the per-line code's lines: anything; they
         are replaced)."""
-        p, n, arr = self.p, self.n, self.arr
-        fmt = p.format
-        header = message = None
-        matched = np.zeros(n, dtype=bool)
-        if p._line is not None:
-            pattern = p._line.pattern
-            if pattern.endswith(_MESSAGE) and "(?P<" in pattern[: -len(_MESSAGE)]:
-                # the message is the rest of the line: capture the head only (RE2's capturing engine is
-                # slow over long text) and split the line after it (the same place: ".*$" matches any
-                # rest of a printable line)
-                prefix = pattern[: -len(_MESSAGE)]
-                header = pc.extract_regex(arr, prefix)
-                message = _last_piece(pc.split_pattern_regex(arr, _unnamed(prefix), max_splits=1))
-            else:
-                header = pc.extract_regex(arr, pattern)
-                message = header.field("message")
-            matched = _np_bool(header.is_valid())
+        p, n = self.p, self.n
+        header, message, matched = self._match_format()
         level = pa.nulls(n, pa.large_string())
         source = pa.nulls(n, pa.large_string())
         alert = np.zeros(n, dtype=bool)
@@ -887,57 +896,105 @@ class _BatchParse:
                 [p.level(line) if not b else "" for line, b in zip(self.lines, self.bad)]
             )
         if header is not None and matched.any():
-            names = set(header.type.names)
-            own = _normalized(header.field("level")) if "level" in names else pa.nulls(n, pa.large_string())
-            if custom_levels is not None:
-                level = custom_levels
-            elif fmt.has_level:
-                level = own
-            else:
-                level = pa.array(["NONE"] * n, pa.large_string())
             assert message is not None
-            message = pc.ascii_trim_whitespace(message)
-            if "component" in names:
-                component = pc.ascii_trim_whitespace(header.field("component"))
-                joined = pc.binary_join_element_wise(component, message, pa.scalar(": ", pa.large_string()))
-                source = pc.if_else(pc.equal(component, ""), message, joined)
-            else:
-                source = message
-            if fmt.alert_rule == "label":
-                alert = _np_bool(pc.not_equal(header.field("label"), "-")) if "label" in names else alert
-            elif fmt.alert_rule == "keywords":
-                assert fmt.keywords is not None
-                alert = _np_bool(pc.match_substring_regex(message, fmt.keywords.pattern, ignore_case=True))
-            else:
-                levels = pc.dictionary_encode(own)
-                hit = [v in fmt.alert_levels for v in levels.dictionary.to_pylist()]
-                alert = np.array(hit, dtype=bool)[levels.indices.to_numpy(zero_copy_only=False)]
-            alert &= matched
+            level, source, alert = self._format_columns(header, message, matched, custom_levels)
         generic = ~matched
         if generic.any():
-            rows = np.flatnonzero(generic)
-            take = pa.array(rows)
-            sub = arr.take(take) if len(rows) < n else arr
-            if custom_levels is not None:
-                glevel = custom_levels.take(take)
-            else:
-                android = pc.extract_regex(sub, _ANDROID_LEVEL.pattern).field("level")
-                word = pc.extract_regex(_head(sub, 0, LEVEL_CHARS), "(?i)" + DEFAULT_LEVEL_PATTERN).field(
-                    "level"
-                )
-                glevel = _normalized(pc.if_else(pc.equal(android, ""), word, android))
-            gsource = self._generic_source(sub, rows, state_of, passes)
+            glevel, gsource, galert = self._generic_columns(generic, custom_levels, state_of, passes)
             gmask = pa.array(generic)
             level = pc.replace_with_mask(level, gmask, glevel)
             source = pc.replace_with_mask(source, gmask, gsource)
-            encoded = pc.dictionary_encode(glevel)
-            alerting = np.array([v in ALERT_LEVELS for v in encoded.dictionary.to_pylist()], dtype=bool)
-            alert[rows] = alerting[encoded.indices.to_numpy(zero_copy_only=False)]
-        if p._alert is not None:
+            alert[generic] = galert
+        if p._alert is not None:  # a user's alert regex decides for every line
             search = p._alert.search
             alert = np.array([search(line) is not None for line in self.lines], dtype=bool)
-        blank = _np_bool(pc.match_substring_regex(arr, r"^[ \t]*$"))
+        blank = _np_bool(pc.match_substring_regex(self.arr, r"^[ \t]*$"))
         return level, source, alert, blank
+
+    def _match_format(self) -> tuple[pa.Array | None, pa.Array | None, np.ndarray]:
+        """The format's line regex over the batch: (its groups, the message, which lines match); no
+        groups and no line matched when the format has none."""
+        p, arr = self.p, self.arr
+        if p._line is None:
+            return None, None, np.zeros(self.n, dtype=bool)
+        pattern = p._line.pattern
+        if pattern.endswith(_MESSAGE) and "(?P<" in pattern[: -len(_MESSAGE)]:
+            # the message is the rest of the line: capture the head only (RE2's capturing engine is
+            # slow over long text) and split the line after it (the same place: ".*$" matches any
+            # rest of a printable line)
+            prefix = pattern[: -len(_MESSAGE)]
+            header = pc.extract_regex(arr, prefix)
+            message = _last_piece(pc.split_pattern_regex(arr, _unnamed(prefix), max_splits=1))
+        else:
+            header = pc.extract_regex(arr, pattern)
+            message = header.field("message")
+        return header, message, _np_bool(header.is_valid())
+
+    def _format_columns(
+        self, header: pa.Array, message: pa.Array, matched: np.ndarray, custom_levels: pa.Array | None
+    ) -> tuple[pa.Array, pa.Array, np.ndarray]:
+        """Level, source text and alert of the lines the format's regex matched (the others: anything;
+        the generic rules replace them)."""
+        n, fmt = self.n, self.p.format
+        names = set(header.type.names)
+        own = _normalized(header.field("level")) if "level" in names else pa.nulls(n, pa.large_string())
+        if custom_levels is not None:
+            level = custom_levels
+        elif fmt.has_level:
+            level = own
+        else:
+            level = pa.array(["NONE"] * n, pa.large_string())
+        message = pc.ascii_trim_whitespace(message)
+        if "component" in names:
+            component = pc.ascii_trim_whitespace(header.field("component"))
+            joined = pc.binary_join_element_wise(component, message, pa.scalar(": ", pa.large_string()))
+            source = pc.if_else(pc.equal(component, ""), message, joined)
+        else:
+            source = message
+        alert = self._format_alert(header, names, message, own)
+        alert &= matched
+        return level, source, alert
+
+    def _format_alert(
+        self, header: pa.Array, names: set[str], message: pa.Array, own: pa.Array
+    ) -> np.ndarray:
+        """Which lines alert by the format's rule: a label other than ``-``, a keyword in the (trimmed)
+        message, or one of the format's alert levels (``own``: the normalized levels)."""
+        fmt = self.p.format
+        if fmt.alert_rule == "label":
+            if "label" in names:
+                return _np_bool(pc.not_equal(header.field("label"), "-"))
+            return np.zeros(self.n, dtype=bool)
+        if fmt.alert_rule == "keywords":
+            assert fmt.keywords is not None
+            return _np_bool(pc.match_substring_regex(message, fmt.keywords.pattern, ignore_case=True))
+        levels = pc.dictionary_encode(own)
+        hit = [v in fmt.alert_levels for v in levels.dictionary.to_pylist()]
+        return np.array(hit, dtype=bool)[levels.indices.to_numpy(zero_copy_only=False)]
+
+    def _generic_columns(
+        self,
+        generic: np.ndarray,
+        custom_levels: pa.Array | None,
+        state_of: np.ndarray,
+        passes: dict[int | None, _StatePass],
+    ) -> tuple[pa.Array, pa.Array, np.ndarray]:
+        """Level, source text and alert of the ``generic`` lines (the format's regex did not match
+        them): an Android level or a level word near the start, the line without its timestamp, an
+        alert level."""
+        rows = np.flatnonzero(generic)
+        take = pa.array(rows)
+        sub = self.arr.take(take) if len(rows) < self.n else self.arr
+        if custom_levels is not None:
+            glevel = custom_levels.take(take)
+        else:
+            android = pc.extract_regex(sub, _ANDROID_LEVEL.pattern).field("level")
+            word = pc.extract_regex(_head(sub, 0, LEVEL_CHARS), "(?i)" + DEFAULT_LEVEL_PATTERN).field("level")
+            glevel = _normalized(pc.if_else(pc.equal(android, ""), word, android))
+        gsource = self._generic_source(sub, rows, state_of, passes)
+        encoded = pc.dictionary_encode(glevel)
+        alerting = np.array([v in ALERT_LEVELS for v in encoded.dictionary.to_pylist()], dtype=bool)
+        return glevel, gsource, alerting[encoded.indices.to_numpy(zero_copy_only=False)]
 
     def _generic_source(
         self, sub: pa.Array, rows: np.ndarray, state_of: np.ndarray, passes: dict[int | None, _StatePass]
@@ -971,6 +1028,14 @@ def _codes(encoded: pa.DictionaryArray) -> tuple[np.ndarray, list[str]]:
     """(int32 codes, names) of a dictionary-encoded string array without nulls."""
     codes = np.array(encoded.indices.to_numpy(zero_copy_only=False), dtype=np.int32)
     return codes, [x or "" for x in encoded.dictionary.to_pylist()]
+
+
+def _template_codes(source: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """(int32 codes, names) of the templates of the lines' ``source`` texts."""
+    # a message that comes back (often, in logs) is masked once: mask the distinct sources
+    sources = pc.dictionary_encode(source)
+    codes, names = _codes(pc.dictionary_encode(_mask(sources.dictionary)))
+    return codes[sources.indices.to_numpy(zero_copy_only=False)], names
 
 
 def _add_names(names: list[str], values: list[str]) -> list[int]:
@@ -1053,6 +1118,36 @@ def _first_order(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray,
     return uniq[order], first[order], counts[order], rank[inverse.reshape(-1)]
 
 
+def _batch_rows(
+    batch: ParsedBatch, start: int, stop: int | None, skip_blank: bool
+) -> slice | np.ndarray | None:
+    """The rows ``start:stop`` of ``batch`` (with ``skip_blank``: those with text) as a slice, or as
+    indices when some are skipped; None when there are none."""
+    start, stop, _ = slice(start, stop).indices(len(batch))
+    if stop <= start:
+        return None
+    rows: slice | np.ndarray = slice(start, stop)
+    if skip_blank and batch.blank[rows].any():
+        rows = np.flatnonzero(~batch.blank[rows]) + start
+        if not len(rows):
+            return None
+    return rows
+
+
+def _first_last(which: np.ndarray, stamped: np.ndarray, groups: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first and the last of the ``stamped`` positions in each of ``groups`` groups (``which``: each
+    position's group; -1 for a group without one)."""
+    first = np.full(groups, -1, dtype=np.int64)
+    last = np.full(groups, -1, dtype=np.int64)
+    if len(stamped):
+        w = which[stamped]
+        seen, at = np.unique(w, return_index=True)
+        first[seen] = stamped[at]
+        seen, at = np.unique(w[::-1], return_index=True)
+        last[seen] = stamped[::-1][at]
+    return first, last
+
+
 @dataclass
 class WindowStats:
     """Exact statistics of one window of log lines."""
@@ -1101,37 +1196,38 @@ class WindowStats:
     ) -> None:
         """``add`` each of ``batch``'s rows ``start:stop`` in order (with ``skip_blank``: those with text,
         as the logs task counts lines); the same statistics, dictionaries in the same order."""
-        start, stop, _ = slice(start, stop).indices(len(batch))
-        if stop <= start:
+        rows = _batch_rows(batch, start, stop, skip_blank)
+        if rows is None:
             return
-        rows: slice | np.ndarray = slice(start, stop)
-        if skip_blank and batch.blank[rows].any():
-            rows = np.flatnonzero(~batch.blank[rows]) + start
-            if not len(rows):
-                return
         ts = batch.ts[rows]
         alert = batch.alert[rows]
-        n = len(ts)
-        self.lines += n
+        self.lines += len(ts)
         self.alerts += int(np.count_nonzero(alert))
         codes, _, counts, _ = _first_order(batch.level_codes[rows])
         names = batch.level_names
         for code, count in zip(codes.tolist(), counts.tolist()):
             self.levels[names[code]] += count
-        # templates: count, alerts, the level of the first line, first and last timestamped line
+        stamped = np.flatnonzero(~np.isnan(ts))
+        absolute = np.arange(rows.start, rows.stop) if isinstance(rows, slice) else rows
+        self._add_templates(batch, rows, absolute, alert, stamped)
+        if len(stamped):
+            self._add_times(batch, ts[stamped], alert[stamped], absolute[stamped])
+
+    def _add_templates(
+        self,
+        batch: ParsedBatch,
+        rows: slice | np.ndarray,
+        absolute: np.ndarray,
+        alert: np.ndarray,
+        stamped: np.ndarray,
+    ) -> None:
+        """Each template's count, alerts, the level of its first line, and the timestamp texts of its
+        first and last timestamped lines (``stamped``: positions in ``rows``; ``absolute``: the rows)."""
         level_codes = batch.level_codes[rows]
         codes, first, counts, which = _first_order(batch.template_codes[rows])
         alerts = np.bincount(which, weights=alert, minlength=len(codes)).astype(np.int64)
-        stamped = np.flatnonzero(~np.isnan(ts))
-        absolute = np.arange(start, stop) if isinstance(rows, slice) else rows
-        first_ts = np.full(len(codes), -1, dtype=np.int64)
-        last_ts = np.full(len(codes), -1, dtype=np.int64)
-        if len(stamped):
-            w = which[stamped]
-            seen, at = np.unique(w, return_index=True)
-            first_ts[seen] = stamped[at]
-            seen, at = np.unique(w[::-1], return_index=True)
-            last_ts[seen] = stamped[::-1][at]
+        first_ts, last_ts = _first_last(which, stamped, len(codes))
+        # only the texts that are kept are decoded
         wanted = np.unique(np.concatenate([first_ts[first_ts >= 0], last_ts[last_ts >= 0]]))
         texts = dict(zip(wanted.tolist(), _texts(batch.ts_text.take(pa.array(absolute[wanted])))))
         template_names, level_names = batch.template_names, batch.level_names
@@ -1149,26 +1245,26 @@ class WindowStats:
                 if t.first is None:
                     t.first = texts[f]
                 t.last = texts[int(last_ts[j])]
-        if not len(stamped):
-            return
-        tv = ts[stamped]
+
+    def _add_times(self, batch: ParsedBatch, tv: np.ndarray, alert: np.ndarray, rows: np.ndarray) -> None:
+        """The timestamped lines' share: out-of-order count, first and last time, and lines, alerts and
+        first stamp text per second (``tv``, ``alert``: theirs, in order; ``rows``: their rows)."""
         before = np.empty_like(tv)
         before[0] = np.nan if self.last_ts is None else self.last_ts
         before[1:] = tv[:-1]
         self.out_of_order += int(np.count_nonzero(tv < before))
-        stamped_abs = absolute[stamped]
-        ends = _texts(batch.ts_text.take(pa.array(stamped_abs[[0, -1]])))
+        ends = _texts(batch.ts_text.take(pa.array(rows[[0, -1]])))
         if self.first_ts is None:
             self.first_ts, self.first_ts_text = float(tv[0]), ends[0]
         self.last_ts, self.last_ts_text = float(tv[-1]), ends[1]
         seconds, first, counts, which = _first_order(np.floor(tv).astype(np.int64))
-        salerts = np.bincount(which, weights=alert[stamped], minlength=len(seconds)).astype(np.int64)
+        salerts = np.bincount(which, weights=alert, minlength=len(seconds)).astype(np.int64)
         keys = seconds.tolist()
-        stamps = _texts(batch.ts_text.take(pa.array(stamped_abs[first])))
+        stamps = _texts(batch.ts_text.take(pa.array(rows[first])))
         _add_counts(self.per_second, keys, counts.tolist())
         _add_counts(self.alerts_per_second, keys, salerts.tolist())
         text = self.second_text
-        if text.keys().isdisjoint(keys):
+        if text.keys().isdisjoint(keys):  # a C-speed update when no second is there yet
             text.update(zip(keys, [s or "" for s in stamps]))
         else:
             for key, stamp in zip(keys, stamps):

@@ -115,7 +115,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -1023,6 +1023,25 @@ def plan(out: str | Path, size_bytes: int, hosts: int, nights: int, seed: int,
          formats: Sequence[str] = DEFAULT_FORMATS, *, prev_fraction: float = 0.1, incidents: int = 3,
          tonight: date | str = "2026-12-03", gzip: bool = False) -> Plan:  # fmt: skip
     """Everything but the lines: hosts, their rates, tonight's incidents, the files."""
+    _check_plan(hosts, nights, prev_fraction, formats)
+    tonight_day = date.fromisoformat(tonight) if isinstance(tonight, str) else tonight
+    days = [tonight_day - timedelta(days=nights - 1 - n) for n in range(nights)]
+    # one generator for the hosts and the incidents, in this order: the output depends on it
+    rng = np.random.default_rng(_seed(seed, 0))
+    new_index = int(rng.integers(0, hosts)) if nights >= 2 and hosts >= 2 and incidents > 0 else -1
+    host_plans = _plan_hosts(rng, seed, hosts, formats, new_index)
+    found = _plan_incidents(rng, host_plans, nights, incidents)
+    if new_index >= 0:
+        found.append(Incident("new_host", host_plans[new_index], 0, DAY))
+    found.sort(key=lambda inc: (inc.kind, inc.start, inc.host.index))
+    jobs = _plan_jobs(Path(out), seed, days, host_plans, found, size_bytes, prev_fraction, gzip)
+    return Plan(
+        Path(out), seed, size_bytes, prev_fraction, tuple(formats), gzip, days, host_plans, jobs, found
+    )
+
+
+def _check_plan(hosts: int, nights: int, prev_fraction: float, formats: Sequence[str]) -> None:
+    """Refuse a plan that cannot be made (ValueError)."""
     if hosts < 1 or nights < 1:
         raise ValueError("need at least one host and one night")
     if not 0 < prev_fraction <= 10:
@@ -1030,10 +1049,13 @@ def plan(out: str | Path, size_bytes: int, hosts: int, nights: int, seed: int,
     unknown = [f for f in formats if f not in SERVICES]
     if unknown or not formats:
         raise ValueError(f"unknown formats {unknown}; choose from {list(SERVICES)}")
-    tonight_day = date.fromisoformat(tonight) if isinstance(tonight, str) else tonight
-    days = [tonight_day - timedelta(days=nights - 1 - n) for n in range(nights)]
-    rng = np.random.default_rng(_seed(seed, 0))
-    new_index = int(rng.integers(0, hosts)) if nights >= 2 and hosts >= 2 and incidents > 0 else -1
+
+
+def _plan_hosts(
+    rng: np.random.Generator, seed: int, hosts: int, formats: Sequence[str], new_index: int
+) -> list[HostPlan]:
+    """The hosts, the formats in turn, each named by its role and number (``dn-01``), with its share
+    of the bytes, its diurnal curve and its templates' shares."""
     numbers: dict[str, int] = {}
     host_plans: list[HostPlan] = []
     for i in range(hosts):
@@ -1042,17 +1064,7 @@ def plan(out: str | Path, size_bytes: int, hosts: int, nights: int, seed: int,
         name = f"{service.role}-{numbers[service.role]:02d}"
         ctx = host_context(seed, i, name, service)
         all_infos = template_infos(ctx)
-        infos = all_infos[: len(service.bank)]
-        alert = np.array([info.alert for info in infos])
-        # Zipf-like shares over the bank's order, each host shuffling the ranks a little
-        noisy = np.arange(1, len(infos) + 1) * np.exp(rng.normal(0, 0.5, len(infos)))
-        ranks = np.empty(len(infos))
-        shares = np.zeros(len(infos))
-        for group, total in ((~alert, 1 - service.alert_share), (alert, service.alert_share)):
-            idx = np.flatnonzero(group)
-            ranks[idx[np.argsort(noisy[idx])]] = np.arange(1, len(idx) + 1)
-            zipf = 1 / ranks[idx] ** 1.1
-            shares[idx] = total * zipf / zipf.sum()
+        shares = _template_shares(rng, service, all_infos[: len(service.bank)])
         host_plans.append(
             HostPlan(
                 index=i,
@@ -1062,105 +1074,166 @@ def plan(out: str | Path, size_bytes: int, hosts: int, nights: int, seed: int,
                 amplitude=float(rng.uniform(0.3, 0.6)),
                 peak_s=float(rng.uniform(0, DAY)),
                 new_tonight=i == new_index,
-                shares=shares / shares.sum(),
+                shares=shares,
                 infos=all_infos,
             )
         )
-    # incidents, tonight, on hosts that existed before (the new host is its own incident)
+    return host_plans
+
+
+def _template_shares(rng: np.random.Generator, service: Service, infos: list[TemplateInfo]) -> np.ndarray:
+    """Each bank template's expected fraction of a host's normal lines: the alert templates share
+    ``service.alert_share``, the others the rest."""
+    alert = np.array([info.alert for info in infos])
+    # Zipf-like shares over the bank's order, each host shuffling the ranks a little
+    noisy = np.arange(1, len(infos) + 1) * np.exp(rng.normal(0, 0.5, len(infos)))
+    ranks = np.empty(len(infos))
+    shares = np.zeros(len(infos))
+    for group, total in ((~alert, 1 - service.alert_share), (alert, service.alert_share)):
+        idx = np.flatnonzero(group)
+        ranks[idx[np.argsort(noisy[idx])]] = np.arange(1, len(idx) + 1)
+        zipf = 1 / ranks[idx] ** 1.1
+        shares[idx] = total * zipf / zipf.sum()
+    return shares / shares.sum()
+
+
+_HOUR = 3600
+
+
+def _rate_change_span(rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(start, end, lo, hi) of a rate change: to the end of the night, two quiet hours reserved before."""
+    start = int(rng.integers(5 * _HOUR, 19 * _HOUR))
+    return start, DAY, start - 2 * _HOUR, DAY
+
+
+def _silence_span(rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(start, end, lo, hi) of a silence: 20 to 60 minutes, an hour reserved on each side."""
+    start = int(rng.integers(1 * _HOUR, 22 * _HOUR))
+    end = start + int(rng.integers(20, 61)) * 60
+    return start, end, start - _HOUR, end + _HOUR
+
+
+def _burst_span(rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(start, end, lo, hi) of an error burst: 2 to 10 minutes, an hour reserved on each side."""
+    start = int(rng.integers(1 * _HOUR, 23 * _HOUR))
+    end = start + int(rng.integers(2, 11)) * 60
+    return start, end, start - _HOUR, end + _HOUR
+
+
+def _new_template_span(rng: np.random.Generator) -> tuple[int, int, int, int]:
+    """(start, end, lo, hi) of a new template: 10 minutes to 2 hours, half an hour reserved on each side."""
+    start = int(rng.integers(1 * _HOUR, 21 * _HOUR))
+    end = start + int(rng.integers(10, 121)) * 60
+    return start, end, start - 1800, end + 1800
+
+
+def _plan_incidents(
+    rng: np.random.Generator, host_plans: list[HostPlan], nights: int, incidents: int
+) -> list[Incident]:
+    """Tonight's incidents of each kind, on hosts that existed before (the new host is its own
+    incident), placed so that no two on a host overlap."""
     old = [h for h in host_plans if not h.new_tonight]
     busy: dict[int, list[tuple[int, int]]] = {h.index: [] for h in host_plans}
     counts = {h.index: 0 for h in host_plans}
     found: list[Incident] = []
-    hour = 3600
-
-    def rate_change_span() -> tuple[int, int, int, int]:
-        start = int(rng.integers(5 * hour, 19 * hour))
-        return start, DAY, start - 2 * hour, DAY
-
-    def silence_span() -> tuple[int, int, int, int]:
-        start = int(rng.integers(1 * hour, 22 * hour))
-        end = start + int(rng.integers(20, 61)) * 60
-        return start, end, start - hour, end + hour
-
-    def burst_span() -> tuple[int, int, int, int]:
-        start = int(rng.integers(1 * hour, 23 * hour))
-        end = start + int(rng.integers(2, 11)) * 60
-        return start, end, start - hour, end + hour
-
-    def new_template_span() -> tuple[int, int, int, int]:
-        start = int(rng.integers(1 * hour, 21 * hour))
-        end = start + int(rng.integers(10, 121)) * 60
-        return start, end, start - 1800, end + 1800
-
-    kinds: list[tuple[str, Callable[[], tuple[int, int, int, int]]]] = [
-        ("rate_change", rate_change_span),
-        ("silence", silence_span),
-        ("error_burst", burst_span),
+    kinds: list[tuple[str, Callable[[np.random.Generator], tuple[int, int, int, int]]]] = [
+        ("rate_change", _rate_change_span),
+        ("silence", _silence_span),
+        ("error_burst", _burst_span),
     ]
-    if nights >= 2:
-        kinds.append(("new_template", new_template_span))
+    if nights >= 2:  # a new template needs an earlier night to be new against
+        kinds.append(("new_template", _new_template_span))
     for kind, span in kinds:
         for _ in range(incidents if old else 0):
-            placed = _place(rng, busy, old, counts, span)
+            placed = _place(rng, busy, old, counts, functools.partial(span, rng))
             if placed is None:
                 continue
             host, start, end = placed
             inc = Incident(kind, host, start, end)
-            if kind == "rate_change":
-                inc.factor = float(rng.uniform(4, 6)) ** (1 if rng.random() < 0.5 else -1)
-            elif kind == "error_burst":
-                alerts = [k for k, info in enumerate(host.infos[: len(host.service.bank)]) if info.alert]
-                inc.template = int(rng.choice(alerts))
-                inc.factor = float(rng.uniform(10, 30))
-            elif kind == "new_template":
-                inc.template = len(host.service.bank) + int(rng.integers(0, len(host.service.reserve)))
-                inc.lines = int(rng.integers(20, 201))
+            _draw_incident(rng, inc)
             found.append(inc)
-    if new_index >= 0:
-        found.append(Incident("new_host", host_plans[new_index], 0, DAY))
-    found.sort(key=lambda inc: (inc.kind, inc.start, inc.host.index))
-    # files: per night, each host's bytes, its normal lines and its incidents' lines
-    out = Path(out)
+    return found
+
+
+def _draw_incident(rng: np.random.Generator, inc: Incident) -> None:
+    """An incident's own parameters: a rate change's factor (up or down), an error burst's alert
+    template and factor, a new template (from the reserve) and its lines."""
+    host = inc.host
+    if inc.kind == "rate_change":
+        inc.factor = float(rng.uniform(4, 6)) ** (1 if rng.random() < 0.5 else -1)
+    elif inc.kind == "error_burst":
+        alerts = [k for k, info in enumerate(host.infos[: len(host.service.bank)]) if info.alert]
+        inc.template = int(rng.choice(alerts))
+        inc.factor = float(rng.uniform(10, 30))
+    elif inc.kind == "new_template":
+        inc.template = len(host.service.bank) + int(rng.integers(0, len(host.service.reserve)))
+        inc.lines = int(rng.integers(20, 201))
+
+
+def _plan_jobs(
+    out: Path,
+    seed: int,
+    days: list[date],
+    host_plans: list[HostPlan],
+    found: list[Incident],
+    size_bytes: int,
+    prev_fraction: float,
+    gzip: bool,
+) -> list[Job]:
+    """The files: per night, each host's share of the night's bytes, its normal lines and (tonight)
+    its incidents' lines."""
     jobs: list[Job] = []
     ext = ".log.gz" if gzip else ".log"
     for n, day in enumerate(days):
-        is_tonight = n == nights - 1
+        is_tonight = n == len(days) - 1
         present = [h for h in host_plans if is_tonight or not h.new_tonight]
         night_rng = np.random.default_rng(_seed(seed, 3, n))
         weights = np.array([h.weight for h in present]) * np.exp(night_rng.normal(0, 0.05, len(present)))
         target = size_bytes * (1 if is_tonight else prev_fraction)
         for host, w in zip(present, weights / weights.sum()):
-            rate = _diurnal(host, np.random.default_rng(_seed(seed, 4, n, host.index)))
             mine = [inc for inc in found if inc.host is host and is_tonight]
-            for inc in mine:
-                if inc.kind == "rate_change":
-                    rate[inc.start :] *= inc.factor
-                elif inc.kind == "silence":
-                    inc.extra["rate_without"] = rate.copy()
-                    rate[inc.start : inc.end] = 0
-            base_p = rate / rate.sum()
-            budget = target * w
-            base_lines = max(1, round(budget / host.mean_bytes))
-            sources: list[Source] = []
-            for inc in mine:
-                if inc.kind == "error_burst":
-                    assert inc.template is not None
-                    # many times the local rate of alert lines and the night's mean rate, the larger
-                    local = base_p[inc.start : inc.end].sum()
-                    mean = (inc.end - inc.start) / DAY
-                    normal_alerts = base_lines * max(local, mean) * host.alert_share
-                    inc.lines = max(MIN_BURST_LINES, round(inc.factor * normal_alerts))
-                if inc.kind in ("error_burst", "new_template"):
-                    assert inc.template is not None
-                    p = np.zeros(DAY)
-                    p[inc.start : inc.end] = 1 / (inc.end - inc.start)
-                    sources.append(Source(inc.template, inc.lines, p))
-            extra_bytes = sum(s.lines * host.infos[s.template].mean_bytes for s in sources)
-            base_lines = max(1, round((budget - extra_bytes) / host.mean_bytes))
+            base_p = _base_p(host, mine, np.random.default_rng(_seed(seed, 4, n, host.index)))
+            base_lines, sources = _host_lines(host, mine, base_p, target * w)
             path = out / day.isoformat() / host.name / f"{host.service.file}{ext}"
-            job = Job(seed, n, day, host, path, base_lines, base_p, sources, gzip)
-            jobs.append(job)
-    return Plan(out, seed, size_bytes, prev_fraction, tuple(formats), gzip, days, host_plans, jobs, found)
+            jobs.append(Job(seed, n, day, host, path, base_lines, base_p, sources, gzip))
+    return jobs
+
+
+def _base_p(host: HostPlan, mine: list[Incident], rng: np.random.Generator) -> np.ndarray:
+    """The probability of each second for a host's normal lines: its diurnal rate with its incidents'
+    rate changes and silences (a silence keeps the rate it took away: its label's expected lines)."""
+    rate = _diurnal(host, rng)
+    for inc in mine:
+        if inc.kind == "rate_change":
+            rate[inc.start :] *= inc.factor
+        elif inc.kind == "silence":
+            inc.extra["rate_without"] = rate.copy()
+            rate[inc.start : inc.end] = 0
+    return rate / rate.sum()
+
+
+def _host_lines(
+    host: HostPlan, mine: list[Incident], base_p: np.ndarray, budget: float
+) -> tuple[int, list[Source]]:
+    """(normal lines, the incidents' sources) of a host's file of about ``budget`` bytes; an error
+    burst's lines are set here (they depend on the normal lines)."""
+    base_lines = max(1, round(budget / host.mean_bytes))
+    sources: list[Source] = []
+    for inc in mine:
+        if inc.kind == "error_burst":
+            assert inc.template is not None
+            # many times the local rate of alert lines and the night's mean rate, the larger
+            local = base_p[inc.start : inc.end].sum()
+            mean = (inc.end - inc.start) / DAY
+            normal_alerts = base_lines * max(local, mean) * host.alert_share
+            inc.lines = max(MIN_BURST_LINES, round(inc.factor * normal_alerts))
+        if inc.kind in ("error_burst", "new_template"):
+            assert inc.template is not None
+            p = np.zeros(DAY)
+            p[inc.start : inc.end] = 1 / (inc.end - inc.start)
+            sources.append(Source(inc.template, inc.lines, p))
+    extra_bytes = sum(s.lines * host.infos[s.template].mean_bytes for s in sources)
+    return max(1, round((budget - extra_bytes) / host.mean_bytes)), sources
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1185,25 +1258,13 @@ class Written:
 
 
 def write_job(job: Job) -> Written:
-    host = job.host
-    ctx = host_context(job.seed, host.index, host.name, host.service)
-    stamps = _stamps(host.service.name, job.day)
-    rng = np.random.default_rng(_seed(job.seed, 5, job.night, host.index))
-    n_templates = len(ctx.templates)
-    bank = len(host.service.bank)
-    alert_of = np.array([info.alert for info in host.infos])
-    base_counts = rng.multinomial(job.base_lines, job.base_p)
-    src_counts = [rng.multinomial(s.lines, s.p) for s in job.sources]
-    total = base_counts + sum(src_counts, np.zeros(DAY, dtype=np.int64))
-    # every bank template at least once: these lines of the normal stream are forced to it
-    forced = rng.choice(job.base_lines, size=min(bank, job.base_lines), replace=False)
-    forced_template = rng.permutation(bank)[: len(forced)]
-    order = np.argsort(forced)
-    forced, forced_template = forced[order], forced_template[order]
-    base_shares = host.shares
+    """Write one file, a host's night, in chunks of about ``CHUNK_LINES`` lines in time order; return
+    what its labels need."""
+    draw = _FileDraw(job)
+    n_sources = len(job.sources)
     written = Written(
-        job.path, 0, 0, 0, np.zeros(n_templates, dtype=np.int64), np.zeros(DAY, dtype=np.int64),
-        np.zeros(DAY, dtype=np.int64), None, None, None, [None] * len(job.sources), [None] * len(job.sources),
+        job.path, 0, 0, 0, np.zeros(len(draw.ctx.templates), dtype=np.int64), np.zeros(DAY, dtype=np.int64),
+        np.zeros(DAY, dtype=np.int64), None, None, None, [None] * n_sources, [None] * n_sources,
     )  # fmt: skip
     job.path.parent.mkdir(parents=True, exist_ok=True)
     raw = open(job.path, "wb", buffering=1 << 20)  # noqa: SIM115 (closed below, with the gzip stream)
@@ -1212,72 +1273,134 @@ def write_job(job: Job) -> Written:
         if job.gzip
         else raw
     )
-    base_done = 0
     try:
-        bounds = np.searchsorted(
-            np.cumsum(total), np.arange(CHUNK_LINES, total.sum() + CHUNK_LINES, CHUNK_LINES)
-        )
-        lo = 0
-        for b in np.unique(np.minimum(bounds + 1, DAY)):
-            hi = int(b)
-            if hi <= lo:
+        for lo, hi in _chunk_bounds(draw.total):
+            chunk = draw.chunk(lo, hi)
+            if chunk is None:
                 continue
-            secs_parts, tpl_parts, src_parts = [], [], []
-            window = np.arange(lo, hi)
-            base_secs = np.repeat(window, base_counts[lo:hi])
-            tpls = rng.choice(bank, size=len(base_secs), p=base_shares)
-            hit = (forced >= base_done) & (forced < base_done + len(base_secs))
-            tpls[forced[hit] - base_done] = forced_template[hit]
-            base_done += len(base_secs)
-            secs_parts.append(base_secs)
-            tpl_parts.append(tpls)
-            src_parts.append(np.full(len(base_secs), -1))
-            for j, (s, counts) in enumerate(zip(job.sources, src_counts)):
-                secs = np.repeat(window, counts[lo:hi])
-                secs_parts.append(secs)
-                tpl_parts.append(np.full(len(secs), s.template))
-                src_parts.append(np.full(len(secs), j))
-            secs = np.concatenate(secs_parts)
-            n = len(secs)
-            if n == 0:
-                lo = hi
-                continue
-            fracs = rng.random(n)
-            order = np.lexsort((fracs, secs))
-            secs, fracs = secs[order], fracs[order]
-            tpls = np.concatenate(tpl_parts)[order]
-            srcs = np.concatenate(src_parts)[order]
-            lines = np.empty(n, dtype=object)
-            by_template = np.argsort(tpls, kind="stable")
-            counts = np.bincount(tpls, minlength=n_templates)
-            starts = np.concatenate([[0], np.cumsum(counts)])
-            for k in np.flatnonzero(counts):
-                idx = by_template[starts[k] : starts[k + 1]]
-                lines[idx] = render(ctx.templates[k], rng, secs[idx], fracs[idx], ctx, stamps)
-            text = "\n".join(lines.tolist()) + "\n"
+            text = "\n".join(chunk.lines.tolist()) + "\n"
             data = text.encode("ascii")
             sink.write(data)
-            written.lines += n
-            written.bytes += len(data)
-            written.template_counts += counts
-            written.per_second += np.bincount(secs, minlength=DAY)
-            written.alerts_per_second += np.bincount(secs[alert_of[tpls]], minlength=DAY)
-            if written.first is None:
-                written.first, written.first_line = int(secs[0]), lines[0]
-            written.last = int(secs[-1])
-            for j in range(len(job.sources)):
-                mine = np.flatnonzero(srcs == j)
-                if len(mine):
-                    if written.source_first[j] is None:
-                        written.source_first[j] = (int(secs[mine[0]]), lines[mine[0]])
-                    written.source_last[j] = int(secs[mine[-1]])
-            lo = hi
+            _tally(written, chunk, len(data), draw.alert_of)
     finally:
         if sink is not raw:
             sink.close()
         raw.close()
     written.file_bytes = job.path.stat().st_size
     return written
+
+
+def _chunk_bounds(total: np.ndarray) -> Iterator[tuple[int, int]]:
+    """Ranges [lo, hi) of the night's seconds holding about ``CHUNK_LINES`` lines each (``total``: lines
+    per second), a second never split."""
+    bounds = np.searchsorted(np.cumsum(total), np.arange(CHUNK_LINES, total.sum() + CHUNK_LINES, CHUNK_LINES))
+    lo = 0
+    for b in np.unique(np.minimum(bounds + 1, DAY)):
+        hi = int(b)
+        if hi <= lo:
+            continue
+        yield lo, hi
+        lo = hi
+
+
+@dataclass
+class _Chunk:
+    """A chunk's lines in time order: each one's second, template, source (-1: the normal lines) and
+    text, and the lines per template."""
+
+    secs: np.ndarray
+    tpls: np.ndarray
+    srcs: np.ndarray
+    lines: np.ndarray  # str objects
+    counts: np.ndarray
+
+
+class _FileDraw:
+    """The random draws of one file, from one generator in a fixed order (the output depends on it):
+    the lines of each second (normal and per source), the normal lines forced to each bank template,
+    then chunk by chunk the templates, the order within a second and the lines' fields."""
+
+    def __init__(self, job: Job) -> None:
+        host = job.host
+        self.job = job
+        self.ctx = host_context(job.seed, host.index, host.name, host.service)
+        self.stamps = _stamps(host.service.name, job.day)
+        self.rng = rng = np.random.default_rng(_seed(job.seed, 5, job.night, host.index))
+        self.bank = bank = len(host.service.bank)
+        self.alert_of = np.array([info.alert for info in host.infos])
+        self.base_counts = rng.multinomial(job.base_lines, job.base_p)
+        self.src_counts = [rng.multinomial(s.lines, s.p) for s in job.sources]
+        self.total = self.base_counts + sum(self.src_counts, np.zeros(DAY, dtype=np.int64))
+        # every bank template at least once: these lines of the normal stream are forced to it
+        forced = rng.choice(job.base_lines, size=min(bank, job.base_lines), replace=False)
+        forced_template = rng.permutation(bank)[: len(forced)]
+        order = np.argsort(forced)
+        self.forced, self.forced_template = forced[order], forced_template[order]
+        self.base_done = 0  # normal lines drawn so far (the forced lines are numbered among them)
+
+    def chunk(self, lo: int, hi: int) -> _Chunk | None:
+        """The lines of seconds [lo, hi) in time order, rendered (None: there are none)."""
+        secs, tpls, srcs = self._streams(lo, hi)
+        n = len(secs)
+        if n == 0:
+            return None
+        fracs = self.rng.random(n)  # the order within a second
+        order = np.lexsort((fracs, secs))
+        secs, fracs = secs[order], fracs[order]
+        tpls, srcs = tpls[order], srcs[order]
+        lines, counts = self._render(secs, fracs, tpls)
+        return _Chunk(secs, tpls, srcs, lines, counts)
+
+    def _streams(self, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Second, template and source of the lines of seconds [lo, hi): the normal lines (templates
+        drawn by the host's shares, the forced ones replaced), then each source's."""
+        job, rng = self.job, self.rng
+        window = np.arange(lo, hi)
+        base_secs = np.repeat(window, self.base_counts[lo:hi])
+        tpls = rng.choice(self.bank, size=len(base_secs), p=job.host.shares)
+        hit = (self.forced >= self.base_done) & (self.forced < self.base_done + len(base_secs))
+        tpls[self.forced[hit] - self.base_done] = self.forced_template[hit]
+        self.base_done += len(base_secs)
+        secs_parts, tpl_parts, src_parts = [base_secs], [tpls], [np.full(len(base_secs), -1)]
+        for j, (s, counts) in enumerate(zip(job.sources, self.src_counts)):
+            secs = np.repeat(window, counts[lo:hi])
+            secs_parts.append(secs)
+            tpl_parts.append(np.full(len(secs), s.template))
+            src_parts.append(np.full(len(secs), j))
+        return np.concatenate(secs_parts), np.concatenate(tpl_parts), np.concatenate(src_parts)
+
+    def _render(self, secs: np.ndarray, fracs: np.ndarray, tpls: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(the lines' text, lines per template): the lines of each template rendered at once, the
+        templates in index order."""
+        n_templates = len(self.ctx.templates)
+        lines = np.empty(len(secs), dtype=object)
+        by_template = np.argsort(tpls, kind="stable")
+        counts = np.bincount(tpls, minlength=n_templates)
+        starts = np.concatenate([[0], np.cumsum(counts)])
+        for k in np.flatnonzero(counts):
+            idx = by_template[starts[k] : starts[k + 1]]
+            lines[idx] = render(self.ctx.templates[k], self.rng, secs[idx], fracs[idx], self.ctx, self.stamps)
+        return lines, counts
+
+
+def _tally(written: Written, chunk: _Chunk, nbytes: int, alert_of: np.ndarray) -> None:
+    """Add a written chunk (``nbytes`` bytes) to ``written``: lines per template and second, alerts per
+    second, the first and last line, each source's first and last line."""
+    secs, lines = chunk.secs, chunk.lines
+    written.lines += len(secs)
+    written.bytes += nbytes
+    written.template_counts += chunk.counts
+    written.per_second += np.bincount(secs, minlength=DAY)
+    written.alerts_per_second += np.bincount(secs[alert_of[chunk.tpls]], minlength=DAY)
+    if written.first is None:
+        written.first, written.first_line = int(secs[0]), lines[0]
+    written.last = int(secs[-1])
+    for j in range(len(written.source_first)):
+        mine = np.flatnonzero(chunk.srcs == j)
+        if len(mine):
+            if written.source_first[j] is None:
+                written.source_first[j] = (int(secs[mine[0]]), lines[mine[0]])
+            written.source_last[j] = int(secs[mine[-1]])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -1324,28 +1447,14 @@ def generate(out: str | Path, size_bytes: int | str, hosts: int = 8, nights: int
 
 
 def make_labels(p: Plan, results: dict[Path, Written]) -> Labels:
+    """The labels of a generated plan (``results``: each file's ``Written``), as ``labels.json`` holds
+    them (see the module docstring)."""
     tonight = p.days[-1]
     nights_out = []
     for n, day in enumerate(p.days):
-        hosts_out: dict[str, Any] = {}
-        for job in (j for j in p.jobs if j.night == n):
-            w = results[job.path]
-            host = job.host
-            counts: dict[str, int] = {}
-            for k, c in enumerate(w.template_counts.tolist()):
-                if c:
-                    t = host.infos[k].template
-                    counts[t] = counts.get(t, 0) + c
-            hosts_out[host.name] = {
-                "file": job.path.relative_to(p.out).as_posix(),
-                "lines": w.lines,
-                "bytes": w.bytes,
-                "file_bytes": w.file_bytes,
-                "alerts": int(w.alerts_per_second.sum()),
-                "first": _iso(day, w.first) if w.first is not None else None,
-                "last": _iso(day, w.last) if w.last is not None else None,
-                "template_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
-            }
+        hosts_out = {
+            job.host.name: _file_label(p, job, results[job.path], day) for job in p.jobs if job.night == n
+        }
         nights_out.append(
             {
                 "date": day.isoformat(),
@@ -1355,7 +1464,45 @@ def make_labels(p: Plan, results: dict[Path, Written]) -> Labels:
                 "hosts": dict(sorted(hosts_out.items())),
             }
         )
-    hosts_info = {
+    return {
+        "schema": 1,
+        "generator": "actors.tasks.logs.synth",
+        "seed": p.seed,
+        "size_bytes": p.size_bytes,
+        "prev_fraction": p.prev_fraction,
+        "formats": list(p.formats),
+        "gzip": p.gzip,
+        "tonight": tonight.isoformat(),
+        "nights": nights_out,
+        "hosts": _hosts_label(p),
+        "incidents": _incident_labels(p, results, tonight),
+    }
+
+
+def _file_label(p: Plan, job: Job, w: Written, day: date) -> dict[str, Any]:
+    """One host's file of one night: its size, alerts, first and last line's time, and lines per
+    template (most first)."""
+    counts: dict[str, int] = {}
+    for k, c in enumerate(w.template_counts.tolist()):
+        if c:  # templates that mask alike count together
+            t = job.host.infos[k].template
+            counts[t] = counts.get(t, 0) + c
+    return {
+        "file": job.path.relative_to(p.out).as_posix(),
+        "lines": w.lines,
+        "bytes": w.bytes,
+        "file_bytes": w.file_bytes,
+        "alerts": int(w.alerts_per_second.sum()),
+        "first": _iso(day, w.first) if w.first is not None else None,
+        "last": _iso(day, w.last) if w.last is not None else None,
+        "template_counts": dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))),
+    }
+
+
+def _hosts_label(p: Plan) -> dict[str, Any]:
+    """Each host (by name): its format, whether it is new tonight, and its templates' shares (largest
+    first)."""
+    return {
         h.name: {
             "format": h.service.name,
             "parser_format": h.service.parser,
@@ -1369,6 +1516,10 @@ def make_labels(p: Plan, results: dict[Path, Written]) -> Labels:
         }
         for h in sorted(p.hosts, key=lambda h: h.name)
     }
+
+
+def _incident_labels(p: Plan, results: dict[Path, Written], tonight: date) -> list[dict[str, Any]]:
+    """Tonight's incidents' labels, numbered per kind (``silence-1``) in the plan's order."""
     out_incidents = []
     numbers: dict[str, int] = {}
     for inc in p.incidents:
@@ -1376,89 +1527,32 @@ def make_labels(p: Plan, results: dict[Path, Written]) -> Labels:
         job = next(j for j in p.jobs if j.host is inc.host and j.day == tonight)
         w = results[job.path]
         out_incidents.append(_incident_label(inc, f"{inc.kind}-{numbers[inc.kind]}", job, w, p.out, tonight))
-    return {
-        "schema": 1,
-        "generator": "actors.tasks.logs.synth",
-        "seed": p.seed,
-        "size_bytes": p.size_bytes,
-        "prev_fraction": p.prev_fraction,
-        "formats": list(p.formats),
-        "gzip": p.gzip,
-        "tonight": tonight.isoformat(),
-        "nights": nights_out,
-        "hosts": hosts_info,
-        "incidents": out_incidents,
-    }
+    return out_incidents
+
+
+#: What an incident shows of itself: (template, example line, alert, level), None where it shows none.
+_Shown = tuple[str | None, str | None, bool | None, str | None]
 
 
 def _incident_label(inc: Incident, ident: str, job: Job, w: Written, out: Path, day: date) -> dict[str, Any]:
+    """An incident's label: where and when (as written: a new template or host spans its lines), the
+    template it shows (if one), and its kind's expected and observed measures."""
     host = inc.host
     start, end = inc.start, inc.end
-    template: str | None = None
-    example: str | None = None
-    alert: bool | None = None
-    level: str | None = None
+    shown: _Shown = (None, None, None, None)
     extra: dict[str, Any] = {}
-    expected = job.expected_per_second
     if inc.kind in ("error_burst", "new_template"):
-        j = next(i for i, s in enumerate(job.sources) if s.template == inc.template)
-        first, last = w.source_first[j], w.source_last[j]
-        assert first is not None and last is not None and inc.template is not None
-        example = first[1]
-        parsed = line_template(host.service.log_format, example)
-        assert parsed is not None
-        template, alert, level = parsed
-        if inc.kind == "new_template":
-            start, end = first[0], last + 1
-            extra = {"lines": inc.lines}
-        else:
-            seconds = end - start
-            normal_alert_rate = float(expected[start:end].sum()) * host.alert_share / seconds
-            mean_alert_rate = float(expected.sum()) * host.alert_share / DAY
-            template_rate = float(expected[start:end].sum()) * float(host.shares[inc.template]) / seconds
-            observed = int(w.alerts_per_second[start:end].sum())
-            outside = int(w.alerts_per_second.sum()) - observed
-            extra = {
-                "burst_lines": inc.lines,
-                "normal_alert_rate": normal_alert_rate,
-                "mean_alert_rate": mean_alert_rate,
-                "normal_template_rate": template_rate,
-                "factor": (inc.lines / seconds + normal_alert_rate) / normal_alert_rate,
-                "factor_vs_mean": (inc.lines / seconds + normal_alert_rate) / mean_alert_rate,
-                "observed_alert_lines": observed,
-                "observed_normal_alert_rate": outside / (DAY - seconds),
-            }
+        (start, end), shown, extra = _source_incident(inc, job, w)
     elif inc.kind == "silence":
-        without = inc.extra["rate_without"]
-        expected_lines = job.base_lines * float(without[start:end].sum() / without.sum())
-        before = np.flatnonzero(w.per_second[:start])
-        after = np.flatnonzero(w.per_second[end:])
-        gap_lo = int(before[-1]) if len(before) else 0
-        gap_hi = end + int(after[0]) if len(after) else DAY
-        extra = {
-            "silence_s": end - start,
-            "expected_lines": expected_lines,
-            "observed_lines": int(w.per_second[start:end].sum()),
-            "gap_s": gap_hi - gap_lo,
-        }
+        extra = _silence_measures(inc, job, w)
     elif inc.kind == "rate_change":
-        window = min(3600, start, DAY - start)
-        extra = {
-            "factor": inc.factor,
-            "window_s": window,
-            "expected_rate_before": float(expected[start - window : start].sum()) / window,
-            "expected_rate_after": float(expected[start : start + window].sum()) / window,
-            "observed_rate_before": int(w.per_second[start - window : start].sum()) / window,
-            "observed_rate_after": int(w.per_second[start : start + window].sum()) / window,
-        }
+        extra = _rate_change_measures(inc, job, w)
     elif inc.kind == "new_host":
         assert w.first is not None and w.last is not None and w.first_line is not None
         start, end = w.first, w.last + 1
-        example = w.first_line
-        parsed = line_template(host.service.log_format, example)
-        assert parsed is not None
-        template, alert, level = parsed
+        shown = _shown(host, w.first_line)
         extra = {"lines": w.lines, "templates": int(np.count_nonzero(w.template_counts))}
+    template, example, alert, level = shown
     return {
         "id": ident,
         "kind": inc.kind,
@@ -1476,6 +1570,84 @@ def _incident_label(inc: Incident, ident: str, job: Job, w: Written, out: Path, 
         "alert": alert,
         "level": level,
         **extra,
+    }
+
+
+def _shown(host: HostPlan, example: str) -> _Shown:
+    """What an ``example`` line shows, as the host's format parses it."""
+    parsed = line_template(host.service.log_format, example)
+    assert parsed is not None
+    template, alert, level = parsed
+    return template, example, alert, level
+
+
+def _source_incident(inc: Incident, job: Job, w: Written) -> tuple[tuple[int, int], _Shown, dict[str, Any]]:
+    """((start, end), what it shows, measures) of an incident written as a source of lines (an error
+    burst, a new template): its first line is its example; a new template spans its lines."""
+    j = next(i for i, s in enumerate(job.sources) if s.template == inc.template)
+    first, last = w.source_first[j], w.source_last[j]
+    assert first is not None and last is not None and inc.template is not None
+    shown = _shown(inc.host, first[1])
+    if inc.kind == "new_template":
+        return (first[0], last + 1), shown, {"lines": inc.lines}
+    return (inc.start, inc.end), shown, _burst_measures(inc, job, w)
+
+
+def _burst_measures(inc: Incident, job: Job, w: Written) -> dict[str, Any]:
+    """An error burst's lines and factor against the normal alert rate there and over the night,
+    expected and observed."""
+    host, start, end = inc.host, inc.start, inc.end
+    assert inc.template is not None
+    expected = job.expected_per_second
+    seconds = end - start
+    normal_alert_rate = float(expected[start:end].sum()) * host.alert_share / seconds
+    mean_alert_rate = float(expected.sum()) * host.alert_share / DAY
+    template_rate = float(expected[start:end].sum()) * float(host.shares[inc.template]) / seconds
+    observed = int(w.alerts_per_second[start:end].sum())
+    outside = int(w.alerts_per_second.sum()) - observed
+    return {
+        "burst_lines": inc.lines,
+        "normal_alert_rate": normal_alert_rate,
+        "mean_alert_rate": mean_alert_rate,
+        "normal_template_rate": template_rate,
+        "factor": (inc.lines / seconds + normal_alert_rate) / normal_alert_rate,
+        "factor_vs_mean": (inc.lines / seconds + normal_alert_rate) / mean_alert_rate,
+        "observed_alert_lines": observed,
+        "observed_normal_alert_rate": outside / (DAY - seconds),
+    }
+
+
+def _silence_measures(inc: Incident, job: Job, w: Written) -> dict[str, Any]:
+    """A silence's length, the lines the rate without it expected there, the lines written there, and
+    the gap between the lines around it."""
+    start, end = inc.start, inc.end
+    without = inc.extra["rate_without"]
+    expected_lines = job.base_lines * float(without[start:end].sum() / without.sum())
+    before = np.flatnonzero(w.per_second[:start])
+    after = np.flatnonzero(w.per_second[end:])
+    gap_lo = int(before[-1]) if len(before) else 0
+    gap_hi = end + int(after[0]) if len(after) else DAY
+    return {
+        "silence_s": end - start,
+        "expected_lines": expected_lines,
+        "observed_lines": int(w.per_second[start:end].sum()),
+        "gap_s": gap_hi - gap_lo,
+    }
+
+
+def _rate_change_measures(inc: Incident, job: Job, w: Written) -> dict[str, Any]:
+    """A rate change's factor and the expected and observed rates in a window (up to an hour) on each
+    side of it."""
+    start = inc.start
+    expected = job.expected_per_second
+    window = min(3600, start, DAY - start)
+    return {
+        "factor": inc.factor,
+        "window_s": window,
+        "expected_rate_before": float(expected[start - window : start].sum()) / window,
+        "expected_rate_after": float(expected[start : start + window].sum()) / window,
+        "observed_rate_before": int(w.per_second[start - window : start].sum()) / window,
+        "observed_rate_after": int(w.per_second[start : start + window].sum()) / window,
     }
 
 
