@@ -14,16 +14,6 @@ ROOT = Path(__file__).resolve().parents[1]
 MAX_LINES = 60
 #: The product packages (not tests, benchmarks, experiments or examples).
 PACKAGES = ("cache_policies", "longread", "pipeline", "actors", "jobs")
-#: Functions over the limit in packages whose functions are still being shortened, as "path::qualname".
-#: The lead empties this list; nothing is added to it. ``cache_policies`` and ``longread`` have no entry.
-ALLOWED = {
-    "pipeline/inputs/readers.py::iter_raw_lines",
-    "pipeline/job/driver.py::run_job",
-    "pipeline/job/driver.py::_execute",
-    "actors/stream_worker.py::StreamWorker.__init__",
-    "actors/tasks/logs/task.py::Logs.program",
-    "actors/tasks/summarize.py::Summarize.program",
-}
 
 
 def functions(source: str) -> Iterator[tuple[str, int]]:
@@ -55,17 +45,11 @@ def long_functions() -> dict[str, int]:
 
 
 def test_no_function_over_the_limit():
-    over = {name: lines for name, lines in long_functions().items() if name not in ALLOWED}
+    over = long_functions()
     assert not over, (
         f"functions over {MAX_LINES} lines: {over}; split them into named phases (small functions whose "
         "docstrings say why)"
     )
-
-
-def test_allowed_functions_are_still_long():
-    """An entry for a function now short enough (or gone) goes, so the list only shrinks."""
-    stale = ALLOWED - set(long_functions())
-    assert not stale, f"remove from ALLOWED in {Path(__file__).name}: {sorted(stale)}"
 
 
 def test_the_walk_measures_what_it_should():

@@ -178,50 +178,32 @@ class Summarize(Task):
     def program(self, ctx: TaskContext, doc: Document) -> Program[None]:
         if doc.error is not None:
             raise doc.error
+        st: SummarizeState = ctx.restored() or SummarizeState()
+        yield from self._read(ctx, doc, st)
+        if not st.has_text:
+            raise InputError(
+                "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
+            )
+        if st.segment.tokens > 0:
+            yield from self._close(ctx, st)
+        yield from self._final(ctx, st)
+
+    def _read(self, ctx: TaskContext, doc: Document, st: SummarizeState) -> Program[None]:
+        """Feed the text piece by piece from where the state says, closing a segment at a chapter heading
+        (once it holds ``min_segment_tokens``) or at ``segment_tokens``; stop when the model has no room."""
         s = self.settings
         splitter = ChapterSplitter((s.chapter_pattern or DEFAULT_CHAPTER_PATTERN) if s.chapters else None)
-        st: SummarizeState = ctx.restored() or SummarizeState()
-
-        def close() -> Program[None]:
-            seg = st.segment
-            result = yield from ctx.ask(s.segment_prompt, s.segment_generation)
-            yield from ctx.write(
-                "segment",
-                segment_index=seg.index,
-                segment_title=" / ".join(seg.titles) or None,
-                token_start=seg.start,
-                token_end=seg.start + seg.tokens,
-                output_text=result.text,
-                stop_reason=result.stop_reason,
-                feed_seconds=seg.feed_seconds,
-                generate_seconds=result.seconds,
-            )
-            st.listed(seg.index, result.text)
-            st.segment = Segment(seg.index + 1, ctx.tokens)
-
         pieces: Iterator[Piece] = splitter.pieces_at(doc.lines_at(st.position, ctx.damage))
         for piece in pieces:
             st.position = piece.start
             yield from ctx.checkpoint(st)  # all before this piece is done: a resumed stream reads from here
-            seg = st.segment
             st.has_text = st.has_text or bool(piece.text.strip())
-            if piece.heading and seg.tokens >= max(1, s.min_segment_tokens):
-                yield from close()
-                seg = st.segment
-            if piece.heading and len(seg.titles) < MAX_TITLES:
-                seg.titles.append(piece.heading)
-            ids = encoded = ctx.encode(piece.text, max_tokens=ctx.room)
-            while ids:
-                fit, _ = ctx.fit(ids)
-                if not fit:
-                    break
-                n = min(len(fit), s.segment_tokens - seg.tokens)
-                seg.feed_seconds += yield from ctx.feed(ids[:n])
-                seg.tokens += n
-                ids = ids[n:]
-                if seg.tokens >= s.segment_tokens:
-                    yield from close()
-                    seg = st.segment
+            if piece.heading and st.segment.tokens >= max(1, s.min_segment_tokens):
+                yield from self._close(ctx, st)
+            if piece.heading and len(st.segment.titles) < MAX_TITLES:
+                st.segment.titles.append(piece.heading)
+            encoded = ctx.encode(piece.text, max_tokens=ctx.room)
+            ids = yield from self._feed(ctx, st, encoded)
             if ctx.room == 0:
                 # Stop reading (a 10 GB file is not read to its end); flag the stream if text was left over.
                 fed = encoded[: len(encoded) - len(ids)]
@@ -229,12 +211,46 @@ class Summarize(Task):
                     p.text.strip() for p in pieces
                 )
                 break
-        if not st.has_text:
-            raise InputError(
-                "empty", f"{doc.source_uri}: empty document (no text); remove it or fix the export."
-            )
-        if st.segment.tokens > 0:
-            yield from close()
+
+    def _feed(self, ctx: TaskContext, st: SummarizeState, ids: list[int]) -> Program[list[int]]:
+        """Feed ``ids`` into the open segment, closing it each time it is full; what did not fit is
+        returned."""
+        s = self.settings
+        while ids:
+            fit, _ = ctx.fit(ids)
+            if not fit:
+                break
+            seg = st.segment
+            n = min(len(fit), s.segment_tokens - seg.tokens)
+            seg.feed_seconds += yield from ctx.feed(ids[:n])
+            seg.tokens += n
+            ids = ids[n:]
+            if seg.tokens >= s.segment_tokens:
+                yield from self._close(ctx, st)
+        return ids
+
+    def _close(self, ctx: TaskContext, st: SummarizeState) -> Program[None]:
+        """The open segment's summary row; the next segment starts at the tokens read so far."""
+        s = self.settings
+        seg = st.segment
+        result = yield from ctx.ask(s.segment_prompt, s.segment_generation)
+        yield from ctx.write(
+            "segment",
+            segment_index=seg.index,
+            segment_title=" / ".join(seg.titles) or None,
+            token_start=seg.start,
+            token_end=seg.start + seg.tokens,
+            output_text=result.text,
+            stop_reason=result.stop_reason,
+            feed_seconds=seg.feed_seconds,
+            generate_seconds=result.seconds,
+        )
+        st.listed(seg.index, result.text)
+        st.segment = Segment(seg.index + 1, ctx.tokens)
+
+    def _final(self, ctx: TaskContext, st: SummarizeState) -> Program[None]:
+        """The whole text's summary, from the numbered segment summaries."""
+        s = self.settings
         t0 = time.perf_counter()
         listing = "\n".join(f"{n + 1}. {text}" for n, text in zip(st.numbers, st.summaries))
         result = yield from ctx.ask(s.final_prompt.format(summaries=listing), s.final_generation)

@@ -114,66 +114,68 @@ def describe_cluster(started: bool) -> str:
     )
 
 
+def _gpu_actors(cfg: BaseJobConfig, gpus: float, local: bool) -> tuple[int, dict[str, float]]:
+    """GPU actors: as many as asked (an autoscaler may add nodes), or as fit; locally never more than fit."""
+    res = cfg.resources
+    fit = int(gpus // res.gpus_per_actor)
+    n = res.actors or fit
+    if n < 1:
+        have = (
+            "no GPU yet" if gpus == 0 else f"{gpus:g} GPU(s), fewer than one actor's {res.gpus_per_actor:g}"
+        )
+        raise ValueError(
+            f"model.device={cfg.model.device} runs actors on GPUs, but the Ray cluster has {have}; set "
+            "resources.actors so the autoscaler can start GPU nodes, lower resources.gpus_per_actor, "
+            "or use model.device: cpu."
+        )
+    if local and n > fit:  # no autoscaler on this machine: the rest would wait for GPUs forever
+        if fit < 1:
+            raise ValueError(
+                f"{n} actors x {res.gpus_per_actor:g} GPU(s) on a local Ray with {gpus:g} GPU(s): "
+                "lower resources.gpus_per_actor, or use model.device: cpu."
+            )
+        log.warning(
+            "%d actors x %g GPU(s) exceed the %g local GPU(s); using %d", n, res.gpus_per_actor, gpus, fit
+        )
+        n = fit
+    return n, {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
+
+
+def _cpu_actors(cfg: BaseJobConfig, cpus: float, local: bool) -> tuple[int, dict[str, float]]:
+    """CPU actors of ``threads_per_actor`` CPUs each; locally no actor asks for more than the machine has."""
+    res = cfg.resources
+    fit = max(1, int(cpus // res.threads_per_actor))
+    n = res.actors or fit
+    threads = float(res.threads_per_actor)
+    if local and threads > cpus:  # an actor asking more CPUs than the machine has would never start
+        log.warning(
+            "resources.threads_per_actor=%d exceeds the %g local CPUs; each actor asks for %g",
+            res.threads_per_actor,
+            cpus,
+            cpus,
+        )
+        threads = cpus
+    if n > fit and local:
+        log.warning(
+            "%d actors x %d threads exceed the %d local CPUs; using %d", n, res.threads_per_actor, cpus, fit
+        )
+        n = fit
+    return n, {"num_cpus": threads}
+
+
 def actor_resources(
     cfg: BaseJobConfig, streams: int | None, cluster: dict[str, float] | None = None
 ) -> tuple[int, dict[str, float]]:
     """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs), on the
     cluster Ray is connected to, or on ``cluster`` (its resources, e.g. this machine's for a dry run)."""
-    res = cfg.resources
     if cluster is None:
         import ray
 
         cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     use_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and gpus > 0)
-    local = not is_remote_cluster(res)
-    if use_gpu:
-        fit = int(gpus // res.gpus_per_actor)
-        n = res.actors or fit
-        if n < 1:
-            have = (
-                "no GPU yet"
-                if gpus == 0
-                else f"{gpus:g} GPU(s), fewer than one actor's {res.gpus_per_actor:g}"
-            )
-            raise ValueError(
-                f"model.device={cfg.model.device} runs actors on GPUs, but the Ray cluster has {have}; set "
-                "resources.actors so the autoscaler can start GPU nodes, lower resources.gpus_per_actor, "
-                "or use model.device: cpu."
-            )
-        if local and n > fit:  # no autoscaler on this machine: the rest would wait for GPUs forever
-            if fit < 1:
-                raise ValueError(
-                    f"{n} actors x {res.gpus_per_actor:g} GPU(s) on a local Ray with {gpus:g} GPU(s): "
-                    "lower resources.gpus_per_actor, or use model.device: cpu."
-                )
-            log.warning(
-                "%d actors x %g GPU(s) exceed the %g local GPU(s); using %d", n, res.gpus_per_actor, gpus, fit
-            )
-            n = fit
-        ask = {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
-    else:
-        fit = max(1, int(cpus // res.threads_per_actor))
-        n = res.actors or fit
-        threads = float(res.threads_per_actor)
-        if local and threads > cpus:  # an actor asking more CPUs than the machine has would never start
-            log.warning(
-                "resources.threads_per_actor=%d exceeds the %g local CPUs; each actor asks for %g",
-                res.threads_per_actor,
-                cpus,
-                cpus,
-            )
-            threads = cpus
-        if n > fit and local:
-            log.warning(
-                "%d actors x %d threads exceed the %d local CPUs; using %d",
-                n,
-                res.threads_per_actor,
-                cpus,
-                fit,
-            )
-            n = fit
-        ask = {"num_cpus": threads}
+    local = not is_remote_cluster(cfg.resources)
+    n, ask = _gpu_actors(cfg, gpus, local) if use_gpu else _cpu_actors(cfg, cpus, local)
     if streams is not None:
         n = max(1, min(n, streams))
     return n, ask

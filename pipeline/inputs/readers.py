@@ -225,6 +225,69 @@ def _gzip_damage(where: str, offset: int, exc: Exception) -> InputError:
     )
 
 
+def _is_gzip(raw: Any, src: SourceFile, compression: str, byte_range: tuple[int, int] | None) -> bool:
+    """Whether the file is gzip (by its suffix or, under ``infer``, its first bytes); a gzip file has no
+    byte ranges."""
+    try:
+        gz = src.compression == "gzip" or (compression == "infer" and raw.read(2) == GZIP_MAGIC)
+        raw.seek(0)
+    except ACCESS_ERRORS as exc:
+        raise input_error(exc, src.display) from None
+    if gz and byte_range is not None:
+        raise InputError(
+            "unreadable",
+            f"{src.display} is gzip-compressed (by its content), so it cannot be split into byte ranges; "
+            "give it a .gz suffix or set input.split_parts: 1.",
+        )
+    return gz
+
+
+def _check_head(stream: BinaryIO, where: str, offset: int) -> None:
+    """Refuse, from the bytes at ``offset``, text this reader cannot read: UTF-16/32, binary data, other
+    compressions."""
+    head, damage = _read_head(stream, SNIFF)
+    if damage is not None and b"\n" not in head:
+        raise damage
+    wide = _wide_encoding(head, at_start=offset == 0)
+    if wide is not None:
+        raise _wide_text_error(where, wide)
+    if _looks_binary(head):
+        packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
+        if packed is not None and offset == 0:
+            raise InputError(
+                "binary",
+                f"{where} is {packed}-compressed, which is not read; decompress it, or "
+                "recompress it with gzip (read with or without a .gz suffix).",
+            )
+        raise InputError(
+            "binary",
+            f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
+            " Remove it from the inputs or convert it to text.",
+        )
+
+
+def _first_line(stream: BinaryIO, where: str, begin: int, start: int | None) -> tuple[int, bool]:
+    """Seek to where reading begins; ``(offset, whether it starts a line)``."""
+    if start is not None and start > begin:
+        # A resumed read: `start` begins a line or a piece of a long one (this reader yielded it); gzip
+        # decompresses up to it. The file was sniffed when first read.
+        stream.seek(start - 1)
+        at_line_start = stream.read(1) == b"\n"
+        return start, at_line_start
+    offset = 0
+    if begin > 0:
+        # The line that straddles `begin` belongs to the previous range: skip through its newline (none to
+        # skip when `begin` starts a line). fsspec's read_block aligns ranges this way, but returns a whole
+        # range at once; a part of a 10 GB file must stream.
+        stream.seek(begin - 1)
+        if stream.read(1) != b"\n":
+            seek_delimiter(stream, b"\n", BLOCK)
+        offset = stream.tell()
+    _check_head(stream, where, offset)
+    stream.seek(offset)
+    return offset, True
+
+
 def iter_raw_lines(
     src: SourceFile,
     storage: Storage | None = None,
@@ -253,17 +316,7 @@ def iter_raw_lines(
         raise InputError(*src.error)
     where = src.display
     with _open(src, storage) as raw:
-        try:
-            gz = src.compression == "gzip" or (compression == "infer" and raw.read(2) == GZIP_MAGIC)
-            raw.seek(0)
-        except ACCESS_ERRORS as exc:
-            raise input_error(exc, where) from None
-        if gz and byte_range is not None:
-            raise InputError(
-                "unreadable",
-                f"{where} is gzip-compressed (by its content), so it cannot be split into byte ranges; "
-                "give it a .gz suffix or set input.split_parts: 1.",
-            )
+        gz = _is_gzip(raw, src, compression, byte_range)
         # fsspec's codec registry (what its open(compression=...) uses); either way a buffered reader, so
         # lines come from the C line splitter, whatever the filesystem's own read size.
         buffered: Any = raw  # an fsspec file: a RawIOBase in all but name
@@ -271,42 +324,7 @@ def iter_raw_lines(
         begin, end = byte_range if byte_range else (0, None)
         offset = 0
         try:
-            if start is not None and start > begin:
-                # A resumed read: `start` begins a line or a piece of a long one (this reader yielded it);
-                # gzip decompresses up to it.
-                stream.seek(start - 1)
-                at_line_start = stream.read(1) == b"\n"
-                offset = start
-            else:
-                if begin > 0:
-                    # The line that straddles `begin` belongs to the previous range: skip through its
-                    # newline (none to skip when `begin` starts a line). fsspec's read_block aligns ranges
-                    # this way, but returns a whole range at once; a part of a 10 GB file must stream.
-                    stream.seek(begin - 1)
-                    if stream.read(1) != b"\n":
-                        seek_delimiter(stream, b"\n", BLOCK)
-                    offset = stream.tell()
-                head, damage = _read_head(stream, SNIFF)
-                if damage is not None and b"\n" not in head:
-                    raise damage
-                wide = _wide_encoding(head, at_start=offset == 0)
-                if wide is not None:
-                    raise _wide_text_error(where, wide)
-                if _looks_binary(head):
-                    packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
-                    if packed is not None and offset == 0:
-                        raise InputError(
-                            "binary",
-                            f"{where} is {packed}-compressed, which is not read; decompress it, or "
-                            "recompress it with gzip (read with or without a .gz suffix).",
-                        )
-                    raise InputError(
-                        "binary",
-                        f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
-                        " Remove it from the inputs or convert it to text.",
-                    )
-                stream.seek(offset)
-                at_line_start = True
+            offset, at_line_start = _first_line(stream, where, begin, start)
             mark = offset
             for line, ends in _pieces(stream, max_line):
                 # Only a line's first piece can end the range: the rest of a long line belongs to it.

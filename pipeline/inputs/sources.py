@@ -313,76 +313,91 @@ def _exists(fs: Any, path: str) -> bool:
         return False  # the glob below reports it
 
 
-def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextFormat) -> list[SourceFile]:
-    """Files named by ``paths`` (files, directories searched recursively, globs), in a stable order."""
-    out: list[SourceFile] = []
-    seen: set[str] = set()
+class _Found:
+    """The files found so far, each once, in the order found, with an error row for each unreadable input."""
+
+    def __init__(self, opts: TextFormat) -> None:
+        self.opts = opts
+        self.out: list[SourceFile] = []
+        self.seen: set[str] = set()
 
     def add(
+        self,
         uri: str,
         size: int | None = None,
         error: tuple[str, str] | None = None,
         info: dict[str, Any] | None = None,
     ) -> None:
-        if uri in seen:
+        if uri in self.seen:
             return
-        seen.add(uri)
+        self.seen.add(uri)
         what = special_file(info["mode"]) if info and info.get("type") == "other" and "mode" in info else None
         if what is not None and error is None:  # a local pipe, device or socket: never opened
             refused = not_a_regular_file(display_uri(uri), what)
             error = (refused.kind, refused.message)
-        fmt, compression = detect_format(uri, opts)
-        out.append(SourceFile(uri, fmt, compression, size, error))
+        fmt, compression = detect_format(uri, self.opts)
+        self.out.append(SourceFile(uri, fmt, compression, size, error))
 
+    def unreadable(self, exc: BaseException, uri: str) -> None:
+        error = input_error(exc, display_uri(uri))
+        self.add(uri, error=(error.kind, error.message))
+
+
+def _child_uri(name: str, parent_uri: str) -> str:
+    """A path fsspec listed under ``parent_uri``, as a URI of the same protocol."""
+    protocol = protocol_of(parent_uri)
+    return name if protocol == "file" else f"{protocol}://{name}"
+
+
+def _expand_glob(found: _Found, fs: Any, path: str, uri: str) -> None:
+    try:
+        matches = fs.glob(path, detail=True)
+    except ACCESS_ERRORS as exc:
+        found.unreadable(exc, uri)
+        return
+    files = sorted(n for n, info in matches.items() if _is_file(n, info))
+    if not files:
+        found.add(uri, error=("missing", f"no input matches {display_uri(uri)}; check the pattern and path."))
+    for name in files:
+        found.add(_child_uri(name, uri), matches[name].get("size"), info=matches[name])
+
+
+def _expand_path(found: _Found, fs: Any, path: str, uri: str) -> None:
+    """A file as itself, a directory as its files (searched recursively, hidden ones skipped)."""
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as exc:  # this input's error row, known before any actor starts
+        found.unreadable(exc, uri)
+        return
+    except ACCESS_ERRORS as exc:  # no credentials, access denied ...
+        found.unreadable(explain_forbidden(fs, path, exc), uri)
+        return
+    if info is None or info.get("type") != "directory":
+        found.add(uri, info.get("size") if info else None, info=info)
+        return
+    try:
+        listed = fs.find(path, detail=True)
+    except ACCESS_ERRORS as exc:
+        found.unreadable(exc, uri)
+        return
+    names = sorted(n for n, i in listed.items() if _is_file(n, i) and not _hidden(n[len(path) :]))
+    if not names:
+        found.add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
+    for name in names:
+        found.add(_child_uri(name, uri), listed[name].get("size"), info=listed[name])
+
+
+def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextFormat) -> list[SourceFile]:
+    """Files named by ``paths`` (files, directories searched recursively, globs), in a stable order."""
+    found = _Found(opts)
     for spec in paths:
         uri = normalize_uri(str(spec))
-        protocol = protocol_of(uri)
         fs, path = get_fs(uri, storage)
-
-        def to_uri(name: str, protocol: str = protocol) -> str:
-            return name if protocol == "file" else f"{protocol}://{name}"
-
-        def unreadable(exc: BaseException, uri: str = uri) -> None:  # this input's error row
-            error = input_error(exc, display_uri(uri))
-            add(uri, error=(error.kind, error.message))
-
         if has_magic(path) and not _exists(fs, path):  # "book [2024].txt" is a name, not a pattern
-            try:
-                matches = fs.glob(path, detail=True)
-            except ACCESS_ERRORS as exc:
-                unreadable(exc)
-                continue
-            files = sorted(n for n, info in matches.items() if _is_file(n, info))
-            if not files:
-                add(
-                    uri,
-                    error=("missing", f"no input matches {display_uri(uri)}; check the pattern and path."),
-                )
-            for name in files:
-                add(to_uri(name), matches[name].get("size"), info=matches[name])
-            continue
-        try:
-            info = fs.info(path)
-        except FileNotFoundError as exc:  # this input's error row, known before any actor starts
-            unreadable(exc)
-            continue
-        except ACCESS_ERRORS as exc:  # no credentials, access denied ...
-            unreadable(explain_forbidden(fs, path, exc))
-            continue
-        if info is not None and info.get("type") == "directory":
-            try:
-                found = fs.find(path, detail=True)
-            except ACCESS_ERRORS as exc:
-                unreadable(exc)
-                continue
-            names = sorted(n for n, i in found.items() if _is_file(n, i) and not _hidden(n[len(path) :]))
-            if not names:
-                add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
-            for name in names:
-                add(to_uri(name), found[name].get("size"), info=found[name])
+            _expand_glob(found, fs, path, uri)
         else:
-            add(uri, info.get("size"), info=info)
-    return out
+            _expand_path(found, fs, path, uri)
+    return found.out
 
 
 def file_size(src: SourceFile, storage: Storage | None) -> int | None:
