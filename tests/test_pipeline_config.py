@@ -331,19 +331,7 @@ def _local_references(cfg) -> list[str]:
     return [r for r in refs if not r.startswith("s3://")]  # cluster samples read buckets: not run here
 
 
-LEAD_FIXES = {"analyze_logs.yaml"}  # reads ../shared/data/loghub: being moved to generated logs elsewhere
-
-
-@pytest.mark.parametrize(
-    "path",
-    [
-        pytest.param(p, marks=pytest.mark.xfail(strict=True, reason="its own fix is on another branch"))
-        if p.name in LEAD_FIXES
-        else p
-        for p in EXAMPLES
-    ],
-    ids=lambda p: p.name,
-)
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_fresh_clone_sample_configs_read_only_the_repository_and_the_setup_assets(path):
     """A fresh clone plus scripts/setup.sh runs every local sample: it reads files inside the repository
     (relative to its root, where the jobs run) or the assets set-up fetched (empty input.paths: the sample
