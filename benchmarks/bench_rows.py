@@ -321,6 +321,7 @@ def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespa
     """Lines counted against the input, the model's tokens against the raw feed's, and how often a
     window report over an incident names its host or its template's words."""
     import pandas as pd
+    from incidents import found_incidents
 
     from longread.models import load_model
 
@@ -338,6 +339,7 @@ def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespa
         sample = sample[: sample.rfind(b"\n") + 1].decode()
         raw += len(tokenizer(sample)["input_ids"]) / max(1, len(sample.encode())) * facts["bytes"]
     fed = float(summaries.tokens_streamed.sum())
+    found = found_incidents(labels, rows, args.window) if args.feed == "condensed" else {}
     named = []
     for incident in labels["incidents"]:
         if incident["kind"] == "new_host":
@@ -351,7 +353,9 @@ def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespa
         "summary_lines": int(summaries.log_lines.sum()),
         "lines_per_s": windows.log_lines.sum() / max(1e-9, rows.stream_seconds.max()),
         "tokens_fed": fed, "raw_tokens_estimate": raw, "fed_share_of_raw": fed / raw if raw else None,
-        "incidents": len(labels["incidents"]), "reports_naming_incident": sum(named), "scored": len(named),
+        "incidents": len(labels["incidents"]), "incidents_found": sum(found.values()),
+        "incidents_missed": [k for k, v in found.items() if not v],
+        "reports_naming_incident": sum(named), "scored": len(named),
     }  # fmt: skip
 
 

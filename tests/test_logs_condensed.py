@@ -10,6 +10,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from helpers_pipeline import job_config
+from incidents import found_incidents
 
 from actors.stream_worker import StreamWorker
 from actors.tasks.logs.formats import get_format
@@ -44,47 +45,13 @@ def nights(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[st
     return {"labels": labels, "rows": rows, "work": work}
 
 
-def _clock(text: str, fmt: str) -> float:
-    """A timestamp's time of day in seconds (yearless formats parse into another year: compare times)."""
-    ts = LogParser(log_format=get_format(fmt)).timestamp(text)[0]
-    assert ts is not None, text
-    return ts % 86400
-
-
-def _span(incident: dict[str, Any]) -> tuple[float, float]:
-    return incident["start_epoch"] % 86400, (incident["end_epoch"] - 1e-6) % 86400 + 1e-6
-
-
 def test_incident_statistics_find_every_injected_incident(nights):
-    labels = nights["labels"]
-    tonight = next(n["date"] for n in labels["nights"] if n["tonight"])
-    rows = nights["rows"][tonight]
-    windows, summaries = (
-        rows[rows.row_kind == "window"],
-        rows[rows.row_kind == "summary"].set_index("log_host"),
-    )
-    found: dict[str, bool] = {}
-    for incident in labels["incidents"]:
-        host, kind = incident["host"], incident["kind"]
-        mine = windows[windows.log_host == host]
-        fmt = mine.log_format.iloc[0]
-        start, end = _span(incident)
-        if kind == "error_burst":
-            hit = any(_clock(b["start"], fmt) < end and _clock(b["end"], fmt) >= start - 60
-                      for bursts in mine.log_alert_bursts for b in bursts)  # fmt: skip
-        elif kind == "silence":
-            hit = any(_clock(s["start"], fmt) <= start + 60 and _clock(s["end"], fmt) >= end - 60
-                      for silences in mine.log_silences for s in silences)  # fmt: skip
-        elif kind == "rate_change":
-            later = mine[[start <= _clock(t.split(" .. ")[0], fmt) + 7200 <= start + 3 * 7200 + 1
-                          for t in mine.segment_title]]  # fmt: skip
-            hit = bool(((later.log_rate_ratio >= 3) | (later.log_rate_ratio <= 1 / 3)).any())
-        elif kind == "new_template":
-            hit = incident["template"] in set(summaries.loc[host, "log_new_templates"])
-        else:  # new_host
-            hit = bool(summaries.loc[host, "log_new_host"])
-        found[f"{kind} {host} {incident['start']}"] = hit
+    found = found_incidents(nights["labels"], nights["rows"][_tonight(nights)], window_seconds=7200)
     assert found and all(found.values()), [k for k, v in found.items() if not v]
+
+
+def _tonight(nights: dict[str, Any]) -> str:
+    return next(n["date"] for n in nights["labels"]["nights"] if n["tonight"])
 
 
 def test_incident_statistics_cover_every_line_of_every_host(nights):
