@@ -3,14 +3,16 @@ format, what counts as a silence or a rate change, the look-back over earlier ni
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, model_validator
 
 from actors.tasks.base import check_regex, check_template, max_new_tokens_shorthand
 from actors.tasks.logs.formats import FORMAT_NAMES, GENERIC, get_format
-from actors.tasks.logs.stats import LogParser
 from pipeline.config import Decoding, Section
+
+if TYPE_CHECKING:
+    from actors.tasks.logs.stats import LogParser  # pyarrow: loaded when lines are parsed, not for --help
 
 LOG_PROMPT_FIELDS = {
     "source",
@@ -36,6 +38,9 @@ class ReportGeneration(Decoding):
 
 
 class LogsSettings(Section):
+    """Log analysis: streams by file, path key or line key, windows by time, lines or tokens, the feed, the
+    log's format, and the look-back over earlier nights."""
+
     group_by: Literal["file", "path", "line"] = Field(
         default="file",
         description="a stream per file, per key found in the paths (a host's files, merged in time order), "
@@ -165,6 +170,8 @@ class LogsSettings(Section):
 
     def parser(self) -> LogParser:
         """A parser of this stream's lines (``format: auto``: generic until the format is detected)."""
+        from actors.tasks.logs.stats import LogParser
+
         return LogParser(
             timestamp_pattern=self.timestamp_pattern,
             timestamp_format=self.timestamp_format,

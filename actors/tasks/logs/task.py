@@ -18,18 +18,21 @@ from __future__ import annotations
 import argparse
 import posixpath
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from actors.context import StreamInfo, TaskContext
 from actors.tasks.base import Stream, Task
-from actors.tasks.logs.grouping import LineOpener, group_by_path_key, merge_in_time_order
-from actors.tasks.logs.history import History
-from actors.tasks.logs.program import LogsRun
 from actors.tasks.logs.settings import LogsSettings
-from actors.tasks.logs.shuffle import LineGrouping
-from longread.scheduler import Program
 from pipeline.inputs.readers import Damage, Meter, Position, PositionedLines, iter_log_lines_at
 from pipeline.inputs.sources import InputError, SourceFile
 from pipeline.job.plan import StreamTask
+
+if TYPE_CHECKING:  # the parsers (pyarrow) and the stream programs' side (torch) load with the task's work,
+    # not with the settings: ``--help`` and the dry run import this module
+    from actors.context import TaskContext
+    from actors.tasks.logs.grouping import LineOpener
+    from actors.tasks.logs.history import History
+    from actors.tasks.logs.shuffle import LineGrouping
+    from longread.scheduler import Program
 
 
 class Logs(Task):
@@ -57,6 +60,8 @@ class Logs(Task):
     def history(self) -> History:
         """The earlier nights (``logs.history_nights``), read once per process."""
         if not hasattr(self, "_history"):
+            from actors.tasks.logs.history import History
+
             s, out = self.settings, self.cfg.output.path
             self._history = History.load(out or "", s.history_nights, s.history_prefix, self.storage)
         return self._history
@@ -75,6 +80,8 @@ class Logs(Task):
         s = self.settings
         if s.group_by == "path":
             assert s.key_pattern is not None  # the settings check it
+            from actors.tasks.logs.grouping import group_by_path_key
+
             return group_by_path_key(self.name, sources, s.key_pattern)
         return super().plan(sources)
 
@@ -83,12 +90,17 @@ class Logs(Task):
         if s.group_by != "line":
             return None
         assert s.key_pattern is not None  # the settings check it
+        from actors.tasks.logs.shuffle import LineGrouping
+
         return LineGrouping(self.name, s.key_pattern, s.timestamp_pattern, s.timestamp_format)
 
     # ------------------------------------------------------------------ streams
     def streams(
         self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
     ) -> Iterator[Stream]:
+        from actors.context import StreamInfo
+        from actors.tasks.logs.program import LogsRun
+
         src = unit.sources[0]
         info = StreamInfo(unit.stream_id or src.uri, src.display, unit.part, unit.parts)
         info.inputs = tuple((s.uri, s.size) for s in unit.sources)
@@ -135,6 +147,8 @@ class Logs(Task):
         if len(unit.sources) == 1:
             return opener(unit.sources[0], unit.byte_range)
         openers = [opener(s) for s in unit.sources]
+
+        from actors.tasks.logs.grouping import merge_in_time_order
 
         def merged(start: Position, damage: Damage | None) -> PositionedLines:
             return merge_in_time_order(openers, self.settings.parser, start, damage)
