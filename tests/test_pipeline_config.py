@@ -126,7 +126,8 @@ def test_help_imports_neither_torch_nor_ray(job):
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(
-        "policy: {name: streaming_llm, budget: 256}\ninput: {paths: [a.txt]}\nlogs: {feed: raw, window_tokens: 64}\n"
+        "policy: {name: streaming_llm, budget: 256}\ninput: {paths: [a.txt]}\n"
+        "logs: {feed: raw, window_tokens: 64}\n"
     )
     cfg, _ = load_config(
         "logs",

@@ -430,15 +430,21 @@ def test_dry_run_prints_the_plan_without_ray_or_a_model(tmp_path, model_dir):
     import subprocess
     import sys
 
-    from pipeline.output.writer import stream_key
+    from helpers_pipeline import job_config
+
+    from actors.stream_worker import StreamWorker
 
     folder = tmp_path / "books"
     folder.mkdir()
     for name in ("a.txt", "b.txt"):
         (folder / name).write_text(book_text(), encoding="utf-8")
     out = tmp_path / "out"
-    out.mkdir()
-    (out / f"part-{stream_key(str(folder / 'a.txt'))}.parquet").write_bytes(b"")  # a's result, written
+    worker = StreamWorker(
+        job_config("summarize", [], str(out), model_dir, input={"max_tokens_per_stream": 300})
+    )
+    [unit] = worker.task.plan(expand_inputs([str(folder / "a.txt")], None, worker.task.read_options()))
+    assert [s["status"] for s in worker.process(unit)] == ["ok"]  # a's result, written
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
     argv = ["--input", str(folder), "--input", str(tmp_path / "gone.txt"), "--output", str(out),
             "--max-tokens", "300", *_tiny(model_dir), "--dry-run"]  # fmt: skip
     code = (
@@ -454,9 +460,9 @@ def test_dry_run_prints_the_plan_without_ray_or_a_model(tmp_path, model_dir):
     assert "policy: lacache (span=2, overlap=0); budget 48, sink 4, stride 16" in text
     assert "caps: reading at most 300 tokens per stream (input.max_tokens_per_stream)" in text
     assert "inputs: 3 file(s), 1 known bad (error rows)" in text and "[missing:" in text
-    assert "streams: 3 descriptor(s); 1 already written (skipped), 2 to run" in text
+    assert "streams: 3 descriptor(s); 1 already written (skipped), 0 files of records done, 2 to run" in text
     assert f"    {folder / 'b.txt'}" in text and f"    {folder / 'a.txt'}\n" not in text
     assert "actors: 2 CPU actor(s), each asking Ray for num_cpus=1" in text or "actors: 1 CPU" in text
-    assert f"output: {out} holds 1 result part(s) and 0 error part(s)" in text
+    assert f"output: {out} holds 1 part(s): 1 streams ended, 0 of them in an error row" in text
     assert "ray imported: False" in text  # let alone started
-    assert sorted(p.name for p in out.iterdir()) == [f"part-{stream_key(str(folder / 'a.txt'))}.parquet"]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before  # nothing written

@@ -145,6 +145,11 @@ def test_qa_questions_from_records_config_and_file(tmp_path, model_dir):
     assert {s["status"] for s in statuses} == {"ok"}
 
 
+def _windows_and_summary(rows):
+    """A log stream's window rows, and its summary rows (one per stream) as tuples."""
+    return rows[rows.row_kind == "window"], list(rows[rows.row_kind == "summary"].itertuples())
+
+
 def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     lines = log_lines(150)
     path = tmp_path / "app.log"
@@ -152,9 +157,10 @@ def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir,
                      logs={"window_tokens": 300, "alert_pattern": "ERROR"})  # fmt: skip
     run(StreamWorker(cfg, "t"))
-    rows = read_output(tmp_path / "out").sort_values("segment_index")
-    assert len(rows) > 3 and (rows.row_kind == "window").all()
-    assert rows.log_lines.sum() == 150
+    everything = read_output(tmp_path / "out").sort_values("segment_index")
+    rows, [summary] = _windows_and_summary(everything)
+    assert len(rows) > 3 and set(everything.row_kind) == {"window", "summary"}
+    assert rows.log_lines.sum() == summary.log_lines == 150
     levels: dict[str, int] = {}
     for pairs in rows.log_levels:
         for level, n in pairs:
@@ -198,8 +204,8 @@ def test_leading_blank_lines_neither_hide_the_format_nor_count_as_lines(tmp_path
         cfg = job_config("logs", [str(tmp_path / f"{name}.log")], str(tmp_path / name), model_dir,
                          logs={"window_tokens": 100_000})  # fmt: skip
         [status] = run(StreamWorker(cfg, "t"))
-        rows = read_output(tmp_path / name)
-        assert status["status"] == "ok" and rows.log_lines.sum() == 60, name
+        rows, [summary] = _windows_and_summary(read_output(tmp_path / name))
+        assert status["status"] == "ok" and rows.log_lines.sum() == summary.log_lines == 60, name
         formats[name] = set(rows.log_format)
     assert formats["padded"] == formats["plain"] == {"openssh"}
 
@@ -209,7 +215,7 @@ def test_log_windows_by_time(tmp_path, model_dir):
     path.write_text("\n".join(log_lines(150)) + "\n")  # one line every 7 s: 1043 s in all
     cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir, logs={"window_seconds": 300})
     run(StreamWorker(cfg, "t"))
-    rows = read_output(tmp_path / "out").sort_values("segment_index")
+    rows, _ = _windows_and_summary(read_output(tmp_path / "out").sort_values("segment_index"))
     # Lines at i * 7 s; 300 s buckets start with lines 0, 43 (301 s), 86 (602 s) and 129 (903 s).
     assert list(rows.log_first_timestamp.str[11:19]) == ["10:00:00", "10:05:01", "10:10:02", "10:15:03"]
     assert rows.log_lines.sum() == 150
