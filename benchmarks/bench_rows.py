@@ -44,6 +44,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
+#: The embedded model's policy in the logs sample (jobs/configs/analyze_logs.yaml); the tests' tiny-model
+#: policy is too small for its 30 layers.
+SAMPLE_LOGS_POLICY = {"name": "streaming_llm", "budget": 1024, "stride": 256, "params": {}}
 QUESTIONS = ["Who is in the story?", "Where does it happen?", "What goes wrong?"]
 
 
@@ -265,7 +268,8 @@ def bench_log(args: argparse.Namespace, work: Path) -> dict[str, Any]:
                          logs={"group_by": "path", "key_pattern": r"/(?P<key>[^/]+)/[^/]+\.log$",
                                "feed": args.feed, "history_nights": 7, "max_new_tokens": args.new_tokens,
                                **({"window_seconds": args.window} if args.feed == "condensed" else {})},
-                         resources={"actors": args.actors, "threads_per_actor": 1})  # fmt: skip
+                         resources={"actors": args.actors, "threads_per_actor": 1},
+                         **({"policy": SAMPLE_LOGS_POLICY} if args.model == "default" else {}))  # fmt: skip
         cfg.output.checkpoint_every_tokens = 4096
         return cfg
 
