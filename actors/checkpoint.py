@@ -5,13 +5,18 @@ Contract:
 * A stream whose program calls ``ctx.checkpoint(state)`` (``actors.context``) at its resumable points saves
   a ``Checkpoint`` there once ``output.checkpoint_every_tokens`` document tokens went by since the last one:
   the engine's bounded state (``Save()``: cache row, policy state, last logits; torch's tensor format),
-  the context's counters (tokens, seconds) and the task's own state object, which holds everything else
-  the program needs to continue: where its input resumes (a byte offset, line index ...), the rows written
-  so far, segment or window state. The task's state is the one place its program keeps what it knows.
+  the context's counters (tokens, seconds, rows made) and the task's own state object, which holds
+  everything else the program needs to continue: where its input resumes (a byte offset, line index ...),
+  segment or window state. Never rows: a row is handed over when it is made (``pipeline.output.parts``),
+  and the checkpoint only counts them (``rows``), so its size is bounded by the cache and the task's small
+  state, whatever the stream's length.
 * ``PartWriter`` stores it as ``_checkpoints/<stream key>.ckpt`` next to the results, locally or on S3,
-  atomically (one rename, one PUT), and deletes it once the stream's Parquet part is written. A stream
-  that starts while its checkpoint exists resumes from it, on any actor: ``Load`` puts the engine state
-  back and the program continues from the task's state, so its rows equal an uninterrupted run's.
+  atomically (one rename, one PUT), once every row made before it is committed, and deletes it once the
+  stream's end is. A stream that starts while its checkpoint exists resumes from it, on any actor:
+  ``Load`` puts the engine state back and the program continues from the task's state; the rows it makes
+  again (committed after the checkpoint) are dropped by ``row_index``, so its rows equal an uninterrupted
+  run's, each once. A checkpoint of format 2 (which held the rows made so far in its state) loads too:
+  its rows are handed over first (``legacy_rows``).
 * Bytes: ``to_bytes`` pickles the checkpoint; ``from_bytes`` unpickles with an allowlist (like
   ``torch.load(weights_only=True)``): plain data, ``Counter``, ``datetime``, and the state classes tasks
   register with ``allow``. A checkpoint is read from the output store, so a tampered one cannot run code.
@@ -36,7 +41,7 @@ from typing import Any, TypeVar
 
 from pipeline.config import BaseJobConfig
 
-VERSION = 2  # 2: a checkpoint names its stream's input files (inputs)
+VERSION = 3  # 2: a checkpoint names its stream's input files (inputs); 3: rows, not the rows themselves
 T = TypeVar("T")
 
 _ALLOWED: dict[tuple[str, str], Any] = {
@@ -82,6 +87,9 @@ class Checkpoint:
     inputs: list[list[Any]] = field(default_factory=list)
     created: float = field(default_factory=time.time)
     version: int = VERSION
+    rows: int = 0  # rows the stream had made (all committed when the checkpoint was written)
+    #: format 2 kept the rows made so far in the task's state: they are handed over when it resumes
+    legacy_rows: list[dict[str, Any]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         return pickle.dumps(self, protocol=pickle.HIGHEST_PROTOCOL)
@@ -93,8 +101,12 @@ class Checkpoint:
             loaded = _Unpickler(io.BytesIO(data)).load()
         except Exception as exc:  # corrupt, truncated, or a class outside the allowlist
             raise ValueError(f"not a readable checkpoint ({type(exc).__name__}: {exc})") from None
-        if not isinstance(loaded, Checkpoint) or loaded.version != VERSION:
+        if not isinstance(loaded, Checkpoint) or loaded.version not in (2, VERSION):
             raise ValueError("a checkpoint of another format version")
+        if loaded.version == 2:  # its task state holds the rows made so far: take them out of it
+            held = getattr(loaded.state, "__dict__", {}).pop("rows", None)
+            loaded.legacy_rows = list(held or [])
+            loaded.rows, loaded.version = len(loaded.legacy_rows), VERSION
         return loaded
 
 

@@ -3,14 +3,15 @@
 Contract:
 
 * A task's per-stream function is a *stream program* (``longread.scheduler``): a generator that yields
-  requests (``Feed``, ``Ask``, ``AskMany``, ``Inspect``) and returns the stream's rows. Programs never touch
-  the engine: ``TaskContext`` turns each step into requests, used as ``yield from ctx.feed(ids)`` and
+  requests (``Feed``, ``Ask``, ``AskMany``, ``Inspect``) and hands each row over as soon as it is made
+  (``yield from ctx.write(kind, ...)``), never keeping rows. Programs never touch the engine:
+  ``TaskContext`` turns each step into requests, used as ``yield from ctx.feed(ids)`` and
   ``result = yield from ctx.ask(...)``. So the same program runs on the single-stream engine
   (``run_program``) or batched with other streams.
 * ``StreamEnv`` is what all streams of one worker share: the tokenizer, the chat frame, the generation
   settings, the token limit and the row columns that describe the job (model, policy, stride, worker).
   ``env.context(info)`` starts one stream's ``TaskContext``, and ``ctx.run(program)`` wraps a program so
-  it opens the chat frame first and stamps ``truncated`` on its rows at the end.
+  it opens the chat frame first (or puts a checkpoint's engine state back).
 * Prompts follow the tokenizer's chat template: the stream opens a user message (system prompt included),
   the document flows inside it, and each instruction ends that message and opens the assistant's turn
   (``chat_frame``); models without a template get a plain "instruction / Answer:" suffix. An ``Ask``
@@ -25,9 +26,15 @@ Contract:
   worker's ``saver``. A context made with ``resume`` (a checkpoint) starts by putting the engine state back
   (``Load``) instead of opening the chat frame, and ``ctx.restored()`` hands the program its saved state.
 * ``ctx.damage`` collects what readers report about an input that ended early (a truncated gzip): the
-  stream keeps what was read, and ``run`` writes the report into every row's ``error_kind``/``error``.
-* ``ctx.row`` builds an output row with the identity, model, policy, cache (from ``Inspect``) and timing
-  columns filled in; tasks add their own columns (see ``pipeline.output.schema``).
+  stream keeps what was read, and every row made after the report carries it in ``error_kind``/``error``
+  (the final row of a stream always does). ``ctx.truncated`` likewise: set once the token limit cut the
+  input, it is stamped on the rows made from then on.
+* Rows: ``ctx.write`` builds an output row with the identity, model, policy, cache (from ``Inspect``) and
+  timing columns filled in (tasks add their own columns, see ``pipeline.output.schema``), numbers it
+  (``row_index``: 0, 1, ... in the stream) and hands it to ``ctx.sink`` (the worker's: into the actor's
+  rolling part; by default ``ctx.made`` collects them). A stream that resumes after some of its rows were
+  committed makes them again from its checkpoint or its start: ``skip_below`` (the rows committed)
+  drops those, so each row reaches the output once.
 """
 
 from __future__ import annotations
@@ -84,6 +91,8 @@ class StreamEnv:
     tokenizer: Any
     #: the row columns that describe how the job runs: model, policy, policy_params, budget, stride, worker
     columns: dict[str, Any]
+    #: tokens per forward chunk: the engine's (what it was built with), not read back from a row column
+    stride: int
     prefix_ids: list[int] = field(default_factory=list)
     suffix: str = "\n\nAnswer:"
     generation: GenerationSettings = field(default_factory=GenerationSettings)
@@ -91,19 +100,20 @@ class StreamEnv:
     fingerprint: str = ""
 
     @classmethod
-    def create(
-        cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, policy: CachePolicy, device: object
-    ) -> StreamEnv:
-        """The environment of a worker whose engine runs ``policy`` (bound to the model) on ``device``."""
+    def create(cls, cfg: BaseJobConfig, job_id: str, tokenizer: Any, engine: Any) -> StreamEnv:
+        """The environment of a worker whose engine (a ``BatchEngine``: its policy prototype, bound to the
+        model, its device and stride) runs the streams: the rows say what runs, from where it runs."""
+        policy: CachePolicy = engine.prototype
         columns = {
             "model": cfg.model.display_name,
             "policy": policy.name,
             "policy_params": json.dumps(policy.params(), sort_keys=True),
             "budget": policy.budget,
-            "stride": cfg.policy.stride,
-            "worker": f"{socket.gethostname()}:{os.getpid()}:{device}",
+            "stride": engine.stride,
+            "worker": f"{socket.gethostname()}:{os.getpid()}:{engine.device}",
         }
-        env = cls(cfg, job_id, tokenizer, columns, generation=cfg.generation.sampling(stop=STOP_STRINGS))
+        sampling = cfg.generation.sampling(stop=STOP_STRINGS)
+        env = cls(cfg, job_id, tokenizer, columns, engine.stride, generation=sampling)
         env.fingerprint = fingerprint(cfg)
         g = cfg.generation
         prefix, env.suffix = chat_frame(tokenizer, g.system_prompt, use_template=g.chat_template)
@@ -113,10 +123,6 @@ class StreamEnv:
     @property
     def limit(self) -> int | None:
         return self.cfg.input.max_tokens_per_stream
-
-    @property
-    def stride(self) -> int:
-        return int(self.columns["stride"])
 
     @property
     def checkpoint_every(self) -> int | None:
@@ -192,8 +198,17 @@ class TaskContext:
         self.resume = resume
         #: set by the worker: writes a checkpoint (None: checkpoints are not saved)
         self.saver: Callable[[Checkpoint], None] | None = None
+        #: where rows go (the worker sets it); by default they collect in ``made``
+        self.made: list[Row] = []
+        self.sink: Callable[[Row], None] = self.made.append
+        self.rows = 0  # rows this stream made so far (the next row's ``row_index``)
+        self.sent = 0  # rows handed to the sink (the others were in the output already)
+        #: rows of this stream already in the output: made again after a resume, they are dropped
+        self.skip_below = 0
         self.checkpoints = 0  # checkpoints saved by this run of the stream
         self.pending_write: Any = None  # the saver's write in progress (a Future), for the worker
+        self.saves = self.saves_sent = 0  # checkpoints handed to the saver, and the newest written
+        self.ended = False  # set by the worker once the program ended (no checkpoint is written after)
         self._saved_at = 0  # ``tokens`` at the last checkpoint
         self.damage = Damage()
 
@@ -238,9 +253,8 @@ class TaskContext:
         return ids[:left], len(ids) >= left
 
     # ------------------------------------------------------------------ requests
-    def run(self, program: Program[list[Row]]) -> Program[list[Row]]:
-        """``program`` inside the chat frame (or continuing from ``resume``); its rows get ``truncated``
-        and the input's damage report (known only at the end)."""
+    def run(self, program: Program[Any]) -> Program[Any]:
+        """``program`` inside the chat frame (or continuing from ``resume``)."""
         if self.resume is not None:
             try:
                 yield Load(self.resume.engine)
@@ -251,26 +265,26 @@ class TaskContext:
                 self.tokens = self._saved_at = self.resume.tokens
                 self.feed_seconds = self.resume.feed_seconds
                 self.started -= self.resume.elapsed
+                self.rows = self.resume.rows - len(self.resume.legacy_rows)
+                for row in self.resume.legacy_rows:  # a format-2 checkpoint's rows, never written yet
+                    self._hand_over(row)
         if self.resume is None and self.env.prefix_ids:
             yield Feed(list(self.env.prefix_ids))  # the frame's tokens are not document tokens
-        rows = yield from program
-        damage = self.damage.errors[0] if self.damage.errors else None
-        for row in rows:
-            row["truncated"] = self.truncated
-            if damage is not None and row["row_kind"] != "error":
-                row["error_kind"], row["error"] = damage.kind, damage.message
-        return rows
+        return (yield from program)
 
     # ------------------------------------------------------------------ checkpoints
     def restored(self) -> Any:
         """The task state of the checkpoint this stream resumed from (None: it started at the beginning)."""
         return None if self.resume is None else self.resume.state
 
-    def checkpoint(self, state: Any) -> Generator[Request, Any, bool]:
+    def checkpoint(self, state: Any, progress: int | None = None) -> Generator[Request, Any, bool]:
         """Call where the program could resume from ``state``: saves a checkpoint once
-        ``output.checkpoint_every_tokens`` document tokens went by since the last. Returns whether it did."""
+        ``output.checkpoint_every_tokens`` document tokens went by since the last (``progress``: the
+        stream's own measure of work in tokens, for programs that read far more than they feed). Returns
+        whether it did."""
         every = self.env.checkpoint_every
-        if every is None or self.saver is None or self.tokens - self._saved_at < every:
+        done = self.tokens if progress is None else progress
+        if every is None or self.saver is None or done - self._saved_at < every:
             return False
         engine: bytes = yield Save()
         self.saver(
@@ -284,9 +298,10 @@ class TaskContext:
                 state=state,
                 worker=str(self.env.columns["worker"]),
                 inputs=[list(i) for i in self.info.inputs],
+                rows=self.rows,
             )
         )
-        self._saved_at = self.tokens
+        self._saved_at = done
         self.checkpoints += 1
         return True
 
@@ -329,6 +344,7 @@ class TaskContext:
     # ------------------------------------------------------------------ rows
     def _row(self, row_kind: str, **fields: Any) -> Row:
         elapsed = time.perf_counter() - self.started
+        damage = self.damage.errors[0] if self.damage.errors and row_kind != "error" else None
         row: Row = {
             "job_id": self.env.job_id,
             "stream_id": self.info.stream_id,
@@ -338,6 +354,7 @@ class TaskContext:
             "part_index": self.info.part_index,
             "part_count": self.info.part_count,
             "record_id": self.info.record_id,
+            "row_index": self.rows,
             **self.env.columns,
             "tokens_streamed": self.tokens,
             "truncated": self.truncated,
@@ -345,11 +362,14 @@ class TaskContext:
             "tokens_per_second": self.tokens / self.feed_seconds if self.feed_seconds > 0 else None,
             "created_at": datetime.now(UTC),
         }
+        if damage is not None:
+            row["error_kind"], row["error"] = damage.kind, damage.message
         row.update(fields)
         return row
 
-    def row(self, row_kind: str, **fields: Any) -> Generator[Request, Any, Row]:
-        """A result row, with what the cache holds now (``Inspect``): ``row = yield from ctx.row(...)``."""
+    def write(self, row_kind: str, **fields: Any) -> Generator[Request, Any, Row]:
+        """Make a result row, with what the cache holds now (``Inspect``), and hand it over (see the module
+        docstring): ``yield from ctx.write("segment", ...)``. Returns the row."""
         state: StreamState = yield Inspect()
         cache = {
             "cache_tokens": state.cache_tokens,
@@ -357,8 +377,18 @@ class TaskContext:
             "cache_oldest_position": state.cache_oldest_position,
             "policy_stats": state.policy_stats,
         }
-        return self._row(row_kind, **cache, **fields)
+        row = self._row(row_kind, **cache, **fields)
+        self._hand_over(row)
+        return row
+
+    def _hand_over(self, row: Row) -> None:
+        row["row_index"] = self.rows
+        if self.rows >= self.skip_below:
+            self.sink(row)
+            self.sent += 1
+        self.rows += 1
 
     def error_row(self, kind: str, message: str) -> Row:
-        """The one row of a stream that failed (no cache columns: the state may be anything)."""
+        """The last row of a stream that failed (no cache columns: the state may be anything). Not handed
+        to the sink: the worker commits it with the stream's end."""
         return self._row("error", error_kind=kind, error=message, tokens_streamed=self.tokens)

@@ -1,6 +1,6 @@
 """The fault table: what the pipeline does when actors die, the driver dies, inputs are bad and S3 goes away.
 
-    python benchmarks/fault_table.py [--kills 10] [--books 24] [--parts driver actors inputs s3]
+    python benchmarks/fault_table.py [--kills 10] [--books 24] [--parts driver actors inputs s3 edges]
         [--out FILE.json]
 
 Everything runs here, on a local Ray (2 CPUs), with the tests' tiny random model (``tests/helpers_pipeline``:
@@ -16,6 +16,12 @@ real tokenizer, random weights, so runs are quick and exact) and moto's S3 on a 
 3. **Bad inputs.** One job over every kind of bad input (plus good ones): each input's outcome.
 4. **S3 outage.** Inputs and output in moto's S3, which goes away (connections refused) for 8 s mid-run
    and comes back: every stream written once.
+5. **Edges** (``--parts edges``): the command line at its edges, each case a ``python -m jobs.NAME``
+   subprocess (or, where marked, an in-process check): a named pipe among the inputs, credentials in a
+   URI, an unreachable S3 output, an unsafe job id, a bad questions file, Ray failing to start, Ctrl-C,
+   UTF-16 input, a missing bucket, a record without questions, a budget given twice, the samples of a
+   fresh clone, missing inputs, a second Ray head beside a first, ``--help`` and ``--dry-run``: each
+   case's exit status, its one line and its seconds.
 
 It prints the markdown tables of docs/pipeline.md ("Faults") and writes JSON.
 """
@@ -54,10 +60,15 @@ def _rows(out: Path | str, storage: Any = None) -> Any:
 
 
 def _one_of_each(rows: Any) -> bool:
+    """Every stream's rows once: one final row each, no row twice (by kind and segment, and by the
+    stream's row_index), each stream's row_index gapless from 0."""
     finals = rows[rows.row_kind == "final"]
+    gapless = all(sorted(g.row_index) == list(range(len(g))) for _, g in rows.groupby("stream_id"))
     return (
         bool(finals.stream_id.is_unique)
         and not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()
+        and not rows.duplicated(["stream_id", "row_index"]).any()
+        and gapless
     )
 
 
@@ -84,6 +95,7 @@ def killed_actors(work: Path, model_dir: Path, books: int, kills: int) -> dict[s
         cfg = job_config("summarize", [str(folder)], str(work / out), model_dir,
                          summarize={"segment_tokens": 64, "segment_max_new_tokens": 8})  # fmt: skip
         cfg.output.checkpoint_every_tokens = 64
+        cfg.output.commit_every_rows = 4  # checkpoints are written once the rows before them are committed
         return cfg
 
     t0 = time.perf_counter()
@@ -133,7 +145,7 @@ def killed_actors(work: Path, model_dir: Path, books: int, kills: int) -> dict[s
         "streams_error": report.streams_error,
         "resumed_from_checkpoints": report.streams_resumed,
         "parts": len(parts),
-        "each_stream_once": len(parts) == books and _one_of_each(got),
+        "each_stream_once": len(set(got.stream_id)) == books and _one_of_each(got),
         "rows_equal_uninterrupted": bool(got.equals(want)),
         "streams_differing": sum(not _same(got, want, s) for s in want.stream_id.unique()),
         "seconds": seconds,
@@ -147,6 +159,7 @@ def killed_driver(work: Path, model_dir: Path) -> dict[str, Any]:
     from helpers_pipeline import book_text, job_config, kill_session, spawn_driver
 
     from jobs.run import run_job
+    from pipeline.output.writer import PartWriter
 
     folder = work / "driver-books"
     folder.mkdir()
@@ -161,7 +174,7 @@ def killed_driver(work: Path, model_dir: Path) -> dict[str, Any]:
     while not list(out.glob("part-*.parquet")) and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     kill_session(proc)  # the driver and its in-process Ray, all at once
-    before = len(list(out.glob("*.parquet")))
+    before = len(PartWriter(str(out)).state().done_keys())  # streams ended before the kill
     first = json.loads(next((out / "_jobs").glob("*.json")).read_text())
     report = run_job(cfg)
     records = {r["job_id"]: r for r in (json.loads(p.read_text()) for p in (out / "_jobs").glob("*.json"))}
@@ -186,6 +199,7 @@ def bad_inputs(work: Path, model_dir: Path, endpoint: str) -> list[dict[str, Any
     from helpers_pipeline import book_text, job_config
 
     from jobs.run import run_job
+    from pipeline.job.preflight import InputsError
 
     d = work / "bad"
     d.mkdir()
@@ -275,6 +289,9 @@ def bad_inputs(work: Path, model_dir: Path, endpoint: str) -> list[dict[str, Any
         t0 = time.perf_counter()
         try:
             report = run_job(cfg)
+        except InputsError as exc:  # its only input is known bad before reading: refused before Ray
+            out.append({"input": kind, "refused": str(exc), "seconds": time.perf_counter() - t0})
+            continue
         finally:
             settings.INITIAL_NO_AUTH_ACTION_COUNT = no_auth
         seconds = time.perf_counter() - t0
@@ -334,7 +351,377 @@ def s3_outage(work: Path, model_dir: Path, moto: Any, endpoint: str, seconds: fl
     }
 
 
-PARTS = ("driver", "actors", "inputs", "s3")
+# ------------------------------------------------------------------------------------------ 5. edges
+#: The tiny model's policy (4 layers: LaCache's ladder needs a short span) and a private Ray per job.
+TINY = [
+    "--policy",
+    "lacache:span=2,overlap=0",
+    "--budget",
+    "48",
+    "--stride",
+    "16",
+    "--set",
+    "resources.ray_address=local",
+]
+
+
+def _cli(
+    job: str, args: list[str], env: dict[str, str] | None = None, timeout: float = 900
+) -> dict[str, Any]:
+    """``python -m jobs.<job> ARGS``: exit status, stdout, stderr, seconds."""
+    import subprocess
+
+    base = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    run = subprocess.run(
+        [sys.executable, "-m", f"jobs.{job}", *args],
+        cwd=ROOT,
+        env={**base, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return {"exit": run.returncode, "out": run.stdout, "err": run.stderr, "seconds": time.perf_counter() - t0}
+
+
+def _line(run: dict[str, Any]) -> str:
+    """The one line a run ends with: its error line, else its last line on stderr (or stdout)."""
+    err = [line for line in run["err"].splitlines() if line.strip()]
+    errors = [line for line in err if line.startswith("error: ")]
+    if errors:
+        return errors[-1] + ("" if len(errors) == 1 else f" (and {len(errors) - 1} more error lines)")
+    lines = err or [line for line in run["out"].splitlines() if line.strip()]
+    return lines[-1] if lines else ""
+
+
+def _job_yaml(work: Path, name: str, cfg: Any) -> str:
+    import yaml
+
+    path = work / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(cfg.public_dict()))
+    return str(path)
+
+
+def edges(work: Path, model_dir: Path) -> list[dict[str, Any]]:
+    """Each edge case (see the module docstring, 5.): its exit status, its one line, its seconds."""
+    from helpers_pipeline import RayHead, book_text, job_config
+
+    d = work / "edges"
+    d.mkdir()
+    book = d / "book.txt"
+    book.write_text(book_text(), encoding="utf-8")
+    tiny = ["--model", str(model_dir), *TINY]
+    out: list[dict[str, Any]] = []
+
+    def add(case: str, run: dict[str, Any], line: str | None = None, **facts: Any) -> None:
+        line = line if line is not None else _line(run)
+        for prefix in (f"{d}/", f"{ROOT}/"):  # the machine's folders say nothing about the outcome
+            line = line.replace(prefix, "")
+        row = {"case": case, "exit": run.get("exit"), "line": line}
+        row.update(seconds=run.get("seconds"), **facts)
+        out.append(row)
+        print(
+            f"edges: {case}: exit {row['exit']} in {row['seconds'] or 0:.1f} s: {row['line'][:200]}",
+            flush=True,
+        )
+
+    def timed(check: Any) -> dict[str, Any]:  # an in-process check: its result and seconds
+        t0 = time.perf_counter()
+        try:
+            result: Any = check()
+        except Exception as exc:
+            result = exc
+        return {"result": result, "seconds": time.perf_counter() - t0}
+
+    # A folder with a book, a named pipe and a socket: the job ends, the pipe and the socket are error rows.
+    folder = d / "fifo"
+    folder.mkdir()
+    (folder / "book.txt").write_text(book_text(), encoding="utf-8")
+    os.mkfifo(folder / "pipe.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.txt"))
+    cfg = job_config(
+        "summarize",
+        [str(folder)],
+        str(d / "fifo-out"),
+        model_dir,
+        resources={"actors": 1, "threads_per_actor": 1, "ray_address": "local"},
+    )
+    run = _cli("summarize_books", ["--config", _job_yaml(d, "fifo", cfg)])
+    sock.close()
+    rows = _rows(d / "fifo-out")
+    errors = sorted(Path(s).name for s in rows[rows.row_kind == "error"].stream_id)
+    finals = int((rows.row_kind == "final").sum())
+    add(
+        "a named pipe (FIFO) and a socket in a folder of inputs, with a book",
+        run,
+        line=f"the job ended; error rows: {', '.join(errors)}; books summarized: {finals}",
+        error_rows=errors,
+        finals=finals,
+    )
+    add(
+        "partial failure: 2 of 3 streams failed (the pipe, the socket)",
+        run,
+        line=[x for x in run["err"].splitlines() if x.strip()][-1],
+    )
+
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYSECRETKEY"
+    run = _cli(
+        "summarize_books",
+        [
+            "--input",
+            f"s3://AKIAIOSFODNN7EXAMPLE:{secret}@bucket/x.txt",
+            "--input",
+            str(book),
+            "--output",
+            str(d / "secret-out"),
+            *tiny,
+        ],
+    )
+    leaked = secret in run["out"] + run["err"] or (d / "secret-out").exists()
+    add("credentials in an input URI (s3://KEY:SECRET@bucket/x.txt)", run, secret_shown_or_written=leaked)
+    run = _cli(
+        "summarize_books",
+        [
+            "--input",
+            str(book),
+            "--output",
+            f"s3://b/out?X-Amz-Credential=AKIA&X-Amz-Signature={secret}",
+            *tiny,
+        ],
+    )
+    add(
+        "credentials in the output URI's query (pre-signed)",
+        run,
+        secret_shown=secret in run["out"] + run["err"],
+    )
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    closed_port = ["--endpoint-url", f"http://127.0.0.1:{port}", "--set", "storage.retries=2"]
+    run = _cli(
+        "summarize_books",
+        ["--input", str(book), "--output", "s3://results/out", *tiny, *closed_port],
+        env={"AWS_ACCESS_KEY_ID": "EDGEKEY", "AWS_SECRET_ACCESS_KEY": "edge-secret"},
+    )
+    add("S3 output on a closed port (storage.retries 2)", run)
+    run = _cli(
+        "summarize_books", ["--input", str(book), "--output", str(d / "id-out"), "--job-id", "../../x", *tiny]
+    )
+    add("--job-id ../../x", run, written_outside=(d.parent / "x.json").exists())
+
+    questions = d / "questions"
+    questions.mkdir()
+    run = _cli(
+        "answer_questions",
+        ["--input", str(book), "--questions-file", str(questions), "--output", str(d / "q-out"), *tiny],
+    )
+    add("qa.questions_file is a folder", run)
+    latin = d / "questions.yaml"
+    latin.write_bytes("- Qui est le h\u00e9ros ?\n".encode("latin-1"))
+    run = _cli(
+        "answer_questions",
+        ["--input", str(book), "--questions-file", str(latin), "--output", str(d / "q-out"), *tiny],
+    )
+    add("qa.questions_file is latin-1, not UTF-8", run)
+
+    code = (
+        "import sys, ray\n"
+        "def timed_out(*a, **k):\n"
+        "    raise Exception('The current node timed out during startup. This could happen because some of "
+        "the raylet failed to startup or the GCS has become overloaded.')\n"
+        "ray.init = timed_out\n"
+        "from jobs.run import main\n"
+        "sys.exit(main('summarize', sys.argv[1:]))\n"
+    )
+    t0 = time.perf_counter()
+    import subprocess
+
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "--input", str(book), "--output", str(d / "ray-out"), *tiny],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    run = {
+        "exit": proc.returncode,
+        "out": proc.stdout,
+        "err": proc.stderr,
+        "seconds": time.perf_counter() - t0,
+    }
+    record = json.loads(next((d / "ray-out" / "_jobs").glob("*.json")).read_text())["state"]
+    add(
+        "Ray's node start-up times out (ray.init raises as Ray does)",
+        run,
+        record=record,
+        traceback="Traceback" in proc.stderr,
+    )
+
+    # Ctrl-C: SIGINT to a running job once its Ray is up.
+    books = d / "sigint"
+    books.mkdir()
+    for i in range(4):
+        (books / f"b{i}.txt").write_text(book_text(repeat=40), encoding="utf-8")
+    cfg = job_config(
+        "summarize",
+        [str(books)],
+        str(d / "sigint-out"),
+        model_dir,
+        resources={"actors": 1, "threads_per_actor": 1, "ray_address": "local"},
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    t0 = time.perf_counter()
+    command = [sys.executable, "-m", "jobs.summarize_books", "--config", _job_yaml(d, "sigint", cfg)]
+    job = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    assert job.stderr is not None
+    seen = []
+    for line in job.stderr:  # the job logs the Ray it started, then its actors
+        seen.append(line)
+        if "streams on" in line:
+            break
+    job.send_signal(signal.SIGINT)
+    rest, more = job.communicate(timeout=300)
+    err = "".join(seen) + more
+    run = {"exit": job.returncode, "out": rest, "err": err, "seconds": time.perf_counter() - t0}
+    record = json.loads(next((d / "sigint-out" / "_jobs").glob("*.json")).read_text())["state"]
+    add(
+        "Ctrl-C (SIGINT) while the job runs",
+        run,
+        record=record,
+        traceback="Traceback" in err,
+        stderr_lines=len([x for x in err.splitlines() if x.strip()]),
+    )
+
+    # In-process checks: the messages of a UTF-16 input, a missing bucket, a record without questions.
+    from jobs.config import config_from_dict, load_config
+    from pipeline.inputs.readers import iter_lines
+    from pipeline.inputs.sources import ReadOptions, expand_inputs
+
+    wide = d / "utf16.txt"
+    wide.write_bytes(book_text().encode("utf-16"))
+    check = timed(lambda: list(iter_lines(expand_inputs([str(wide)], None, ReadOptions())[0])))
+    err_ = check["result"]
+    add(
+        "UTF-16 input (in-process reader)",
+        {"seconds": check["seconds"]},
+        line=f"error row [{getattr(err_, 'kind', '?')}]: {err_}",
+    )
+
+    from helpers_pipeline import Moto
+
+    from pipeline.storage import Storage
+
+    moto = Moto()
+    try:
+        storage = Storage(endpoint_url=f"http://{moto.host}:{moto.port}", key="k", secret="s", retries=1)
+        check = timed(lambda: expand_inputs(["s3://no-such-bucket/x.txt"], storage, ReadOptions())[0].error)
+    finally:
+        moto.stop()
+    kind, message = check["result"]
+    add(
+        "an input in a bucket that does not exist (in-process expansion)",
+        {"seconds": check["seconds"]},
+        line=f"error row [{kind}]: {message}",
+    )
+
+    from actors.tasks import make_task
+    from pipeline.job.plan import StreamTask
+
+    records = d / "noq.jsonl"
+    records.write_text(json.dumps({"id": "s1", "text": "A tale."}) + "\n", encoding="utf-8")
+
+    def no_questions() -> Any:
+        cfg = config_from_dict("qa", {"input": {"paths": [str(records)], "id_column": "id"}})
+        task = make_task(cfg)
+        src = expand_inputs([str(records)], None, task.read_options())[0]
+        _, doc = next(iter(task.documents(StreamTask("qa", [src]))))
+        next(task.program(None, doc=doc, questions=task.questions_for(doc)))
+
+    check = timed(no_questions)
+    err_ = check["result"]
+    add(
+        "qa: a record without questions (in-process program)",
+        {"seconds": check["seconds"]},
+        line=f"error row [{getattr(err_, 'kind', '?')}]: {err_}",
+    )
+
+    run = _cli("summarize_books", ["--policy", "lacache:budget=256", "--budget", "512", "--dry-run"])
+    add("--policy lacache:budget=256 --budget 512", run)
+    run = _cli("summarize_books", ["--policy", "lacache:budget=256,span=15", "--dry-run"])
+    policy = next((x.strip() for x in run["out"].splitlines() if x.strip().startswith("policy:")), "")
+    cfg, _ = load_config("summarize", ["--policy", "lacache:budget=256,span=15"])
+    add(
+        "--policy lacache:budget=256 (one budget)",
+        run,
+        line=policy,
+        config_budget=cfg.policy.budget,
+        policy_budget=cfg.policy.build().budget,
+        recorded_budget=cfg.public_dict()["policy"]["budget"],
+    )
+
+    run = _cli("answer_questions", ["--config", "jobs/configs/answer_questions.yaml", "--dry-run"])
+    streams = next((x.strip() for x in run["out"].splitlines() if x.strip().startswith("streams:")), "")
+    add("fresh clone: the QA sample, --dry-run", run, line=streams)
+    run = _cli("summarize_books", ["--dry-run"])
+    caps = next((x.strip() for x in run["out"].splitlines() if x.strip().startswith("caps:")), "")
+    add("fresh clone: the main job, --dry-run", run, line=caps)
+    run = _cli(
+        "summarize_books",
+        [
+            "--input",
+            str(d / "nope.txt"),
+            "--input",
+            str(d / "*.nothing"),
+            "--output",
+            str(d / "nope-out"),
+            *tiny,
+        ],
+    )
+    add("none of the inputs exists", run)
+
+    for job in ("summarize_books", "answer_questions", "analyze_logs"):
+        run = _cli(job, ["--help"])
+        add(f"{job} --help", run, line=f"{len(run['out'].splitlines())} lines of help")
+
+    state, token = d / "heads", d / "token"
+    t0 = time.perf_counter()
+    first = RayHead(state, token)
+    second = None
+    try:
+        second = RayHead(state, token)
+        said = [x for x in second.started.stderr.splitlines() if "is in use" in x]
+        ports_first, ports_second = first.state["LONGREAD_RAY_PORTS"], second.state["LONGREAD_RAY_PORTS"]
+        stopped = second.stop()
+        gone = not second.alive()
+        second = None
+        status = subprocess.run(
+            [str(Path(sys.prefix) / "bin" / "ray"), "status", "--address", first.gcs],
+            env={**first.env, "RAY_AUTH_MODE": "token"},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        run = {"exit": stopped.returncode, "seconds": time.perf_counter() - t0}
+        add(
+            "a second Ray head beside a first (scripts/ray_head.sh), then scripts/ray_stop.sh on it",
+            run,
+            line=(said[0] if said else "no port in use") + f"; {len(said)} ports replaced; second stopped, "
+            f"nothing of it left: {gone}; the first answers `ray status`: {status.returncode == 0}",
+            ports_first=ports_first,
+            ports_second=ports_second,
+        )
+    finally:
+        for head in (second, first):
+            if head is not None:
+                head.stop()
+    return out
+
+
+PARTS = ("driver", "actors", "inputs", "s3", "edges")
 
 
 def main() -> None:
@@ -367,19 +754,25 @@ def main() -> None:
         model_dir = build_tiny_model(work / "tiny-model")
         if "driver" in args.parts:
             result["driver"] = killed_driver(work, model_dir)  # its own Ray, in its own process
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
+        if "edges" in args.parts:
+            result["edges"] = edges(work, model_dir)  # subprocesses with their own Ray
+        in_process = bool(set(args.parts) - {"driver", "edges"})  # the parts that run jobs in this process
+        if in_process:
+            ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
         if "actors" in args.parts:
             result["actors"] = killed_actors(work, model_dir, args.books, args.kills)
         if "inputs" in args.parts:
             result["inputs"] = bad_inputs(work, model_dir, endpoint)
         if "s3" in args.parts:
             result["s3_outage"] = s3_outage(work, model_dir, moto, endpoint, args.outage_seconds)
-        ray.shutdown()
+        if in_process:
+            ray.shutdown()
     finally:
         moto.stop()
         shutil.rmtree(work, ignore_errors=True)
-    print("| fault | what happened | outcome |")
-    print("|---|---|---|")
+    if result.keys() & {"actors", "driver", "s3_outage"}:
+        print("| fault | what happened | outcome |")
+        print("|---|---|---|")
     if "actors" in result:
         a = result["actors"]
         print(f"| stream actors killed (SIGKILL) during one job | {a['kills']} kills, {a['streams']} "
@@ -402,9 +795,13 @@ def main() -> None:
               f"{o['streams_error']} errors; {o['objects']} objects, each stream once: "
               f"{o['each_stream_once']} |")  # fmt: skip
     inputs = result.get("inputs", [])
-    print("\n| bad input | outcome | message (shortened) |")
-    print("|---|---|---|")
+    if inputs:
+        print("\n| bad input | outcome | message (shortened) |")
+        print("|---|---|---|")
     for r in inputs:
+        if "refused" in r:
+            print(f"| {r['input']} | refused before Ray (exit 2) | {r['refused'][:157]} |")
+            continue
         if r["error_rows"]:
             what = f"{r['error_rows']} error row(s) `{', '.join(r['error_kinds'])}`; {r['streams_ok']} ok"
         elif r["ok_with_warning"]:
@@ -414,6 +811,17 @@ def main() -> None:
         message = " ".join(str(r["message"]).split())
         message = message if len(message) <= 160 else message[:157] + "..."
         print(f"| {r['input']} | {what} | {message.replace('|', '/')} |")
+    if "edges" in result:
+        print("\n| case | exit status | the one line (shortened) | also checked | seconds |")
+        print("|---|---|---|---|---|")
+        for r in result["edges"]:
+            line = " ".join(str(r["line"]).split())
+            line = line if len(line) <= 200 else line[:197] + "..."
+            status = "" if r["exit"] is None else r["exit"]
+            facts = "; ".join(
+                f"{k}: {v}" for k, v in r.items() if k not in ("case", "exit", "line", "seconds")
+            )
+            print(f"| {r['case']} | {status} | {line.replace('|', '/')} | {facts} | {r['seconds']:.1f} |")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1, default=str))
     print(f"\nJSON: {args.out}")

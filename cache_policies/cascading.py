@@ -33,49 +33,48 @@ from typing import Any, Literal
 
 import torch
 
-from cache_policies.base import CachePolicy, PolicyConfigError, check_int, to_device
+from cache_policies.base import CachePolicy, param
+
+
+def _slot_per_cascade(policy: Cascading) -> str | None:
+    """``cascades``' rule: every sub-cache gets a slot of ``budget - sink``."""
+    assert policy.budget is not None
+    slots = policy.budget - policy.sink
+    if slots < policy.cascades:
+        return (
+            f"budget - sink = {slots} slots cannot give cascades={policy.cascades} sub-caches a slot "
+            f"each; use budget >= {policy.sink + policy.cascades} or fewer cascades."
+        )
+    return None
 
 
 class Cascading(CachePolicy):
     name = "cascading"
     needs_scores = True
 
-    def __init__(
-        self,
-        budget: int,
-        sink: int = 4,
-        cascades: int = 4,
-        beta: float = 0.9999,
-        reduce: Literal["max", "mean"] = "max",
-    ) -> None:
-        super().__init__(budget=budget, sink=sink)
-        check_int(self.name, "cascades", cascades)
-        if isinstance(beta, bool) or not isinstance(beta, int | float):
-            raise PolicyConfigError(
-                f"cascading: beta={beta!r} must be a number in (0, 1), got {type(beta).__name__} "
-                "(write it with a dot, e.g. beta=0.9999: YAML reads 1e-4 as text)."
-            )
-        if cascades < 1:
-            raise PolicyConfigError(f"cascading: cascades={cascades} must be >= 1 (1 = StreamingLLM).")
-        slots = budget - sink
-        if slots < cascades:
-            raise PolicyConfigError(
-                f"cascading: budget - sink = {slots} slots cannot give cascades={cascades} sub-caches a slot "
-                f"each; use budget >= {sink + cascades} or fewer cascades."
-            )
-        if not 0.0 < beta < 1.0:
-            raise PolicyConfigError(f"cascading: beta={beta} must be in (0, 1) (paper: 0.9999).")
-        if reduce not in ("max", "mean"):
-            raise PolicyConfigError(f"cascading: reduce={reduce!r} must be 'max' (paper) or 'mean'.")
-        self.cascades = cascades
+    #: Sub-caches C, each fed half as often as the one before.
+    cascades: int = param(default=4, minimum=1, note="1 = StreamingLLM", rule=_slot_per_cascade)
+    #: Score EMA decay per token.
+    beta: float = param(
+        default=0.9999,
+        between=(0, 1),
+        note="paper: 0.9999",
+        hint="write it with a dot, e.g. beta=0.9999: YAML reads 1e-4 as text",
+    )
+    #: How a GQA group's query heads' scores reduce to their KV head's.
+    reduce: Literal["max", "mean"] = param(default="max", must="'max' (paper) or 'mean'")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        assert self.budget is not None
+        slots = self.budget - self.sink
         # W = M / C slots each; when C does not divide M the newest sub-caches take one slot more, so any
         # budget works (a budget given as a fraction of a document rarely divides) and the span stays
         # about W (2^C - 1).
-        self._widths = [slots // cascades + (level < slots % cascades) for level in range(cascades)]
-        self.beta = beta
-        self.reduce = reduce
+        self._widths = [
+            slots // self.cascades + (level < slots % self.cascades) for level in range(self.cascades)
+        ]
         self._weights: dict[tuple[int, torch.device], torch.Tensor] = {}
-        self.reset()
 
     def reset(self) -> None:
         super().reset()
@@ -197,7 +196,12 @@ class Cascading(CachePolicy):
             count = m + int(starts.sum())
             cand = torch.cat([entries, arrivals], dim=1)  # (LH, m+K)
             cand_score = scores.gather(1, cand)
-            groups = to_device(entry_of, cand.device).expand(rows, -1)  # no host wait
+            # entry_of comes from the schedule, decided on the host. No host wait for the copy: from pinned
+            # memory it is queued like a kernel, whereas from pageable memory (even non_blocking) CUDA may
+            # synchronize with the stream to stage it. On the CPU this is no copy at all.
+            if cand.is_cuda:
+                entry_of = entry_of.pin_memory()
+            groups = entry_of.to(cand.device, non_blocking=cand.is_cuda).expand(rows, -1)
             best = cand_score.new_full((rows, count), float("-inf"))
             best = best.scatter_reduce(1, groups, cand_score, "amax")
             order = torch.arange(cand.shape[1], device=cand.device).expand(rows, -1)
@@ -215,15 +219,6 @@ class Cascading(CachePolicy):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         # Snapshots written before sub-caches could differ in width carry ``window``, now derived (_widths).
         super().load_state_dict({k: v for k, v in state.items() if k != "window"})
-
-    def params(self) -> dict[str, Any]:
-        return {
-            "budget": self.budget,
-            "sink": self.sink,
-            "cascades": self.cascades,
-            "beta": self.beta,
-            "reduce": self.reduce,
-        }
 
     def stats(self) -> dict[str, Any]:
         return {"compactions": self.compactions, "seen": self.seen, "counts": list(self.counts)}

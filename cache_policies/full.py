@@ -2,23 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from cache_policies.base import CachePolicy
+from cache_policies.base import CachePolicy, param
 
 
 class FullCache(CachePolicy):
     name = "full"
     needs_budget = False
 
-    def __init__(self, budget: int | None = None, sink: int = 0) -> None:
-        # The budget is accepted (so every policy takes the same arguments) but ignored: nothing is evicted.
-        super().__init__(budget=None, sink=0)
+    # Accepted (so every policy takes the same arguments) but ignored: nothing is evicted.
+    budget: int | None = param(default=None, ignored=True)
+    sink: int = param(default=0, ignored=True)
 
     def select(self, n: int, positions: torch.Tensor) -> torch.Tensor | None:
         return None
-
-    def params(self) -> dict[str, Any]:
-        return {"budget": None}

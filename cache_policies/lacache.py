@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from cache_policies.base import CachePolicy, PolicyConfigError, check_int
+from cache_policies.base import CachePolicy, PolicyConfigError
 
 
 def ladder_geometry(num_layers: int, span: int, overlap: int) -> tuple[int, int, int]:
@@ -48,13 +48,15 @@ def ladder_geometry(num_layers: int, span: int, overlap: int) -> tuple[int, int,
 class LaCache(CachePolicy):
     name = "lacache"
 
-    def __init__(self, budget: int, sink: int = 4, span: int = 15, overlap: int = 0) -> None:
-        super().__init__(budget=budget, sink=sink)
-        self.span = check_int(self.name, "span", span)
-        self.overlap = check_int(self.name, "overlap", overlap)
-        self.block = self.keep = self.frees = 0
-        self.cursor = sink
-        self.sweeps = 0
+    #: S, which with O sets the ladder (see the module docstring); 1 <= S <= L (paper: about L/2), checked
+    #: against the model's layers in ``bind``.
+    span: int = 15
+    #: O, 0 <= O < S, checked in ``bind``.
+    overlap: int = 0
+
+    def __post_init__(self) -> None:
+        self.block = self.keep = self.frees = 0  # the ladder's geometry (B, A, R): set by bind
+        super().__post_init__()
 
     def bind(self, num_layers: int, num_kv_heads: int) -> None:
         self.block, self.keep, self.frees = ladder_geometry(num_layers, self.span, self.overlap)
@@ -112,9 +114,6 @@ class LaCache(CachePolicy):
         head = torch.arange(cursor).expand(layers, -1)
         rest = torch.arange(cursor + blocks * self.block, n).expand(layers, -1)
         return torch.cat([head, region, rest], dim=1)
-
-    def params(self) -> dict[str, Any]:
-        return {"budget": self.budget, "sink": self.sink, "span": self.span, "overlap": self.overlap}
 
     def stats(self) -> dict[str, Any]:
         return {

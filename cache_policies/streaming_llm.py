@@ -14,9 +14,6 @@ from cache_policies.base import CachePolicy
 class StreamingLLM(CachePolicy):
     name = "streaming_llm"
 
-    def __init__(self, budget: int, sink: int = 4) -> None:
-        super().__init__(budget=budget, sink=sink)
-
     def select(self, n: int, positions: torch.Tensor) -> torch.Tensor | None:
         assert self.budget is not None
         if n <= self.budget:

@@ -151,22 +151,30 @@ def forward_context(ctx: ForwardContext) -> Iterator[ForwardContext]:
         _CONTEXT.reset(token)
 
 
+#: The weights of a chunk's queries, ``(n_queries, device) -> (n_queries,)`` float32 (``query_weights``).
+QueryWeights = Callable[[int, torch.device], torch.Tensor]
+
+
 @contextmanager
-def record_scores(observer: ScoreObserver, block: int = SCORE_BLOCK) -> Iterator[ScoreSink]:
+def record_scores(
+    observer: ScoreObserver, block: int = SCORE_BLOCK, query_weights: QueryWeights | None = None
+) -> Iterator[ScoreSink]:
     """Outside the engine (one stream, batch 1, keys = cache + chunk): every layer's column sums go to
-    ``observer.observe(layer, sums (H_q, K), n_new)``. Query weights come from ``observer.query_weights``
-    when it has one, else ones."""
+    ``observer.observe(layer, sums (H_q, K), n_new)``, each query weighted by ``query_weights`` (e.g. a
+    policy's ``CachePolicy.query_weights``), else by one."""
     if block < 1:
         raise ValueError(f"block={block} must be >= 1 key per tile")
     sink = ScoreSink(on_layer=lambda layer, sums: None, weights=torch.zeros(0), block=block)
-    token = _OBSERVER.set((observer, sink))
+    token = _OBSERVER.set((observer, sink, query_weights))
     try:
         yield sink
     finally:
         _OBSERVER.reset(token)
 
 
-_OBSERVER: ContextVar[tuple[ScoreObserver, ScoreSink] | None] = ContextVar("longread_observer", default=None)
+_OBSERVER: ContextVar[tuple[ScoreObserver, ScoreSink, QueryWeights | None] | None] = ContextVar(
+    "longread_observer", default=None
+)
 
 
 # --------------------------------------------------------------------------------------- column sums
@@ -294,10 +302,12 @@ def _record(module: nn.Module, query: torch.Tensor, key: torch.Tensor, kwargs: d
             sink.on_layer(int(layer), sums)
         else:
             assert observed is not None
-            observer = observed[0]
+            observer, _, query_weights = observed
             n_new = query.shape[2]
-            fn = getattr(observer, "query_weights", None)
-            weights = fn(n_new, query.device) if fn is not None else torch.ones(n_new, device=query.device)
+            if query_weights is None:
+                weights = torch.ones(n_new, device=query.device)
+            else:
+                weights = query_weights(n_new, query.device)
             size = [n_new] * query.shape[0]
             sums = batched_column_sums(
                 query, key, [key.shape[2] - n_new] * query.shape[0], size, weights.expand(len(size), -1),
@@ -322,6 +332,10 @@ def sdpa_with_scores(
 
 
 def _flash(original: str) -> Callable[..., tuple[torch.Tensor, None]]:
+    """The attention function registered for flash implementation ``original``: the dense kernel for a
+    uniform block of rows (or outside the engine), else the varlen kernel over the packed rows; then the
+    column sums while scores are recorded."""
+
     def forward(
         module: nn.Module,
         query: torch.Tensor,
@@ -330,13 +344,6 @@ def _flash(original: str) -> Callable[..., tuple[torch.Tensor, None]]:
         attention_mask: torch.Tensor | None,
         **kwargs: Any,
     ) -> tuple[torch.Tensor, None]:
-        from transformers.integrations.flash_attention import get_target_dtype
-        from transformers.modeling_flash_attention_utils import (
-            _flash_attention_forward,
-            flash_attn_supports_top_left_mask,
-            lazy_import_flash_attention,
-        )
-
         ctx = _CONTEXT.get()
         common = {
             "dropout": kwargs.get("dropout", 0.0),
@@ -347,43 +354,78 @@ def _flash(original: str) -> Callable[..., tuple[torch.Tensor, None]]:
         if ctx is None or ctx.uniform:
             if attention_mask is not None and ctx is None:
                 raise NotImplementedError("longread's flash attention takes rows laid out by the engine.")
-            # transformers' flash_attention_forward picks the kernel from module.config (now our name), so
-            # call the layer below it with the original implementation's name. Layout there is (B, S, H, D).
-            out = _flash_attention_forward(
-                query.transpose(1, 2),
-                key.transpose(1, 2),
-                value.transpose(1, 2),
-                None,
-                query_length=query.shape[2],
-                is_causal=True,
-                use_top_left_mask=flash_attn_supports_top_left_mask(),
-                target_dtype=get_target_dtype(query, module),
-                attn_implementation=original,
-                **common,
-            )
+            out = _flash_dense(original, module, query, key, value, common)
         else:
-            (_, varlen, *_), (process, _) = lazy_import_flash_attention(original)
-            q_rows, q_pos, k_rows, k_pos, cu_q, cu_k = ctx.packing()
-            q = query.transpose(1, 2)[q_rows, q_pos]  # (sum sizes, H_q, D)
-            k = key.transpose(1, 2)[k_rows, k_pos]  # (sum lengths + sizes, H, D)
-            v = value.transpose(1, 2)[k_rows, k_pos]
-            spans = [n + s for n, s in zip(ctx.lengths, ctx.sizes)]
-            flash_kwargs = process(
-                query_length=max(ctx.sizes),
-                key_length=max(spans),
-                is_causal=True,
-                max_seqlen_q=max(ctx.sizes),
-                max_seqlen_k=max(spans),
-                **common,
-            )
-            packed = varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **flash_kwargs)
-            packed = packed[0] if isinstance(packed, tuple) else packed
-            out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
-            out[q_rows, q_pos] = packed.to(out.dtype)  # (n, S, H_q, D)
+            out = _flash_varlen(original, ctx, query, key, value, common)
         _record(module, query, key, kwargs)
         return out, None
 
     return forward
+
+
+def _flash_dense(
+    original: str,
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    common: dict[str, Any],
+) -> torch.Tensor:
+    """Rows of one length and full chunks: the dense kernel, causal aligned to the last key: (n, S, H_q, D).
+
+    transformers' flash_attention_forward picks the kernel from module.config (now our name), so this calls
+    the layer below it with the original implementation's name. Layout there is (B, S, H, D)."""
+    from transformers.integrations.flash_attention import get_target_dtype
+    from transformers.modeling_flash_attention_utils import (
+        _flash_attention_forward,
+        flash_attn_supports_top_left_mask,
+    )
+
+    return _flash_attention_forward(
+        query.transpose(1, 2),
+        key.transpose(1, 2),
+        value.transpose(1, 2),
+        None,
+        query_length=query.shape[2],
+        is_causal=True,
+        use_top_left_mask=flash_attn_supports_top_left_mask(),
+        target_dtype=get_target_dtype(query, module),
+        attn_implementation=original,
+        **common,
+    )
+
+
+def _flash_varlen(
+    original: str,
+    ctx: ForwardContext,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    common: dict[str, Any],
+) -> torch.Tensor:
+    """Rows of different lengths or chunk sizes: each row's real queries and keys packed into one varlen
+    call (causal aligned bottom-right per row), unpacked to ``(n, S, H_q, D)`` with zeros for padding."""
+    from transformers.modeling_flash_attention_utils import lazy_import_flash_attention
+
+    (_, varlen, *_), (process, _) = lazy_import_flash_attention(original)
+    q_rows, q_pos, k_rows, k_pos, cu_q, cu_k = ctx.packing()
+    q = query.transpose(1, 2)[q_rows, q_pos]  # (sum sizes, H_q, D)
+    k = key.transpose(1, 2)[k_rows, k_pos]  # (sum lengths + sizes, H, D)
+    v = value.transpose(1, 2)[k_rows, k_pos]
+    spans = [n + s for n, s in zip(ctx.lengths, ctx.sizes)]
+    flash_kwargs = process(
+        query_length=max(ctx.sizes),
+        key_length=max(spans),
+        is_causal=True,
+        max_seqlen_q=max(ctx.sizes),
+        max_seqlen_k=max(spans),
+        **common,
+    )
+    packed = varlen(q, k, v, cu_seqlens_q=cu_q, cu_seqlens_k=cu_k, **flash_kwargs)
+    packed = packed[0] if isinstance(packed, tuple) else packed
+    out = query.new_zeros(query.shape[0], query.shape[2], query.shape[1], query.shape[3])
+    out[q_rows, q_pos] = packed.to(out.dtype)  # (n, S, H_q, D)
+    return out
 
 
 AttentionInterface.register(SDPA_NAME, sdpa_with_scores)

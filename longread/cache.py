@@ -38,13 +38,20 @@ from typing import Any, Literal
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 
-from cache_policies.base import to_device
 from longread.rope import Rope, unexpanded
 
 RopeMode = Literal["delta", "read"]
 
 #: Bytes of float32 temporaries one compaction pass may allocate; layers are processed in groups below it.
 COMPACT_TEMP_BYTES = 256 << 20
+
+
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without making the host wait for the device's queue: a copy from
+    pageable memory would synchronize, one from pinned memory is queued like a kernel."""
+    if device.type != "cuda" or t.device.type != "cpu":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
 
 
 @dataclass

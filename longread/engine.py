@@ -107,6 +107,20 @@ class Snapshot:
         return cls(state["cache"], policy, state["last_logits"])
 
 
+@dataclass
+class _Block:
+    """The rows of one forward, in row order: ``streams[j]`` (the caller's ``order[j]``-th) sits in row
+    ``row0 + j`` with ``lengths[j]`` cached tokens and feeds ``batch[j, :sizes[j]]``."""
+
+    row0: int
+    order: list[int]
+    streams: list[Stream]
+    sizes: list[int]
+    lengths: list[int]
+    width: int
+    batch: torch.Tensor  # (n, width) token ids on the host, zero-padded
+
+
 class EngineStats:
     """Work done by an engine: tokens fed and device time in the model, in compaction and in score work."""
 
@@ -351,6 +365,31 @@ class BatchEngine:
         row is compacted once it has no room for the next chunk, and before any forward that does not
         defer it (generation uses this for prompts and generated tokens: see ``decode``).
         """
+        ids_list, deferred = self._check_chunks(streams, chunks, defer)
+        width = max(ids.numel() for ids in ids_list)
+        self._make_room(streams, deferred, width)
+        block = self._block(streams, ids_list, width)
+        out_logits, sums, picks = self._run_block(block, logits)
+        self.stats.tokens += sum(block.sizes)
+        self.stats.forwards += 1
+        results = self._hand_out(block, out_logits, picks, logits)
+        if sums is not None:
+            for j, stream in enumerate(block.streams):
+                stream.policy.observe(sums[0][:, j, :, : block.lengths[j] + block.sizes[j]], block.sizes[j])
+        now = [s for s in block.streams if id(s) not in deferred]
+        if now:
+            with self.stats.compact.measure(self.device):
+                self._compact(now)
+        return results
+
+    def _check_chunks(
+        self,
+        streams: Sequence[Stream],
+        chunks: Sequence[torch.Tensor | Sequence[int]],
+        defer: bool | Sequence[bool],
+    ) -> tuple[list[torch.Tensor], set[int]]:
+        """``forward``'s arguments checked: the chunks as flat id tensors, and the ids of the streams whose
+        chunk waits in the cache (``defer``)."""
         if len({id(s) for s in streams}) != len(streams) or len(streams) != len(chunks) or not streams:
             raise ValueError("forward takes distinct streams, one chunk each")
         defers = [defer] * len(streams) if isinstance(defer, bool) else [bool(d) for d in defer]
@@ -361,54 +400,62 @@ class BatchEngine:
         for ids in ids_list:
             if not 1 <= ids.numel() <= self.stride:
                 raise ValueError(f"a chunk holds 1..{self.stride} token ids, got {ids.numel()}")
+        return ids_list, deferred
+
+    def _make_room(self, streams: Sequence[Stream], deferred: set[int], width: int) -> None:
+        """Before the forward, compact the rows holding deferred tokens beyond the budget: every such row,
+        unless its chunk waits too and still fits (each row is written padded to the widest chunk)."""
         budget = self.prototype.budget
-        width = max(ids.numel() for ids in ids_list)
-        if budget is not None:  # rows holding deferred tokens make room first
-            full = [  # every row is written padded to the widest chunk
-                s
-                for s in streams
-                if self.kv.length(s.row) > budget
-                and (id(s) not in deferred or self.kv.length(s.row) + width > self.kv.capacity)
-            ]
-            if full:
-                with self.stats.compact.measure(self.device):
-                    self._compact(full)
+        if budget is None:
+            return
+        full = [
+            s
+            for s in streams
+            if self.kv.length(s.row) > budget
+            and (id(s) not in deferred or self.kv.length(s.row) + width > self.kv.capacity)
+        ]
+        if full:
+            with self.stats.compact.measure(self.device):
+                self._compact(full)
+
+    def _block(self, streams: Sequence[Stream], ids_list: list[torch.Tensor], width: int) -> _Block:
+        """Move ``streams`` into a contiguous block of rows and lay their chunks out in row order."""
         row0 = self._arrange(streams)
         order = sorted(range(len(streams)), key=lambda i: streams[i].row)
         ordered = [streams[i] for i in order]
         sizes = [ids_list[i].numel() for i in order]
-        n = len(ordered)
         lengths = [self.kv.length(s.row) for s in ordered]
-        batch = torch.zeros(n, width, dtype=torch.long)
+        batch = torch.zeros(len(order), width, dtype=torch.long)
         for j, i in enumerate(order):
             batch[j, : sizes[j]] = ids_list[i]
+        return _Block(row0, order, ordered, sizes, lengths, width, batch)
+
+    def _run_block(
+        self, block: _Block, logits: Logits
+    ) -> tuple[torch.Tensor, list[torch.Tensor] | None, list[int]]:
+        """One model forward over ``block`` (replayed from a captured CUDA graph where it can be). Returns
+        the logits it kept ``(n, len(picks), V)``, a score policy's column sums, and the chunk position of
+        each kept logit (``picks``). A failed forward leaves the rows as they were."""
+        lengths, sizes, width = block.lengths, block.sizes, block.width
         position_ids = to_device(torch.tensor(lengths)[:, None] + torch.arange(width), self.device)
         uniform = len(set(lengths)) == 1 and all(s == width for s in sizes)
         mask = None if uniform or self.flash else self._mask(lengths, sizes, width)
-        sink, sums = self._score_sink(ordered, sizes, width)
+        sink, sums = self._score_sink(block.streams, sizes, width)
         ctx = ForwardContext(lengths, sizes, width, self.device, scores=sink)
         ctx.device_layout()  # per-row lengths and sizes on the device once, for every layer
-        if logits == "all":
-            keep: int | torch.Tensor = 0
-            picks = list(range(width))
-        else:
-            last = sorted({s - 1 for s in sizes})
-            keep = (
-                1 if len(last) == 1 and last[0] == width - 1 else to_device(torch.tensor(last), self.device)
-            )
-            picks = [width - 1] if isinstance(keep, int) else last
-        self.kv.begin(row0, sizes, width)
+        keep, picks = self._logits_to_keep(sizes, width, logits)
+        self.kv.begin(block.row0, sizes, width)
         try:
             with self.stats.forward.measure(self.device), forward_context(ctx):
-                key = self._step_key(row0, n, uniform, width, lengths[0], keep)
+                key = self._step_key(block.row0, len(sizes), uniform, width, lengths[0], keep)
                 replayed = None
                 if key is not None:
-                    replayed = self._run_step(key, batch, position_ids, ctx, sink, sums)
+                    replayed = self._run_step(key, block.batch, position_ids, ctx, sink, sums)
                 if replayed is not None:
                     out_logits, sums = replayed
                 else:
                     out_logits = self.model(
-                        input_ids=to_device(batch, self.device),
+                        input_ids=to_device(block.batch, self.device),
                         position_ids=position_ids,
                         attention_mask=mask,
                         cache=self.kv,
@@ -419,22 +466,31 @@ class BatchEngine:
             self.kv.end(commit=False)  # the rows keep what they held before this chunk
             raise
         self.kv.end()
-        self.stats.tokens += sum(sizes)
-        self.stats.forwards += 1
-        results: list[torch.Tensor] = [torch.empty(0)] * n
-        for j, stream in enumerate(ordered):
+        return out_logits, sums, picks
+
+    def _logits_to_keep(
+        self, sizes: list[int], width: int, logits: Logits
+    ) -> tuple[int | torch.Tensor, list[int]]:
+        """The model's ``logits_to_keep`` (0: every position; 1: the last; else the positions, on the device)
+        and the chunk positions whose logits it returns: all of them for ``"all"``, else each row's last."""
+        if logits == "all":
+            return 0, list(range(width))
+        last = sorted({s - 1 for s in sizes})
+        if len(last) == 1 and last[0] == width - 1:
+            return 1, [width - 1]
+        return to_device(torch.tensor(last), self.device), last
+
+    def _hand_out(
+        self, block: _Block, out_logits: torch.Tensor, picks: list[int], logits: Logits
+    ) -> list[torch.Tensor]:
+        """Each stream's logits in the caller's order; sets every stream's ``last_logits``."""
+        results: list[torch.Tensor] = [torch.empty(0)] * len(block.streams)
+        for j, stream in enumerate(block.streams):
             row_logits = out_logits[j]
-            last_logits = row_logits[picks.index(sizes[j] - 1)]
+            last_logits = row_logits[picks.index(block.sizes[j] - 1)]
             # a copy: a view would keep the whole forward's logits alive (in snapshots and their bytes)
             stream.last_logits = last_logits.to(torch.float32, copy=True)
-            results[order[j]] = row_logits[: sizes[j]] if logits == "all" else last_logits
-        if sums is not None:
-            for j, stream in enumerate(ordered):
-                stream.policy.observe(sums[0][:, j, :, : lengths[j] + sizes[j]], sizes[j])
-        now = [s for s in ordered if id(s) not in deferred]
-        if now:
-            with self.stats.compact.measure(self.device):
-                self._compact(now)
+            results[block.order[j]] = row_logits[: block.sizes[j]] if logits == "all" else last_logits
         return results
 
     # ----------------------------------------------------------------- captured steps (CUDA graphs)
@@ -512,10 +568,8 @@ class BatchEngine:
             return None, None
         weights = torch.zeros(len(streams), width, device=self.device)
         for j, (stream, size) in enumerate(zip(streams, sizes)):
-            fn: Callable[[int, torch.device], torch.Tensor] | None = getattr(
-                stream.policy, "query_weights", None
-            )
-            weights[j, :size] = fn(size, self.device) if fn is not None else 1.0
+            row = stream.policy.query_weights(size, self.device)
+            weights[j, :size] = 1.0 if row is None else row
         holder: list[torch.Tensor] = []
 
         def on_layer(layer: int, sums: torch.Tensor) -> None:

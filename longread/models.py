@@ -100,65 +100,77 @@ def load_model(
     trust_remote_code: bool = False,
 ) -> tuple[Any, Any]:
     """Return ``(model, tokenizer)`` in eval mode on ``device`` (default: CUDA if present, else CPU)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # belt and braces: never reach a hub
     torch_dtype = resolve_dtype(dtype)
     device = device or default_device()
-    if attn_implementation not in ATTENTION:
-        raise ValueError(f"attn_implementation={attn_implementation!r}; use one of {ATTENTION}.")
-    if attn_implementation in FLASH:
-        name, package, major = FLASH[attn_implementation]
-        if not device.startswith("cuda"):
-            raise ValueError(f"{name} needs a CUDA device; use attn_implementation='sdpa' on CPU.")
-        if torch_dtype == torch.float32:
-            raise ValueError(f"{name} needs dtype='bfloat16' or 'float16'.")
-        if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < major:
-            raise ValueError(
-                f"{name} needs a GPU of compute capability {major}.0 or newer (this one is "
-                f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}); use "
-                "attn_implementation='sdpa' or another FlashAttention."
-            )
-        if importlib.util.find_spec("flash_attn") is None:
-            raise ValueError(f"{name} needs the package {package}; or use attn_implementation='sdpa'.")
-
+    _check_attention(attn_implementation, device, torch_dtype)
     kwargs: dict[str, Any] = {
         "dtype": torch_dtype,
         "attn_implementation": attn_implementation,
         "trust_remote_code": trust_remote_code,
     }
+    model, tokenizer = _from_files(source, kwargs, trust_remote_code)
+    model.to(device)
+    model.eval()
+    return model, tokenizer
+
+
+def _check_attention(attn_implementation: str, device: str, dtype: torch.dtype) -> None:
+    """Refuse, before any weights load, an attention implementation this machine cannot run: FlashAttention
+    needs CUDA, half precision, a recent enough GPU and its package."""
+    if attn_implementation not in ATTENTION:
+        raise ValueError(f"attn_implementation={attn_implementation!r}; use one of {ATTENTION}.")
+    if attn_implementation not in FLASH:
+        return
+    name, package, major = FLASH[attn_implementation]
+    if not device.startswith("cuda"):
+        raise ValueError(f"{name} needs a CUDA device; use attn_implementation='sdpa' on CPU.")
+    if dtype == torch.float32:
+        raise ValueError(f"{name} needs dtype='bfloat16' or 'float16'.")
+    if torch.cuda.is_available() and torch.cuda.get_device_capability(device)[0] < major:
+        raise ValueError(
+            f"{name} needs a GPU of compute capability {major}.0 or newer (this one is "
+            f"{'.'.join(map(str, torch.cuda.get_device_capability(device)))}); use "
+            "attn_implementation='sdpa' or another FlashAttention."
+        )
+    if importlib.util.find_spec("flash_attn") is None:
+        raise ValueError(f"{name} needs the package {package}; or use attn_implementation='sdpa'.")
+
+
+def _from_files(
+    source: str | os.PathLike[str] | None, kwargs: dict[str, Any], trust_remote_code: bool
+) -> tuple[Any, Any]:
+    """Model and tokenizer from the embedded model, a ``.gguf`` file or a model folder (local files only;
+    the tokenizer runs remote code only if asked, and never the embedded one's)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     if is_default_model(source):
         from longread.assets import default_model_dir
 
         path = default_model_dir()
         model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)  # ours: no remote code
-    else:
-        path = model_path(source)
-        if path.suffix == ".gguf":
-            if not path.is_file():
-                raise FileNotFoundError(f"GGUF file {path} does not exist.")
-            log.info("loading GGUF %s (dequantizing; convert once with longread.assets.convert_gguf)", path)
-            local = {"gguf_file": path.name, "local_files_only": True}
-            model = AutoModelForCausalLM.from_pretrained(path.parent, **local, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(
-                path.parent, trust_remote_code=trust_remote_code, **local
-            )
-        elif path.is_dir():
-            if not (path / "config.json").exists():
-                raise FileNotFoundError(
-                    f"{path} has no config.json; point `model` at a Hugging Face model folder."
-                )
-            model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
-            tokenizer = AutoTokenizer.from_pretrained(
-                path, local_files_only=True, trust_remote_code=trust_remote_code
-            )
-        else:
+        return model, AutoTokenizer.from_pretrained(path, local_files_only=True)  # ours: no remote code
+    path = model_path(source)
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file {path} does not exist.")
+        log.info("loading GGUF %s (dequantizing; convert once with longread.assets.convert_gguf)", path)
+        local = {"gguf_file": path.name, "local_files_only": True}
+        model = AutoModelForCausalLM.from_pretrained(path.parent, **local, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, trust_remote_code=trust_remote_code, **local)
+        return model, tokenizer
+    if path.is_dir():
+        if not (path / "config.json").exists():
             raise FileNotFoundError(
-                f"model {str(source)!r} is neither a local model directory nor a .gguf file. longread "
-                "does not download weights at run time: download the model yourself (e.g. `hf download`) and "
-                "pass its folder, or use 'default' for the embedded SmolLM2-135M-Instruct."
+                f"{path} has no config.json; point `model` at a Hugging Face model folder."
             )
-    model.to(device)  # type: ignore[arg-type]
-    model.eval()
-    return model, tokenizer
+        model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(
+            path, local_files_only=True, trust_remote_code=trust_remote_code
+        )
+        return model, tokenizer
+    raise FileNotFoundError(
+        f"model {str(source)!r} is neither a local model directory nor a .gguf file. longread "
+        "does not download weights at run time: download the model yourself (e.g. `hf download`) and "
+        "pass its folder, or use 'default' for the embedded SmolLM2-135M-Instruct."
+    )

@@ -14,15 +14,21 @@ Contract:
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+import re
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from cache_policies import POLICIES, CachePolicy, PolicyConfigError, make_policy, policy_kwargs
-from longread.generation import GenerationSettings as Sampling
-from longread.models import model_name
 from pipeline.inputs.sources import TextFormat
-from pipeline.storage import DEFAULT_S3_RETRIES, Storage
+from pipeline.output.manifest import COMMIT_BYTES, COMMIT_ROWS, COMMIT_SECONDS
+from pipeline.storage import DEFAULT_S3_RETRIES, Storage, check_no_credentials
+
+if TYPE_CHECKING:
+    from cache_policies import CachePolicy
+    from longread.generation import GenerationSettings as Sampling
+
+# cache_policies and longread (torch, transformers) are imported where a setting is checked or used, not
+# here: the command line's --help and its flags' texts need these sections, not torch (seconds to import).
 
 
 class Section(BaseModel):
@@ -31,14 +37,20 @@ class Section(BaseModel):
 
 class ModelSettings(Section):
     source: str = Field(
-        default="default", description="'default' (embedded SmolLM2-135M-Instruct), a model folder or .gguf"
+        default="default",
+        description="'default' (the embedded SmolLM2-135M-Instruct), a local Hugging Face folder or a .gguf "
+        "file; never a hub id (nothing is downloaded at run time)",
     )
-    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    dtype: Literal["float32", "bfloat16", "float16"] = Field(
+        default="float32", description="weights and KV cache precision"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
-        default="auto", description="auto: one GPU per actor when the cluster has GPUs"
+        default="auto", description="auto: one GPU per actor when the Ray cluster has GPUs, else CPU actors"
     )
-    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_4"] = "sdpa"
-    trust_remote_code: bool = False
+    attn_implementation: Literal["sdpa", "eager", "flash_attention_2", "flash_attention_4"] = Field(
+        default="sdpa", description="attention kernels; flash_attention_2/4 need a GPU and half precision"
+    )
+    trust_remote_code: bool = Field(default=False, description="allow model code from the model folder")
     cuda_graphs: bool = Field(
         default=False,
         description="replay steady-state full-chunk forwards from CUDA graphs (GPU, bounded policy, SDPA "
@@ -47,23 +59,54 @@ class ModelSettings(Section):
 
     @property
     def display_name(self) -> str:
+        from longread.models import model_name
+
         return model_name(self.source)
 
 
 class PolicySettings(Section):
-    name: str = "lacache"
+    name: str = Field(
+        default="lacache", description="a registered cache policy: full, streaming_llm, lacache, cascading"
+    )
     budget: int | None = Field(default=512, ge=1, description="tokens the cache keeps (ignored by 'full')")
-    sink: int = Field(default=4, ge=0)
+    sink: int = Field(default=4, ge=0, description="attention-sink tokens always kept")
     stride: int = Field(default=256, ge=1, description="tokens per forward chunk")
     params: dict[str, Any] = Field(
-        default_factory=dict, description="policy-specific: span, overlap, cascades, beta"
+        default_factory=dict,
+        description="policy-specific: span, overlap (lacache); cascades, beta, reduce (cascading); a budget "
+        "or sink given here sets policy.budget / policy.sink",
     )
     rope_mode: Literal["delta", "read"] | None = Field(
         default=None, description="pos-shift implementation; default: the faithful one for the model's dtype"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _one_budget(cls, data: Any) -> Any:
+        """``budget``/``sink`` in ``params`` (a policy spec's ``budget=256``) move into the fields, so that
+        the config, the job record and the policy that runs say the same; both given and different is an
+        error, not a silent winner."""
+        if not isinstance(data, dict) or not isinstance(data.get("params"), dict):
+            return data
+        params = dict(data["params"])
+        data = dict(data)
+        for key in ("budget", "sink"):
+            if key not in params:
+                continue
+            value = params.pop(key)
+            if key in data and data[key] != value:
+                raise ValueError(
+                    f"policy.{key}={data[key]} and policy.params.{key}={value} (e.g. from a --policy spec) "
+                    f"disagree: set it once, as policy.{key} (--{key}) or in the spec, not both"
+                )
+            data[key] = value
+        data["params"] = params
+        return data
+
     @model_validator(mode="after")
     def _check_policy(self) -> PolicySettings:
+        from cache_policies import POLICIES, PolicyConfigError
+
         if self.name not in POLICIES:
             raise ValueError(f"unknown cache policy {self.name!r}; choose one of {sorted(POLICIES)}")
         try:
@@ -73,6 +116,8 @@ class PolicySettings(Section):
         return self
 
     def build(self) -> CachePolicy:
+        from cache_policies import make_policy, policy_kwargs
+
         return make_policy(
             self.name, **policy_kwargs(self.name, self.params, budget=self.budget, sink=self.sink)
         )
@@ -81,14 +126,22 @@ class PolicySettings(Section):
 class StorageSettings(Section):
     """S3 settings; unset ones come from AWS_ENDPOINT_URL(_S3), AWS_REGION and botocore's credential chain."""
 
-    endpoint_url: str | None = None
-    region: str | None = None
-    key: SecretStr | None = None
-    secret: SecretStr | None = None
-    token: SecretStr | None = None
-    anon: bool = False
+    endpoint_url: str | None = Field(
+        default=None, description="S3-compatible endpoint (MinIO, moto ...); unset: AWS_ENDPOINT_URL(_S3)"
+    )
+    region: str | None = Field(default=None, description="S3 region; unset: AWS_REGION / AWS_DEFAULT_REGION")
+    key: SecretStr | None = Field(
+        default=None, description="access key id (masked everywhere); unset: botocore's credential chain"
+    )
+    secret: SecretStr | None = Field(default=None, description="secret access key (masked everywhere)")
+    token: SecretStr | None = Field(default=None, description="session token (masked everywhere)")
+    anon: bool = Field(default=False, description="anonymous access to public buckets")
     retries: int = Field(
-        default=DEFAULT_S3_RETRIES, ge=1, le=100, description="attempts per S3 request (botocore backoff)"
+        default=DEFAULT_S3_RETRIES,
+        ge=1,
+        le=100,
+        description="attempts per S3 request before a transient error (refused, timeout, throttling, 5xx) "
+        "counts; exponential backoff up to 20 s apart",
     )
 
     def to_storage(self) -> Storage:
@@ -110,15 +163,26 @@ class InputSettings(TextFormat):
     """Where the inputs are and how much of them to read; the decoding settings come from ``TextFormat``."""
 
     paths: list[str] = Field(
-        default_factory=list, description="files, folders, globs, s3:// keys or prefixes"
+        default_factory=list,
+        description="files, folders (recursive), globs, s3:// keys, prefixes or globs; empty for summarize "
+        "(and qa with questions): the sample plays",
     )
     max_tokens_per_stream: int | None = Field(
-        default=None, ge=1, description="stop each stream after this many tokens"
+        default=None, ge=1, description="stop each stream after this many tokens; unset: read to the end"
     )
-    split_parts: int = Field(
-        default=1, ge=1, description="split each large text file into this many parallel parts"
+    split_parts: int | Literal["auto"] = Field(
+        default="auto",
+        description="split each large text file into this many parallel parts; auto: logs split a file "
+        "over the actors when there are fewer files than actors, books and records never",
     )
-    min_split_bytes: int = Field(default=1 << 20, ge=1)
+    min_split_bytes: int = Field(
+        default=1 << 20, ge=1, description="only files at least this large are split"
+    )
+
+    @field_validator("paths")
+    @classmethod
+    def _no_credentials(cls, paths: list[str]) -> list[str]:
+        return [check_no_credentials(p, "input path") for p in paths]
 
 
 #: Default of ``output.checkpoint_every_tokens`` (cost per checkpoint in BENCHMARKS.md, "Stream checkpoints").
@@ -126,7 +190,10 @@ CHECKPOINT_EVERY_TOKENS = 65536
 
 
 class OutputSettings(Section):
-    path: str | None = Field(default=None, description="folder or s3:// prefix; default ./output/<job name>")
+    path: str | None = Field(
+        default=None,
+        description="local folder or s3://bucket/prefix for the Parquet results; unset: output/<job name>",
+    )
     retry_errors: bool = Field(
         default=False, description="re-process streams whose previous result is an error row"
     )
@@ -136,6 +203,26 @@ class OutputSettings(Section):
         description="save a long stream's state to <output>/_checkpoints/ every this many document tokens, "
         "so a stream whose actor dies resumes there; null: never",
     )
+    commit_every_rows: int = Field(
+        default=COMMIT_ROWS,
+        ge=1,
+        description="an actor commits the rows it made (of all its streams) as one Parquet part once this "
+        "many wait",
+    )
+    commit_every_bytes: int = Field(
+        default=COMMIT_BYTES, ge=1, description="... or once they hold about this many bytes of text"
+    )
+    commit_every_seconds: float = Field(
+        default=COMMIT_SECONDS,
+        gt=0,
+        description="... or once the oldest has waited this long: a running stream's rows are readable "
+        "within it",
+    )
+
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, path: str | None) -> str | None:
+        return None if path is None else check_no_credentials(path, "output path")
 
 
 #: Defaults of ``resources.streams_per_actor``, from benchmarks/bench_batch.py (BENCHMARKS.md).
@@ -145,16 +232,23 @@ STREAMS_PER_GPU_ACTOR = 16
 
 class ResourceSettings(Section):
     actors: int | None = Field(
-        default=None, ge=1, description="default: one per GPU, or CPUs // threads_per_actor"
+        default=None, ge=1, description="number of actors; unset: one per GPU, or CPUs // threads_per_actor"
     )
-    gpus_per_actor: float = Field(default=1.0, gt=0)
+    gpus_per_actor: float = Field(default=1.0, gt=0, description="GPUs per GPU actor")
     threads_per_actor: int = Field(default=1, ge=1, description="torch threads (and Ray CPUs) per CPU actor")
     ray_address: str | None = Field(
         default=None,
         description="cluster to join ('local': always a new in-process one); default RAY_ADDRESS",
     )
     num_cpus: int | None = Field(default=None, ge=1, description="CPUs of a Ray instance started in-process")
-    include_dashboard: bool | None = None
+    include_dashboard: bool | None = Field(
+        default=None, description="start the dashboard with an in-process Ray; unset: Ray's default"
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="json: every log line of the driver and the actors is one JSON object (Ray's logging "
+        "config) with this run's longread_job_id and, for a stream's lines, its stream_id",
+    )
     streams_per_actor: int | None = Field(
         default=None,
         ge=1,
@@ -171,10 +265,10 @@ class GenerationSettings(Section):
     """How every generation of a job samples and is framed; each kind of output (a segment summary, an
     answer, a report) has its own length and repetition controls in its task's section (``Decoding``)."""
 
-    temperature: float = Field(default=0.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    top_k: int = Field(default=0, ge=0)
-    seed: int | None = 0
+    temperature: float = Field(default=0.0, ge=0, description="sampling temperature; 0 = greedy")
+    top_p: float = Field(default=1.0, gt=0, le=1, description="nucleus sampling; 1 = off")
+    top_k: int = Field(default=0, ge=0, description="top-k sampling; 0 = off")
+    seed: int | None = Field(default=0, description="sampling seed (per stream)")
     drop_repeated_sentences: bool = Field(
         default=True,
         description="remove verbatim repeats of a sentence (small models loop under greedy decoding)",
@@ -186,6 +280,8 @@ class GenerationSettings(Section):
 
     def sampling(self, stop: tuple[str, ...] = ()) -> Sampling:
         """The engine's generation settings for these (each request sets its own ``max_new_tokens``)."""
+        from longread.generation import GenerationSettings as Sampling
+
         return Sampling(
             temperature=self.temperature, top_p=self.top_p, top_k=self.top_k, seed=self.seed, stop=stop
         )
@@ -222,19 +318,55 @@ class Decoding(Section):
         )
 
 
+#: A job id names its record's file (``_jobs/<job_id>.json``) and goes into every row: a short, safe name.
+JOB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
 class BaseJobConfig(Section):
     """What every job has; ``actors.tasks.JobConfig`` adds one section per task."""
 
-    task: str
-    job_id: str | None = Field(default=None, description="default: <job name>-<UTC time>-<random>")
-    model: ModelSettings = Field(default_factory=lambda: ModelSettings())
-    policy: PolicySettings = Field(default_factory=lambda: PolicySettings())
-    input: InputSettings = Field(default_factory=lambda: InputSettings())
-    output: OutputSettings = Field(default_factory=lambda: OutputSettings())
-    resources: ResourceSettings = Field(default_factory=lambda: ResourceSettings())
-    storage: StorageSettings = Field(default_factory=lambda: StorageSettings())
-    generation: GenerationSettings = Field(default_factory=lambda: GenerationSettings())
-    progress: bool = True
+    task: str = Field(description="summarize, qa or logs (set by the job)")
+    job_id: str | None = Field(
+        default=None,
+        description="id written in every row and in _jobs/<job_id>.json: 1-128 letters, digits, '.', '_' or "
+        "'-'; unset: <job name>-<UTC time>-<random>",
+    )
+    model: ModelSettings = Field(
+        default_factory=lambda: ModelSettings(), description="the model every actor loads"
+    )
+    policy: PolicySettings = Field(
+        default_factory=lambda: PolicySettings(), description="the bounded KV-cache policy and its sizes"
+    )
+    input: InputSettings = Field(
+        default_factory=lambda: InputSettings(), description="where the inputs are, how to read them, limits"
+    )
+    output: OutputSettings = Field(
+        default_factory=lambda: OutputSettings(), description="where results go, resume and checkpoints"
+    )
+    resources: ResourceSettings = Field(
+        default_factory=lambda: ResourceSettings(), description="the Ray cluster and the actor pool"
+    )
+    storage: StorageSettings = Field(
+        default_factory=lambda: StorageSettings(), description="S3 endpoint, region and credentials"
+    )
+    generation: GenerationSettings = Field(
+        default_factory=lambda: GenerationSettings(),
+        description="sampling and prompt framing of every output",
+    )
+    progress: bool = Field(
+        default=True, description="progress bar on the driver (else a log line every 30 s)"
+    )
+
+    @field_validator("job_id")
+    @classmethod
+    def _safe_job_id(cls, value: str | None) -> str | None:
+        if value is not None and not JOB_ID.fullmatch(value):
+            raise ValueError(
+                f"{value[:60]!r} is not a valid job id: use 1 to 128 letters, digits, '.', '_' or '-', "
+                "starting with a letter or digit (it names the file _jobs/<job_id>.json in the output), "
+                "e.g. --job-id nightly-2025-01-01"
+            )
+        return value
 
     def public_dict(self) -> dict[str, Any]:
         """The settings with secrets masked: for job records and logs."""

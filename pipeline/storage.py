@@ -127,3 +127,31 @@ _USERINFO = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*://)(?:[^/?#]*@|[^/@:?#]+:[^@]
 def display_uri(uri: str) -> str:
     """The URI without any embedded credentials, for rows and logs."""
     return _USERINFO.sub(r"\1", uri)
+
+
+#: Query parameters that carry credentials: pre-signed URLs (SigV2's AWSAccessKeyId/Signature, SigV4's
+#: X-Amz-Credential/Signature/Security-Token).
+_QUERY_CREDENTIALS = re.compile(
+    r"[?&](AWSAccessKeyId|Signature|X-Amz-Credential|X-Amz-Signature|X-Amz-Security-Token)=", re.IGNORECASE
+)
+
+
+def check_no_credentials(uri: str, setting: str) -> str:
+    """``uri`` unchanged, or ``ValueError`` when a remote URI carries credentials (``key:secret@`` or a
+    pre-signed query): they would travel in every descriptor, row and job record, so they are refused,
+    naming the settings meant for them. The message shows the URI without them."""
+    if protocol_of(uri) == "file":  # a local name may hold '@', ':' or '?'
+        return uri
+    if _USERINFO.match(uri):
+        found = "a user:password part"
+    elif _QUERY_CREDENTIALS.search(uri):
+        found = "credentials in its query"
+    else:
+        return uri
+    shown = display_uri(uri).split("?", 1)[0]
+    raise ValueError(
+        f"{setting} {shown} carries {found}, which is refused (the URI would put the secret in logs, rows "
+        "and job records): remove them from the URI and set storage.key and storage.secret (and "
+        "storage.token) in the config, or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE where the "
+        "job runs"
+    )

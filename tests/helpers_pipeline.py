@@ -183,9 +183,11 @@ def job_config(task: str, inputs: list[str], output: str, model_dir: Path, **sec
             "final_generation": NO_FINISH,
         },
         "qa": {"max_new_tokens": 6, "generation": NO_FINISH},
-        "logs": {"window_tokens": 256, "max_new_tokens": 6, "generation": NO_FINISH},
+        # The raw feed with small token windows unless a test asks for the condensed one (the default).
+        "logs": {"feed": "raw", "window_tokens": 256, "max_new_tokens": 6, "generation": NO_FINISH},
     }
-    if "window_seconds" in sections.get("logs", {}):
+    logs = sections.get("logs", {})
+    if "window_seconds" in logs or logs.get("feed") == "condensed":
         del data["logs"]["window_tokens"]
     for name, values in sections.items():
         if isinstance(data.get(name), dict):
@@ -288,3 +290,98 @@ def take_s3_away(fs: Any, moto: Any, out_prefix: str, seconds: float, events: di
     time.sleep(seconds)
     moto.start()
     events["up"] = time.time()
+
+
+_SEQ = iter(range(1, 1_000_000))
+
+
+def write_stream(writer: Any, stream_id: str, rows: list[dict[str, Any]]) -> str:
+    """Commit one whole stream as a part of its own (as an actor's roller would, for tests of readers)."""
+    from pipeline.output.parts import commit_streams
+
+    return commit_streams(writer, "test", next(_SEQ), {stream_id: rows})
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class RayHead:
+    """A Ray head as the README starts and stops one: ``scripts/ray_head.sh`` (free ports, its own temp
+    dir, a state file under ``state_dir``; returns once the head answers) and ``scripts/ray_stop.sh`` (that
+    head only). ``tree`` remembers its processes (the head, its node's, its jobs'), so a test can check that
+    the stop left none."""
+
+    def __init__(self, state_dir: Path, token_path: Path, *args: str) -> None:
+        import subprocess
+        import sys
+
+        self.token = token_path.read_text() if token_path.exists() else os.urandom(24).hex()
+        token_path.write_text(self.token)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        self.env.update(
+            LONGREAD_VENV=sys.prefix, RAY_AUTH_TOKEN_PATH=str(token_path), LONGREAD_RAY_STATE=str(state_dir)
+        )
+        self.env.pop("VIRTUAL_ENV", None)
+        before = set(state_dir.glob("*.env")) if state_dir.is_dir() else set()
+        command = [str(ROOT / "scripts" / "ray_head.sh"), "--num-cpus", "1", "--disable-usage-stats", *args]
+        self.started = subprocess.run(command, env=self.env, capture_output=True, text=True, timeout=300)
+        assert self.started.returncode == 0, self.started.stdout + self.started.stderr
+        (state,) = set(state_dir.glob("*.env")) - before
+        self.state = dict(
+            line.split("=", 1) for line in state.read_text().splitlines() if "=" in line and line[0] != "#"
+        )
+        self.address = self.state["RAY_ADDRESS"]
+        self.gcs = self.state["LONGREAD_RAY_GCS"]
+        self.port = int(self.gcs.rsplit(":", 1)[1])
+        self.temp_dir = Path(self.state["LONGREAD_RAY_TEMP_DIR"])
+        self.tree: dict[int, Any] = {}
+        self.remember_tree()
+
+    def client(self, timeout: float = 180.0) -> Any:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + timeout
+        while True:
+            self.remember_tree()
+            try:
+                client = JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
+                client.list_jobs()
+                return client
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(1.0)
+
+    def remember_tree(self) -> None:
+        import psutil
+
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(int(self.state["LONGREAD_RAY_PID"]))
+            for proc in [root, *root.children(recursive=True)]:
+                self.tree.setdefault(proc.pid, proc)
+
+    def alive(self) -> list[int]:
+        """Processes of this head still running (zombies waiting for a parent's wait do not count)."""
+        import psutil
+
+        out = []
+        for proc in self.tree.values():
+            with contextlib.suppress(psutil.Error):
+                if proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE:
+                    out.append(proc.pid)
+        return out
+
+    def stop(self) -> Any:
+        import shutil
+        import subprocess
+
+        self.remember_tree()
+        stopped = subprocess.run(
+            [str(ROOT / "scripts" / "ray_stop.sh"), str(self.port)],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        shutil.rmtree(self.temp_dir, ignore_errors=True)
+        return stopped

@@ -321,6 +321,27 @@ def test_model_attention_output_and_scores_match_eager():
         torch.testing.assert_close(collect.sums[layer], probs[0].sum(1), rtol=1e-5, atol=1e-6)
 
 
+def test_recorded_scores_weigh_queries_by_a_policys_query_weights():
+    """``record_scores(..., query_weights=policy.query_weights)``: column sums weighted per query."""
+    scored, eager = tiny_model(seed=3), tiny_model(seed=3, attn_implementation="eager")
+    use_score_attention(scored)
+    policy = Cascading(budget=40, sink=1, cascades=2, beta=0.5)
+    assert make_policy("lacache", budget=48).query_weights(9, torch.device("cpu")) is None  # the default
+    ids = stream(24, seed=5)[None]
+    caches = [DynamicCache(config=m.config) for m in (scored, eager)]
+    with torch.inference_mode():
+        for m, cache in zip((scored, eager), caches):
+            m(ids[:, :15], cache=cache, use_cache=True)
+        collect = Collect()
+        with record_scores(collect, block=4, query_weights=policy.query_weights):
+            scored(ids[:, 15:], cache=caches[0], use_cache=True)
+        ref = eager(ids[:, 15:], cache=caches[1], use_cache=True, output_attentions=True)
+    weights = policy.query_weights(9, torch.device("cpu"))
+    for layer, probs in enumerate(ref.attentions):  # (1, Hq, 9, 24)
+        expected = (weights[None, :, None] * probs[0]).sum(1)
+        torch.testing.assert_close(collect.sums[layer], expected, rtol=1e-5, atol=1e-6)
+
+
 def test_scores_off_outside_a_recording():
     model = tiny_model(seed=3)
     use_score_attention(model)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from actors.context import StreamInfo
 from actors.stream_worker import StreamWorker
 from pipeline.inputs.sources import expand_inputs
 from pipeline.job.plan import StreamTask
+from pipeline.output.manifest import PartManifest, stream_key
 from pipeline.output.writer import PartWriter
 
 EVERY = 40  # tokens between checkpoints: several per stream of the tiny corpus
@@ -96,6 +98,9 @@ def test_checkpoint_resume_gives_the_rows_of_an_uninterrupted_run(tmp_path, mode
     def config(out: str, every: int | None) -> Any:
         cfg = job_config(task, paths, str(tmp_path / out), model_dir, **sections)
         cfg.output.checkpoint_every_tokens = every
+        # A checkpoint waits for the rows made before it to be committed: commit each row at once, so
+        # this short stream's checkpoints are written as it goes.
+        cfg.output.commit_every_rows = 1
         return cfg
 
     # The reference: no checkpoints at all.
@@ -127,24 +132,37 @@ def test_checkpoint_resume_gives_the_rows_of_an_uninterrupted_run(tmp_path, mode
     assert counts and min(counts.values()) >= 2, counts
 
     # ... and a run that finds them (the streams' actors died there) resumes from them, on a new worker: from
-    # each stream's first, middle and last checkpoint.
-    for which in ("first", "middle", "last"):
+    # each stream's first, middle and last checkpoint. The output holds what the dead actor had committed:
+    # the rows made before the checkpoint (it is written only once they are), and for "middle+1" one row
+    # more, committed after it (made again on resume, and dropped: each row is in the output once).
+    made = PartWriter(str(tmp_path / "checkpointing")).read().to_pylist()
+    for which in ("first", "middle", "middle+1", "last"):
         out = f"resumed-{which}"
         cfg = config(out, EVERY)
         writer = PartWriter(cfg.output.path)
         writer.prepare()
         picked = {}
         for stream_id, datas in per_stream.items():
-            index = {"first": 0, "middle": len(datas) // 2, "last": -1}[which]
+            index = {"first": 0, "middle": len(datas) // 2, "middle+1": len(datas) // 2, "last": -1}[which]
             picked[stream_id] = datas[index]
+            committed = Checkpoint.from_bytes(datas[index]).rows + (which == "middle+1")
+            _commit_rows(writer, stream_id, [r for r in made if r["stream_id"] == stream_id], committed)
             writer.write_checkpoint(stream_id, picked[stream_id])
         resumed = _worker(cfg, loaded)
         statuses = [s for unit, lines in _units(resumed, case, inputs) for s in resumed.process(unit, lines)]
         by_id = {s["stream_id"]: s for s in statuses}
         for stream_id, data in picked.items():
             assert by_id[stream_id]["resumed_tokens"] == Checkpoint.from_bytes(data).tokens > 0
-            assert not Path(writer.checkpoint_path(stream_id)).exists()  # removed once the part is written
+            assert not Path(writer.checkpoint_path(stream_id)).exists()  # removed once its end is committed
         pd.testing.assert_frame_equal(_rows(tmp_path / out), reference)
+
+
+def _commit_rows(writer: PartWriter, stream_id: str, rows: list[dict[str, Any]], count: int) -> None:
+    """Commit the stream's first ``count`` rows as a part, as a dead actor's roller had."""
+    rows = sorted(rows, key=lambda r: r["row_index"])[:count]
+    if rows:
+        manifest = PartManifest("dead", 1, time.time(), "t", {stream_key(stream_id): [0, len(rows), None]})
+        writer.put_part(f"part-dead{stream_key(stream_id)[:6]}-000001.parquet", rows, manifest)
 
 
 def test_checkpoint_made_under_other_settings_is_not_used(tmp_path, model_dir, loaded):
@@ -172,6 +190,7 @@ def test_checkpoint_of_other_input_files_is_not_used(tmp_path, model_dir, loaded
     task, inputs, sections = _write_inputs(tmp_path / "in")["logs_path_group"]
     cfg = job_config(task, [str(p) for p in inputs], str(tmp_path / "a"), model_dir, **sections)
     cfg.output.checkpoint_every_tokens = EVERY
+    cfg.output.commit_every_rows = 1  # checkpoints are written once the rows before them are committed
     saved: list[tuple[str, bytes]] = []
     write = PartWriter.write_checkpoint
     monkeypatch.setattr(

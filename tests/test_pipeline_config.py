@@ -15,7 +15,8 @@ from pipeline.output.schema import ROW_KINDS
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs" / "pipeline.md"
-EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
+#: The job configs of jobs/configs/ (beside them: data they name, e.g. sample_questions.yaml).
+EXAMPLES = sorted(p for p in CONFIG_DIR.glob("*.yaml") if "task" in read_yaml(p))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
@@ -58,7 +59,20 @@ def test_there_is_an_example_per_job_and_the_main_job_default():
     assert cfg.model.source == "default" and cfg.output.path == "output/summarize_books"
 
 
+def _fields(model: type[BaseModel], prefix: str = "") -> list[tuple[str, object]]:
+    """Every field of a settings model, sections and their fields (recursively), by dotted name."""
+    out: list[tuple[str, object]] = []
+    for key, field in model.model_fields.items():
+        out.append((prefix + key, field))
+        sub = field.annotation
+        if isinstance(sub, type) and issubclass(sub, BaseModel):
+            out += _fields(sub, f"{prefix}{key}.")
+    return out
+
+
 def test_every_setting_is_documented():
+    """In docs/pipeline.md, and in the field itself: its description is the help of the flag that sets
+    it (jobs/config.py), so a field without one fails here."""
     text = DOCS.read_text(encoding="utf-8")
     for name, field in JobConfig.model_fields.items():
         sub = field.annotation
@@ -67,12 +81,53 @@ def test_every_setting_is_documented():
                 assert f"`{name}.{key}`" in text, f"{name}.{key} is missing from docs/pipeline.md"
         else:
             assert f"`{name}`" in text, name
+    undescribed = [name for name, field in _fields(JobConfig) if not (field.description or "").strip()]
+    assert not undescribed, f"settings without a description (Field(description=...)): {undescribed}"
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_help_explains_every_flag_with_its_default(name):
+    """Every flag has help; a flag that sets a field says the field's description, its name and default."""
+    from jobs.config import _overrides_a_setting, field_info
+
+    parser = build_parser(name)
+    for action in parser._actions:
+        assert action.help, f"{action.option_strings} has no help"
+        if _overrides_a_setting(action.dest):
+            info = field_info(action.dest)
+            assert info is not None, action.dest
+            assert info.description and info.description.split(";")[0] in action.help.replace("%%", "%")
+            assert f"({action.dest}; default: " in action.help, action.help
+    text = parser.format_help()
+    assert "exit status" in text.lower() and "--dry-run" in text
+    if name == "summarize":  # what the main job's file sets, beside the field's own default
+        assert "jobs/configs/summarize_books.yaml sets 4000" in " ".join(text.split())
+
+
+@pytest.mark.parametrize("job", ["summarize_books", "answer_questions", "analyze_logs"])
+def test_help_imports_neither_torch_nor_ray(job):
+    """--help answers in a fraction of a second: nothing imports torch, transformers, Ray or pyarrow for it
+    (those take seconds, 13.7 s in all on a loaded machine)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import runpy, sys; sys.argv = ['x', '--help']\n"
+        "try:\n    runpy.run_module('jobs." + job + "', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "heavy = ('torch', 'transformers', 'ray', 'pyarrow', 'pandas', 'cache_policies')\n"
+        "print('HEAVY', sorted(m for m in heavy if m in sys.modules))"
+    )
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "usage: python -m jobs." + job in run.stdout and "HEAVY []" in run.stdout, run.stdout[-400:]
 
 
 def test_flags_override_the_file(tmp_path):
     path = tmp_path / "job.yaml"
     path.write_text(
-        "policy: {name: streaming_llm, budget: 256}\ninput: {paths: [a.txt]}\nlogs: {window_tokens: 64}\n"
+        "policy: {name: streaming_llm, budget: 256}\ninput: {paths: [a.txt]}\n"
+        "logs: {feed: raw, window_tokens: 64}\n"
     )
     cfg, _ = load_config(
         "logs",
@@ -141,7 +196,7 @@ def test_cli_reports_config_errors_with_status_2(tmp_path, capsys):
     assert "is not valid YAML" in capsys.readouterr().err
     assert main("qa", ["--budget", "-1", "--input", "x"]) == 2
     assert "policy.budget: Input should be greater than or equal to 1" in capsys.readouterr().err
-    assert main("logs", []) == 2
+    assert main("qa", []) == 2  # logs and summarize play a sample without inputs; qa needs questions
     assert "input.paths is empty" in capsys.readouterr().err
     assert main("logs", ["--config", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read config file" in capsys.readouterr().err
@@ -264,3 +319,55 @@ def test_local_actor_requests_fit_the_machine(monkeypatch):
         actor_resources(cfg(device="cuda"), None)
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")  # a cluster with an autoscaler: asked as given
     assert actor_resources(cfg(device="cuda", actors=4), None) == (4, {"num_gpus": 1.0, "num_cpus": 1.0})
+
+
+# ---------------------------------------------------------------------------- the samples from a fresh clone
+def _local_references(cfg) -> list[str]:
+    """The local paths a config reads (inputs, questions file, model), as written in it."""
+    refs = [p for p in cfg.input.paths]
+    if cfg.task == "qa" and cfg.qa.questions_file:
+        refs.append(cfg.qa.questions_file)
+    if cfg.model.source != "default":
+        refs.append(cfg.model.source)
+    return [r for r in refs if not r.startswith("s3://")]  # cluster samples read buckets: not run here
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_fresh_clone_sample_configs_read_only_the_repository_and_the_setup_assets(path):
+    """A fresh clone plus scripts/setup.sh runs every local sample: it reads files inside the repository
+    (relative to its root, where the jobs run) or the assets set-up fetched (empty input.paths: the sample
+    plays), never a path beside the repository (../shared) or on someone's machine."""
+    data = read_yaml(path)
+    cfg = config_from_dict(data["task"], data, str(path))
+    for ref in _local_references(cfg):
+        assert not Path(ref).is_absolute() and ".." not in Path(ref).parts, f"{path.name} reads {ref}"
+        assert any((ROOT / ref).parent.glob(Path(ref).name)), f"{path.name} reads {ref}: not in the repo"
+
+
+def test_fresh_clone_qa_sample_asks_every_sample_play_its_questions(monkeypatch):
+    """The QA sample plans one stream per sample play (the plays scripts/setup.sh fetches), each with
+    questions of its own from jobs/configs/sample_questions.yaml; no model, no Ray."""
+    from actors.tasks import make_task
+    from longread.assets import sample_books
+    from pipeline.inputs.sources import expand_inputs
+
+    monkeypatch.chdir(ROOT)  # the jobs run from the repository's root (relative paths)
+    cfg, _ = load_config("qa", ["--config", str(CONFIG_DIR / "answer_questions.yaml")])
+    assert cfg.input.max_tokens_per_stream == 4000  # small enough for a few minutes on 2 CPUs
+    plays = sample_books()
+    questions = read_yaml(CONFIG_DIR / "sample_questions.yaml")
+    assert set(questions) == {p.name for p in plays}
+    task = make_task(cfg)
+    assert task.inputs() == [str(p) for p in plays]
+    sources = expand_inputs(task.inputs(), None, task.read_options())
+    assert [s.error for s in sources] == [None] * len(plays)
+    asked = {}
+    for unit in task.plan(sources):
+        for info, doc in task.documents(unit):
+            asked[Path(info.stream_id).name] = task.questions_for(doc)
+    assert asked == questions and all(len(q) >= 3 for q in asked.values())
+    # A qa job without inputs or questions of its own is refused, naming the sample config.
+    with pytest.raises(ConfigError, match=r"input.paths is empty: .*jobs/configs/answer_questions.yaml"):
+        load_config("qa", [])
+    cfg, _ = load_config("qa", ["--question", "Who speaks first?"])  # questions of its own: the plays
+    assert make_task(cfg).inputs() == [str(p) for p in plays]

@@ -23,6 +23,7 @@ from helpers_pipeline import book_text, job_config, local_ray, read_output
 
 from actors.checkpoint import Checkpoint
 from jobs.run import run_job
+from pipeline.job.preflight import InputsError
 from pipeline.output.writer import CHECKPOINTS_DIR
 
 pytestmark = pytest.mark.ray
@@ -116,11 +117,19 @@ def test_s3_access_denied_and_unknown_keys_are_error_rows(s3, ray_local, model_d
         assert denied.stream_id == inputs[1] and denied.error_kind == "access_denied"
         assert "s3:GetObject" in denied.error and inputs[1] in denied.error
 
-        unknown = job_config("summarize", inputs[:1], str(tmp_path / "out2"), model_dir,
+        local = tmp_path / "local.txt"
+        local.write_text(book_text(repeat=2), encoding="utf-8")
+        unknown = job_config("summarize", [inputs[0], str(local)], str(tmp_path / "out2"), model_dir,
                              storage={"key": "AKIANOSUCHKEY", "secret": "wrong"})  # fmt: skip
         report = run_job(unknown)
-        assert (report.streams_ok, report.streams_error) == (0, 1)
-        assert read_output(tmp_path / "out2").error_kind.tolist() == ["credentials"]
+        assert (report.streams_ok, report.streams_error) == (1, 1)
+        rows = read_output(tmp_path / "out2")
+        assert rows[rows.row_kind == "error"].error_kind.tolist() == ["credentials"]
+        # Alone, the unreadable key stops the job before Ray: nothing else would run.
+        alone = job_config("summarize", inputs[:1], str(tmp_path / "out3"), model_dir,
+                           storage={"key": "AKIANOSUCHKEY", "secret": "wrong"})  # fmt: skip
+        with pytest.raises(InputsError, match=r"none of the 1 inputs can be read: .*\[credentials\]"):
+            run_job(alone)
     finally:
         settings.INITIAL_NO_AUTH_ACTION_COUNT = saved
 
@@ -222,6 +231,7 @@ def test_checkpoint_killed_actor_resumes_its_stream_with_equal_rows(ray_local, m
                          resources={"actors": 1, "threads_per_actor": 1, "streams_per_actor": 1},
                          summarize={"segment_tokens": 256, "segment_max_new_tokens": 6})  # fmt: skip
         cfg.output.checkpoint_every_tokens = 64
+        cfg.output.commit_every_rows = 1  # a checkpoint is written once the rows before it are committed
         return cfg
 
     reference = run_job(config("reference"))

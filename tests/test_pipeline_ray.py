@@ -26,7 +26,7 @@ from helpers_pipeline import (
 from jobs.run import run_job
 from pipeline.job.report import format_report
 from pipeline.output.schema import SCHEMA
-from pipeline.output.writer import stream_key
+from pipeline.output.writer import PartWriter
 
 pytestmark = pytest.mark.ray
 ROOT = Path(__file__).resolve().parents[1]
@@ -86,25 +86,24 @@ def test_qa_job_answers_each_record_its_questions(ray_local, model_dir, tmp_path
         assert (asked.token_end == 400).all() and asked.truncated.all()
 
 
-def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_by_one(
-    ray_local, model_dir, tmp_path, monkeypatch
-):
+def test_progress_moves_inside_a_file_of_records_on_every_actor(ray_local, model_dir, tmp_path, monkeypatch):
     """One JSONL file of 6 records, 2 actors of one stream each: both actors take records of the file, and
-    the driver counts each record as it ends (the first status arrives while records are still running),
-    not the whole file at once."""
+    the driver's progress (input bytes, tokens) moves while its records still run, not once per file."""
     from pipeline.job.report import JobReport
 
     path = tmp_path / "stories.jsonl"
     path.write_text("".join(json.dumps({"text": book_text(repeat=8 + 3 * i)}) + "\n" for i in range(6)))
     out = tmp_path / "out"
-    seen: list[int] = []  # parts already written whenever the driver counts a status
+    seen: list[tuple[str, int, int]] = []  # (status, bytes so far, streams ended in the output so far)
     add = JobReport.add
 
     def counting(self: JobReport, status: dict) -> None:
-        seen.append(len(list(out.glob("part-*.parquet"))))
         add(self, status)
+        ended = len(PartWriter(str(out)).state().ended) if list(out.glob("part-*")) else 0
+        seen.append((status["status"], self.bytes_done, ended))
 
     monkeypatch.setattr(JobReport, "add", counting)
+    monkeypatch.setattr("actors.stream_worker.PROGRESS_S", 0.5)
     cfg = job_config("summarize", [str(path)], str(out), model_dir,
                      resources={"actors": 2, "threads_per_actor": 1, "streams_per_actor": 1})  # fmt: skip
     report = run_job(cfg)
@@ -113,7 +112,9 @@ def test_records_of_one_jsonl_file_run_on_every_actor_and_advance_progress_one_b
     finals = rows[rows.row_kind == "final"]
     assert sorted(finals.stream_id) == sorted(f"{path}#record={i}" for i in range(6))
     assert finals.worker.nunique() == 2  # the records of one file ran on both actors
-    assert len(seen) == 6 and seen[0] < 6, seen  # progress per record, not per file
+    moving = [(done, ended) for status, done, ended in seen if status == "progress" and done > 0]
+    assert moving and moving[0][1] < 6, seen  # bytes counted while records were still running
+    assert report.bytes_done == report.bytes_total == 2 * path.stat().st_size  # two readers, each all of it
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "loghub").is_dir(), reason="../shared/data/loghub is absent")
@@ -129,9 +130,11 @@ def test_logs_job_on_loghub_files(ray_local, model_dir, tmp_path):
     report = run_job(cfg)
     assert report.streams_ok == 2
     rows = read_output(tmp_path / "out")
-    assert (rows.row_kind == "window").all()
+    assert set(rows.row_kind) == {"window", "summary"} and (rows.row_kind == "summary").sum() == 2
     for path in sources.values():
-        windows = rows[rows.stream_id == str(path)].sort_values("segment_index")
+        windows = rows[(rows.stream_id == str(path)) & (rows.row_kind == "window")].sort_values(
+            "segment_index"
+        )
         lines = path.read_text(encoding="utf-8").splitlines()
         assert windows.log_lines.sum() == len(lines) == 300
         # Both formats are detected; their alert rule is Loghub's label column (not "-": an alert).
@@ -174,7 +177,57 @@ def test_every_bad_input_yields_its_error_row_while_good_streams_complete(ray_lo
     for kind, path in bad.items():
         assert errors.loc[str(path), "error_kind"] == kind
     assert len(rows[rows.row_kind == "final"]) == 5
-    assert len(list((tmp_path / "out").glob("err-*.parquet"))) == len(bad)
+    assert rows.groupby("stream_id").row_kind.apply(lambda kinds: (kinds == "error").sum() <= 1).all()
+
+
+@pytest.mark.timeout(900)
+def test_fifo_socket_and_device_inputs_end_as_error_rows_and_exit_status_4(
+    ray_local, model_dir, tmp_path, capsys, caplog
+):
+    """A folder with a named pipe (which hung the actor's reader forever) and a socket, and /dev/null named
+    as an input: the job ends, each of them is an error row, the books are summarized, and the exit
+    status and the last line say that some streams failed; a run where every stream fails says so too."""
+    import os
+    import socket
+
+    import yaml
+
+    from jobs.run import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "a.txt").write_text(book_text(), encoding="utf-8")
+    (folder / "b.txt").write_text(book_text(repeat=3), encoding="utf-8")
+    os.mkfifo(folder / "pipe.txt")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(folder / "socket.txt"))
+    out = tmp_path / "out"
+    config = tmp_path / "job.yaml"
+    cfg = job_config("summarize", [str(folder), "/dev/null"], str(out), model_dir)
+    config.write_text(yaml.safe_dump(cfg.public_dict()))
+    try:
+        status = main("summarize", ["--config", str(config)])
+    finally:
+        sock.close()
+    captured = capsys.readouterr()
+    assert status == 4, captured.err
+    assert captured.err.splitlines()[-1] == "3 of 5 streams failed (error rows); exit status 4"
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any(m.startswith("3 of 5 inputs cannot be read and become error rows: ") for m in warned), warned
+    rows = read_output(out)
+    errors = rows[rows.row_kind == "error"].set_index("stream_id")
+    assert sorted(errors.index) == sorted([str(folder / "pipe.txt"), str(folder / "socket.txt"), "/dev/null"])
+    assert (errors.error_kind == "unreadable").all()
+    assert "named pipe (FIFO), not a regular file" in errors.loc[str(folder / "pipe.txt"), "error"]
+    assert "character device" in errors.loc["/dev/null", "error"]
+    assert len(rows[rows.row_kind == "final"]) == 2
+
+    bad = write_bad_corpus(tmp_path / "bad")  # read, and failing, only on the actors
+    inputs = [str(bad["binary"]), str(bad["encoding"])]
+    cfg = job_config("summarize", inputs, str(tmp_path / "out2"), model_dir)
+    config.write_text(yaml.safe_dump(cfg.public_dict()))
+    assert main("summarize", ["--config", str(config)]) == 1
+    assert capsys.readouterr().err.splitlines()[-1] == "all 2 streams failed (error rows); exit status 1"
 
 
 def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, model_dir, tmp_path):
@@ -196,25 +249,25 @@ def test_resume_after_a_killed_run_writes_each_stream_exactly_once(ray_local, mo
     finally:
         kill_session(proc)  # a hard crash of the whole job: the driver and its in-process Ray
     first = {p.name: p.stat().st_mtime_ns for p in out.glob("*.parquet")}
-    assert 1 <= len(first) < 10, first
+    ended = PartWriter(str(out)).state().done_keys()
+    assert 1 <= len(ended) < 10, first
     for name in first:  # whatever the crash left is complete, readable Parquet
         assert pq.read_table(out / name).num_rows > 0
 
     killed = json.loads(next((out / "_jobs").glob("*.json")).read_text())
     assert killed["state"] == "running"  # the killed run could not say otherwise ...
     report = run_job(cfg)
-    assert report.streams_skipped == len(first) and report.streams_ok == 10 - len(first)
+    assert report.streams_skipped == len(ended) and report.streams_ok == 10 - len(ended)
     records = {r["job_id"]: r for r in map(json.loads, map(Path.read_text, (out / "_jobs").glob("*.json")))}
     assert records[killed["job_id"]]["state"] == "interrupted"  # ... the next run says it for it
     assert "gone" in records[killed["job_id"]]["interrupted"]
     assert records[report.job_id]["state"] == "finished"
-    parts = sorted(p.name for p in out.glob("*.parquet"))
-    assert parts == sorted(f"part-{stream_key(str(books / f'book{i:02d}.txt'))}.parquet" for i in range(10))
     assert {name: (out / name).stat().st_mtime_ns for name in first} == first  # untouched
     assert not list(out.glob(".tmp-*"))
     rows = read_output(out)
     finals = rows[rows.row_kind == "final"]
     assert len(finals) == 10 and finals.stream_id.is_unique
     assert not rows.duplicated(["stream_id", "row_kind", "segment_index"]).any()
+    assert not rows.duplicated(["stream_id", "row_index"]).any()
     again = run_job(cfg)
     assert (again.streams_ok, again.streams_skipped, again.actors) == (0, 10, 0)  # nothing left: no Ray work

@@ -79,11 +79,9 @@ def test_books_from_a_bucket_to_a_bucket_with_resume(s3_server, ray_local, model
         report = run_job(cfg)
     assert (report.streams_ok, report.streams_error) == (5, 1)
     keys = sorted(k.split("/", 2)[2] for k in fs.find("results/summaries"))
-    assert (
-        len([k for k in keys if k.startswith("part-")]) == 5
-        and len([k for k in keys if k.startswith("err-")]) == 1
-    )
-    assert all(k.startswith(("part-", "err-", "_jobs/")) for k in keys)  # no temporary objects
+    assert all(k.startswith(("part-", "_jobs/")) for k in keys)  # no temporary objects
+    parts = [k for k in keys if k.startswith("part-")]
+    assert 1 <= len(parts) <= 6  # parts hold many streams
 
     rows = read_output("s3://results/summaries", Storage.from_env())
     assert set(rows.row_kind) == {"segment", "final", "error"}
@@ -102,7 +100,8 @@ def test_books_from_a_bucket_to_a_bucket_with_resume(s3_server, ray_local, model
     before = {k: fs.info(k)["LastModified"] for k in fs.find("results/summaries") if "/_jobs/" not in k}
     fs.invalidate_cache()
     again = run_job(cfg)
-    assert (again.streams_ok, again.streams_error, again.streams_skipped) == (0, 0, 6)
+    # 3 books and the missing key skipped; the file of 2 records marked done as a file (not read again)
+    assert (again.streams_ok, again.streams_error, again.streams_skipped, again.files_skipped) == (0, 0, 4, 1)
     fs.invalidate_cache()
     after = {k: fs.info(k)["LastModified"] for k in fs.find("results/summaries") if "/_jobs/" not in k}
     assert after == before
@@ -117,7 +116,9 @@ def test_logs_glob_over_a_bucket(s3_server, ray_local, model_dir, tmp_path):
     report = run_job(cfg)
     assert (report.streams_ok, report.streams_error) == (2, 0)
     rows = read_output("s3://results/logs", Storage.from_env())
-    assert rows.groupby("stream_id").log_lines.sum().to_dict() == {
+    windows, summaries = rows[rows.row_kind == "window"], rows[rows.row_kind == "summary"]
+    assert len(summaries) == 2 and summaries.log_lines.sum() == 100
+    assert windows.groupby("stream_id").log_lines.sum().to_dict() == {
         "s3://corpus/logs/db-1.log": 40,
         "s3://corpus/logs/web-1.log.gz": 60,
     }
@@ -151,7 +152,7 @@ def test_s3_outage_mid_run_is_retried_and_every_stream_written_once(
 
     fs.invalidate_cache()
     keys = sorted(k.split("/", 2)[2] for k in fs.find("results/outage") if "/_jobs/" not in k)
-    assert len(keys) == 6 and all(k.startswith("part-") for k in keys)  # one file per stream, no error
+    assert keys and all(k.startswith("part-") for k in keys)  # parts only: no temporary objects
     written_after = [
         k for k in keys if fs.info(f"results/outage/{k}")["LastModified"].timestamp() > outage["up"]
     ]

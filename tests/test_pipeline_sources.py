@@ -420,10 +420,7 @@ def test_record_names_never_collide_and_split_parts_keep_limits(tmp_path):
         pa.table({"text": [f"t{i}" for i in range(40)]}), tmp_path / "s.parquet", row_group_size=10
     )
     ptasks = plan_files("qa", [_src(tmp_path / "s.parquet")], split_parts=4, min_split_bytes=1)
-    counts = [
-        len(list(iter_documents(t.sources[0], opts=limited, row_groups=tuple(t.extra["row_groups"]))))
-        for t in ptasks
-    ]
+    counts = [len(list(iter_documents(t.sources[0], opts=limited, row_groups=t.row_groups))) for t in ptasks]
     assert counts == [2] * 4
 
 
@@ -479,9 +476,9 @@ def test_records_can_be_shared_by_readers_and_keep_their_names(tmp_path):
     assert shares == [whole[0::2], whole[1::2]]
     tasks = plan_files("summarize", [_src(path)])
     spread = spread_records(tasks, 3)
-    assert [t.extra["every"] for t in spread] == [[3, 0], [3, 1], [3, 2]]
+    assert [t.every for t in spread] == [(3, 0), (3, 1), (3, 2)]
     assert spread_records(plan_files("summarize", [_src(tmp_path / "s.parquet")], split_parts=2,
-                                     min_split_bytes=1), 3)[0].extra.get("every") is None  # fmt: skip
+                                     min_split_bytes=1), 3)[0].every is None  # fmt: skip
 
 
 def test_display_uri_hides_every_form_of_credentials(monkeypatch):

@@ -1,28 +1,22 @@
 """`ray job submit` as the README writes it: a local head from scripts/ray_head.sh (token auth, the project's
-interpreter), a job submitted with a working_dir through Ray's JobSubmissionClient, its Parquet read back;
-relative outputs refused under submission; Ray's known false alarm absorbed, nothing else hidden."""
+interpreter; stopped by scripts/ray_stop.sh, which leaves nothing of it), a job submitted with a working_dir
+through Ray's JobSubmissionClient, its Parquet read back; relative outputs refused under submission; Ray's
+known false alarm absorbed, nothing else hidden."""
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-import secrets
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
 import yaml
-from helpers_pipeline import book_text, build_tiny_model, job_config
+from helpers_pipeline import RayHead, book_text, build_tiny_model, job_config
 
 from pipeline.cluster.raylog import RESTART_WARNING, capture_stderr_fd
 from pipeline.cluster.submit import JOB_CONFIG_ENV, check_output_path, submitted_job
@@ -113,82 +107,7 @@ def test_ray_restart_warning_pattern_and_stderr_capture_lose_nothing():
 
 
 # ------------------------------------------------------------------------------ with a Ray head
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-class LocalHead:
-    """`scripts/ray_head.sh --block` in its own session, on free ports and its own temp dir (so other Ray
-    instances on the machine neither see it nor get stopped); ``stop`` ends exactly its process tree."""
-
-    def __init__(self, log_path: Path, token_path: Path) -> None:
-        # Ray puts Unix sockets under the temp dir: keep its path short (108-byte limit).
-        self.temp_dir = Path(tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp"))
-        self.token = secrets.token_hex(24)
-        token_path.write_text(self.token)
-        ports = {
-            "port": free_port(),
-            "dashboard-port": free_port(),
-            "dashboard-agent-listen-port": free_port(),
-            "ray-client-server-port": free_port(),
-        }
-        self.address = f"http://127.0.0.1:{ports['dashboard-port']}"
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        env.update(LONGREAD_VENV=sys.prefix, RAY_AUTH_TOKEN_PATH=str(token_path))
-        env.pop("VIRTUAL_ENV", None)
-        args = [str(HEAD_SCRIPT), "--block", "--num-cpus", "2", "--temp-dir", str(self.temp_dir)]
-        args += ["--include-dashboard", "true", "--disable-usage-stats"]
-        args += [f"--{name}={port}" for name, port in ports.items()]
-        self.log_path = log_path
-        self.proc = subprocess.Popen(
-            args, env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT, start_new_session=True
-        )
-        self.tree: dict[int, psutil.Process] = {}
-
-    def client(self, timeout: float = 180.0):
-        from ray.job_submission import JobSubmissionClient
-
-        deadline = time.monotonic() + timeout
-        while True:
-            self.remember_tree()
-            if self.proc.poll() is not None:
-                log = self.log_path.read_text()[-3000:]
-                pytest.fail(f"the Ray head exited ({self.proc.returncode}):\n{log}")
-            try:
-                client = JobSubmissionClient(self.address, headers={"Authorization": f"Bearer {self.token}"})
-                client.list_jobs()
-                return client
-            except Exception:
-                if time.monotonic() > deadline:
-                    raise
-                time.sleep(1.0)
-
-    def remember_tree(self) -> None:
-        with contextlib.suppress(psutil.Error):
-            root = psutil.Process(self.proc.pid)
-            for proc in [root, *root.children(recursive=True)]:
-                self.tree.setdefault(proc.pid, proc)
-
-    def stop(self) -> None:
-        self.remember_tree()
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.send_signal(signal.SIGTERM)  # `ray start --block` shuts its node down on SIGTERM
-        for proc in self.tree.values():
-            with contextlib.suppress(psutil.Error):
-                proc.terminate()
-        _, alive = psutil.wait_procs(list(self.tree.values()), timeout=20)
-        for proc in alive:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=10)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
-        shutil.rmtree(self.temp_dir, ignore_errors=True)
-
-
-def wait_for_job(client, submission_id: str, head: LocalHead, timeout: float = 420.0):
+def wait_for_job(client, submission_id: str, head: RayHead, timeout: float = 420.0):
     deadline = time.monotonic() + timeout
     while not client.get_job_status(submission_id).is_terminal():
         head.remember_tree()  # the job's driver and actors too, for a complete cleanup
@@ -214,7 +133,7 @@ def test_submit_job_with_working_dir_succeeds_and_writes_parquet(tmp_path):
     config_file = tmp_path / "job.yaml"
     config_file.write_text(yaml.safe_dump(cfg.public_dict()))
 
-    head = LocalHead(tmp_path / "head.log", tmp_path / "token")
+    head = RayHead(tmp_path / "heads", tmp_path / "token", "--num-cpus", "2", "--include-dashboard", "true")
     try:
         client = head.client()
         # Exactly the README's entrypoint: a bare `python`, resolved by the head's PATH to the project's.
@@ -247,5 +166,6 @@ def test_submit_job_with_working_dir_succeeds_and_writes_parquet(tmp_path):
         assert "is relative" in logs and '--output "$PWD/output/summarize_books"' in logs, logs[-3000:]
         assert not any((p / "output").exists() for p in packages)
     finally:
-        head.stop()
-    assert not [p.pid for p in head.tree.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        stopped = head.stop()
+    assert stopped.returncode == 0, stopped.stderr
+    assert not head.alive()  # scripts/ray_stop.sh left nothing of the head, its node or its jobs

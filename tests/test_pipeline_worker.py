@@ -6,6 +6,7 @@ import gzip
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from helpers_pipeline import (
@@ -27,6 +28,7 @@ from longread.text import STOP_STRINGS, ChapterSplitter, drop_repeated_sentences
 from pipeline.inputs.readers import iter_lines
 from pipeline.inputs.sources import expand_inputs
 from pipeline.job.plan import plan_files
+from pipeline.output.writer import PartWriter
 
 POLICY_SETTINGS = {
     "full": {"name": "full", "budget": None, "params": {}},
@@ -90,9 +92,9 @@ def test_summaries_never_enter_the_stream(tmp_path, model_dir):
     ctx = env.context(stream.info)
 
     def summarize_then_save():
-        rows = yield from ctx.run(stream.program(ctx))
+        yield from ctx.run(stream.program(ctx))
         state = yield Save()
-        return rows, state
+        return ctx.made, state
 
     rows, state = worker.batcher.run(summarize_then_save())
     assert any(r["row_kind"] == "segment" for r in rows)
@@ -143,6 +145,11 @@ def test_qa_questions_from_records_config_and_file(tmp_path, model_dir):
     assert {s["status"] for s in statuses} == {"ok"}
 
 
+def _windows_and_summary(rows):
+    """A log stream's window rows, and its summary rows (one per stream) as tuples."""
+    return rows[rows.row_kind == "window"], list(rows[rows.row_kind == "summary"].itertuples())
+
+
 def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     lines = log_lines(150)
     path = tmp_path / "app.log"
@@ -150,9 +157,10 @@ def test_log_windows_carry_exact_statistics(tmp_path, model_dir):
     cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir,
                      logs={"window_tokens": 300, "alert_pattern": "ERROR"})  # fmt: skip
     run(StreamWorker(cfg, "t"))
-    rows = read_output(tmp_path / "out").sort_values("segment_index")
-    assert len(rows) > 3 and (rows.row_kind == "window").all()
-    assert rows.log_lines.sum() == 150
+    everything = read_output(tmp_path / "out").sort_values("segment_index")
+    rows, [summary] = _windows_and_summary(everything)
+    assert len(rows) > 3 and set(everything.row_kind) == {"window", "summary"}
+    assert rows.log_lines.sum() == summary.log_lines == 150
     levels: dict[str, int] = {}
     for pairs in rows.log_levels:
         for level, n in pairs:
@@ -196,8 +204,8 @@ def test_leading_blank_lines_neither_hide_the_format_nor_count_as_lines(tmp_path
         cfg = job_config("logs", [str(tmp_path / f"{name}.log")], str(tmp_path / name), model_dir,
                          logs={"window_tokens": 100_000})  # fmt: skip
         [status] = run(StreamWorker(cfg, "t"))
-        rows = read_output(tmp_path / name)
-        assert status["status"] == "ok" and rows.log_lines.sum() == 60, name
+        rows, [summary] = _windows_and_summary(read_output(tmp_path / name))
+        assert status["status"] == "ok" and rows.log_lines.sum() == summary.log_lines == 60, name
         formats[name] = set(rows.log_format)
     assert formats["padded"] == formats["plain"] == {"openssh"}
 
@@ -207,7 +215,7 @@ def test_log_windows_by_time(tmp_path, model_dir):
     path.write_text("\n".join(log_lines(150)) + "\n")  # one line every 7 s: 1043 s in all
     cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir, logs={"window_seconds": 300})
     run(StreamWorker(cfg, "t"))
-    rows = read_output(tmp_path / "out").sort_values("segment_index")
+    rows, _ = _windows_and_summary(read_output(tmp_path / "out").sort_values("segment_index"))
     # Lines at i * 7 s; 300 s buckets start with lines 0, 43 (301 s), 86 (602 s) and 129 (903 s).
     assert list(rows.log_first_timestamp.str[11:19]) == ["10:00:00", "10:05:01", "10:10:02", "10:15:03"]
     assert rows.log_lines.sum() == 150
@@ -238,8 +246,12 @@ def test_token_limit_truncates_and_parts_cover_the_file(tmp_path, model_dir):
     cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "cut"), model_dir,
                      input={"max_tokens_per_stream": 100})  # fmt: skip
     [status] = run(StreamWorker(cfg, "t"))
-    rows = read_output(tmp_path / "cut")
-    assert status["tokens"] == 100 and rows.truncated.all() and rows.token_end.max() == 100
+    rows = read_output(tmp_path / "cut").sort_values("row_index")
+    assert status["tokens"] == 100 and rows.token_end.max() == 100
+    # Rows are handed over as they are made: those made once the limit cut the input say so (the final
+    # row always does), those made before do not.
+    assert rows.truncated.iloc[-1] and list(rows.truncated) == sorted(rows.truncated)
+    assert list(rows.truncated) == list(rows.token_end >= 100)
 
     cfg = job_config("summarize", [str(files["book_a"])], str(tmp_path / "parts"), model_dir,
                      input={"split_parts": 3, "min_split_bytes": 100})  # fmt: skip
@@ -268,7 +280,8 @@ def test_a_limit_that_leaves_only_blank_lines_is_no_truncation(tmp_path, model_d
                          input={"max_tokens_per_stream": limit})  # fmt: skip
         [status] = run(StreamWorker(cfg, "t"))
         assert status["status"] == "ok" and status["tokens"] == limit
-        assert set(read_output(out).truncated) == {truncated}, (limit, truncated)
+        last = read_output(out).sort_values("row_index").iloc[-1]
+        assert last.truncated == truncated, (limit, truncated)
 
 
 def test_worker_skips_streams_already_written(tmp_path, model_dir):
@@ -279,7 +292,8 @@ def test_worker_skips_streams_already_written(tmp_path, model_dir):
     first = run(StreamWorker(cfg, "t1"))
     mtimes = {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")}
     second = run(StreamWorker(cfg, "t2"))
-    assert [s["status"] for s in first] == ["ok"] * 3 and [s["status"] for s in second] == ["skipped"] * 3
+    # The book is skipped as a stream; the file of records is done as a whole: not even read again.
+    assert [s["status"] for s in first] == ["ok"] * 3 and [s["status"] for s in second] == ["skipped"]
     assert {p.name: p.stat().st_mtime_ns for p in (tmp_path / "out").glob("*.parquet")} == mtimes
 
 
@@ -296,7 +310,7 @@ def test_an_output_that_cannot_be_listed_is_fatal_not_an_error_row(tmp_path, mod
     def listing(self):
         raise output_error(self.output, None, PermissionError("SlowDown: reduce your request rate"), "list")
 
-    monkeypatch.setattr(PartWriter, "listing", listing)
+    monkeypatch.setattr(PartWriter, "part_names", listing)
     statuses = run(worker)
     assert statuses and {s["status"] for s in statuses} == {"fatal"}
     assert "SlowDown" in statuses[0]["error"]
@@ -323,7 +337,10 @@ def test_a_file_error_that_no_longer_holds_is_removed(tmp_path, model_dir):
         ("record=0", "ok"), ("record=1", "ok")
     ]  # fmt: skip
     rows = read_output(tmp_path / "out")
-    assert set(rows.row_kind) == {"answer"} and not list((tmp_path / "out").glob("err-*"))
+    assert set(rows.row_kind) == {"answer", "error"}  # the stale error row until the driver settles
+    writer = PartWriter(str(tmp_path / "out"))
+    assert writer.drop_superseded(writer.state()) == 1  # what the driver does before and after a run
+    assert set(read_output(tmp_path / "out").row_kind) == {"answer"}
 
 
 def test_drop_repeated_sentences():
@@ -380,10 +397,15 @@ def test_truncated_gzip_book_keeps_what_was_read_and_says_so(tmp_path, model_dir
     cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir)
     [status] = run(StreamWorker(cfg, "t"))
     assert status["status"] == "ok" and status["tokens"] > 100, status
-    rows = read_output(tmp_path / "out")
+    rows = read_output(tmp_path / "out").sort_values("row_index")
     assert (rows.row_kind != "error").all() and len(rows[rows.row_kind == "final"]) == 1
-    assert (rows.error_kind == "corrupt_gzip").all()
-    assert rows.error.str.contains("decompressed bytes").all() and rows.error.str.contains(str(path)).all()
+    # Rows made once the reader met the damage say so (the final row always does), those before do not.
+    damaged = rows[rows.error_kind.notna()]
+    assert len(damaged) >= 1 and damaged.row_index.min() > 0 and rows.iloc[-1].error_kind == "corrupt_gzip"
+    assert list(rows.error_kind.notna()) == sorted(rows.error_kind.notna())
+    assert (
+        damaged.error.str.contains("decompressed bytes").all() and damaged.error.str.contains(str(path)).all()
+    )
 
 
 def test_a_long_line_costs_only_the_tokens_the_limit_needs(tmp_path, model_dir):
@@ -407,7 +429,7 @@ def test_a_long_line_costs_only_the_tokens_the_limit_needs(tmp_path, model_dir):
     worker.env.tokenizer = Counting()
     [status] = run(worker)
     assert status["status"] == "ok" and status["tokens"] == 200
-    assert read_output(tmp_path / "out").truncated.all()
+    assert read_output(tmp_path / "out").truncated.all()  # qa: every answer comes after the whole read
     assert sum(tokenized) < 50_000, tokenized  # not the 20 MB
     # The ids of a cut text are the whole text's first ones (tokenizing a prefix changes only its end).
     env = worker.env
@@ -419,21 +441,30 @@ def test_a_long_line_costs_only_the_tokens_the_limit_needs(tmp_path, model_dir):
         assert env.encode_batch([text, "short"], max_tokens=20) == [full[:21], env.encode("short")[:21]]
 
 
-def test_statuses_come_as_streams_end_not_per_file(tmp_path, model_dir):
+def test_commit_statuses_come_as_streams_end_not_per_file_and_streams_share_parts(tmp_path, model_dir):
+    """The records of one file report as their ends are committed (rows by count here), while the file is
+    still being read; many streams share a part."""
     path = tmp_path / "stories.jsonl"
     path.write_text("".join(json.dumps({"text": book_text(repeat=1 + i % 3)}) + "\n" for i in range(8)))
     cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir,
                      resources={"streams_per_actor": 2})  # fmt: skip
+    cfg.output.commit_every_rows = 6
     worker = StreamWorker(cfg, "t")
     [unit] = worker.task.plan(expand_inputs([str(path)], None, cfg.input))
     statuses = worker(
         {"task": np.array([unit.to_json()], dtype=object)}
     )  # Ray Data's call: a generator of one-row batches
-    first = next(statuses)
+    first = next(s for s in statuses if s["status"] != ["progress"])
     assert first["status"] == ["ok"]
-    assert len(list((tmp_path / "out").glob("part-*"))) < 8  # the file's other records are still to come
-    rest = list(statuses)
-    assert len(rest) == 7 and len(list((tmp_path / "out").glob("part-*"))) == 8
+    rows = read_output(tmp_path / "out")
+    assert 0 < rows.stream_id.nunique() < 8  # the file's other records are still to come
+    rest = [s for s in statuses if s["status"] != ["progress"]]
+    assert len(rest) == 7
+    rows = read_output(tmp_path / "out")
+    assert rows.stream_id.nunique() == 8 and not rows.duplicated(["stream_id", "row_index"]).any()
+    parts = [pd.read_parquet(p) for p in (tmp_path / "out").glob("part-*")]
+    assert len(parts) <= len(rows) // 6 + 2  # committed by count (6 rows), plus the end
+    assert max(part.stream_id.nunique() for part in parts) > 1  # streams share parts
 
 
 def test_each_kind_of_output_reaches_the_decoder_with_its_controls(tmp_path, model_dir, monkeypatch):
@@ -495,3 +526,43 @@ def test_worker_with_graph_replays_writes_the_same_rows(tmp_path, model_dir, pol
         rows = read_output(out).sort_values("segment_index")
         texts[graphs] = list(zip(rows.row_kind, rows.token_end, rows.output_text))
     assert texts[True] == texts[False]
+
+
+def test_log_records_say_the_job_and_the_stream(tmp_path, model_dir, monkeypatch):
+    """Every record of a worker's process carries the run's job id, and the records made while a stream's
+    program runs (programs of many streams interleave in one thread) carry that stream's id; Ray's JSON
+    formatter (``resources.log_format: json``) writes both."""
+    import logging
+
+    from ray._common.formatters import JSONFormatter
+
+    from actors.tasks.summarize import Summarize
+    from pipeline.cluster.raylog import JobLogFilter, logging_config
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger().addHandler(handler)
+    program = Summarize.program
+
+    def talking(self, ctx, doc):
+        logging.getLogger("actors.tasks.summarize").warning("reading %s", doc.stream_id)
+        return (yield from program(self, ctx, doc))
+
+    monkeypatch.setattr(Summarize, "program", talking)
+    try:
+        files = write_good_corpus(tmp_path / "in")
+        cfg = job_config("summarize", [str(files["book_a"]), str(files["book_b"])], str(tmp_path / "o"),
+                         model_dir, resources={"streams_per_actor": 2})  # fmt: skip
+        assert {s["status"] for s in run(StreamWorker(cfg, "the-job"))} == {"ok"}
+    finally:
+        logging.getLogger().removeHandler(handler)
+    talked = [r for r in records if r.getMessage().startswith("reading ")]
+    assert len(talked) == 2
+    for record in talked:
+        assert record.stream_id == record.getMessage().removeprefix("reading ")
+        assert record.longread_job_id == "the-job"
+    assert any(isinstance(f, JobLogFilter) for f in handler.filters)
+    line = json.loads(JSONFormatter().format(talked[0]))
+    assert line["stream_id"] == talked[0].stream_id and line["longread_job_id"] == "the-job"
+    assert logging_config("json").encoding == "JSON" and logging_config("text") is None

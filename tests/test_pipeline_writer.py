@@ -1,23 +1,28 @@
-"""Output schema and atomic, resumable Parquet parts (no Ray)."""
+"""Output schema, rolling Parquet parts committed atomically with their manifests, the state read back from
+them, superseded error rows, an earlier layout (no Ray). Crashes at every step of a commit:
+tests/test_pipeline_commit.py."""
 
 from __future__ import annotations
 
 import errno
 import json
-import multiprocessing
 import os
 import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
 import duckdb
 import pandas as pd
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.inputs.sources import ERROR_KINDS
+from pipeline.output.manifest import PART_NAME, PartManifest, stream_key
+from pipeline.output.parts import PartRoller
 from pipeline.output.schema import COLUMNS, SCHEMA, rows_to_table
-from pipeline.output.writer import OutputError, PartWriter, stream_key
+from pipeline.output.writer import OutputError, PartWriter
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "pipeline.md"
 
@@ -71,51 +76,135 @@ def test_rows_must_fit_the_schema():
     assert table.schema.equals(SCHEMA, check_metadata=False) and table.num_rows == 1
 
 
-def test_parts_are_atomic_readable_and_resumable(tmp_path):
+def _roller(writer: PartWriter, **limits) -> PartRoller:
+    return PartRoller(writer, "w1", job="j1", **{"max_age_s": 3600.0, **limits})
+
+
+def _rows_of(stream: str, n: int, kind: str = "segment") -> list[dict]:
+    return [row(stream, kind, segment_index=i, row_index=i) for i in range(n)]
+
+
+def test_commit_parts_hold_many_streams_and_say_so_in_their_manifest(tmp_path):
     writer = PartWriter(str(tmp_path / "out"))
     writer.prepare()
-    path = writer.write("s1", [row("s1", "segment", segment_index=0), row("s1", "final", segment_index=1)])
-    assert Path(path).name == f"part-{stream_key('s1')}.parquet"
-    writer.write("s2", [row("s2", "error", error_kind="missing", error="gone")])
-    assert writer.done() == {stream_key("s1"), stream_key("s2")}
-    assert writer.done(retry_errors=True) == {stream_key("s1")}
-    # A retried error stream that now succeeds replaces its err- file.
-    writer.write("s2", [row("s2", "final")])
-    assert sorted(Path(p).name[:4] for p in writer.files()) == ["part", "part"]
-    # The same stream written again replaces its file: never two files for one stream.
-    writer.write("s1", [row("s1", "final", output_text="again")])
-    table = writer.read()
-    assert table.num_rows == 2 and sorted(table.column("stream_id").to_pylist()) == ["s1", "s2"]
-    # pandas and DuckDB read the folder as is.
-    assert len(pd.read_parquet(tmp_path / "out")) == 2
-    count = duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'out'}/*.parquet'").fetchall()
-    assert count == [(2,)]
+    roller = _roller(writer)
+    for r in _rows_of("s1", 2):
+        roller.add(stream_key("s1"), r)
+    roller.add(stream_key("s2"), row("s2", "final", row_index=0))
+    ends = [roller.end(stream_key("s2"), ok=True, rows=1)]
+    assert not writer.part_names()  # nothing is visible before the commit
+    roller.add(stream_key("s3"), row("s3", "final", row_index=0))
+    ends.append(roller.end(stream_key("s3"), ok=False, error_row=row("s3", "error", row_index=1), rows=1))
+    roller.flush().result(timeout=30)
+    assert all(f.result(timeout=30) for f in ends)
+    [name] = writer.part_names()
+    assert re.fullmatch(r"part-w1-000001\.parquet", name)
+    manifest = writer.read_manifest(name)
+    assert manifest is not None and manifest.job == "j1"
+    assert manifest.streams == {stream_key("s1"): [0, 2, None], stream_key("s2"): [0, 1, "ok"],
+                                stream_key("s3"): [0, 1, "error"]}  # fmt: skip
+    state = writer.state()
+    assert state.rows == {stream_key("s1"): 2, stream_key("s2"): 1, stream_key("s3"): 1}
+    assert state.done_keys() == {stream_key("s2"), stream_key("s3")}
+    assert state.done_keys(retry_errors=True) == {stream_key("s2")}
+    assert state.ended_by("j1") == (1, 1)
+    # pandas, DuckDB and pyarrow.dataset read the folder with one call, the manifest changing nothing.
+    assert len(pd.read_parquet(tmp_path / "out")) == 5
+    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'out'}/*.parquet'").fetchall() == [(5,)]
+    assert ds.dataset(tmp_path / "out", format="parquet").to_table().num_rows == 5
+    roller.close()
 
 
-def _write_then_die(out: str) -> None:
-    """In a child process: the process is killed between writing a part and renaming it."""
-    writer = PartWriter(out)
-    os.replace = lambda src, dst: os._exit(9)  # type: ignore[assignment]  # a SIGKILL runs no cleanup either
-    writer.write("half", [row("half")])
-
-
-def test_a_crash_mid_write_leaves_no_visible_partial_file(tmp_path):
+def test_commit_triggers_by_rows_bytes_and_age(tmp_path):
     writer = PartWriter(str(tmp_path / "out"))
     writer.prepare()
-    writer.write("ok", [row("ok")])
-    child = multiprocessing.get_context("fork").Process(target=_write_then_die, args=(str(tmp_path / "out"),))
-    child.start()
-    child.join(60)
-    assert child.exitcode == 9
-    leftovers = [p.name for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
-    assert len(leftovers) == 1  # the temporary file exists ...
-    assert writer.done() == {stream_key("ok")}  # ... but is neither a result nor counted as done,
-    assert len(pd.read_parquet(tmp_path / "out")) == 1  # readers skip it (DuckDB's glob too),
-    assert duckdb.sql(f"SELECT count(*) FROM '{tmp_path / 'out'}/*.parquet'").fetchall() == [(1,)]
-    assert writer.cleanup_tmp() == 0  # a young one may be another live run's write in progress,
-    assert writer.cleanup_tmp(older_than=0) == 1  # and a run that knows none is live deletes it.
-    assert not [p for p in (tmp_path / "out").iterdir() if p.name.startswith(".tmp-")]
-    assert pq.read_table(writer.files()[0]).num_rows == 1
+    roller = _roller(writer, max_rows=3)
+    for r in _rows_of("s1", 7):
+        roller.add(stream_key("s1"), r)
+    _until(lambda: len(writer.part_names()) == 2)  # 3 + 3 rows committed; 1 waits
+    assert roller.waiting_rows == 1
+    roller.close()  # commits what waits
+    assert len(writer.part_names()) == 3 and writer.state().rows[stream_key("s1")] == 7
+    big = _roller(PartWriter(str(tmp_path / "big")), max_bytes=2_000)
+    big.store.prepare()
+    big.add("k", row("k", "final", row_index=0, output_text="x" * 5_000))
+    _until(lambda: len(big.store.part_names()) == 1)
+    big.close()
+    young = _roller(PartWriter(str(tmp_path / "age")), max_age_s=0.5)
+    young.store.prepare()
+    young.add("k", row("k", "final", row_index=0))
+    _until(lambda: len(young.store.part_names()) == 1)  # readable within the age, no flush asked
+    young.close()
+
+
+def test_commit_after_runs_once_the_rows_before_it_are_committed(tmp_path):
+    """A checkpoint (``after``) is written only when the rows made before it are in the output; a newer
+    one waiting on the same commit replaces an older one."""
+    writer = PartWriter(str(tmp_path / "out"))
+    writer.prepare()
+    roller = _roller(writer)
+    ran: list[str] = []
+    roller.after("s1", 0, lambda: ran.append("nothing to wait for"))
+    assert ran == ["nothing to wait for"]
+    roller.add("s1", row("s1", "segment", row_index=0))
+    roller.after("s1", 1, lambda: ran.append("older"))
+    roller.after("s1", 1, lambda: ran.append("newer"))
+    assert ran == ["nothing to wait for"]
+    roller.flush().result(timeout=30)
+    assert ran == ["nothing to wait for", "newer"]
+    roller.after("s1", 1, lambda: ran.append("committed already"))
+    assert ran[-1] == "committed already"
+    roller.close()
+
+
+def test_commit_superseded_error_rows_are_dropped_by_the_driver(tmp_path):
+    """A stream retried after an error, and a file that failed as a whole and read later: their old error
+    rows go (the part is rewritten without them), the other rows of those parts stay."""
+    writer = PartWriter(str(tmp_path / "out"))
+    writer.prepare()
+    first = _roller(writer)
+    first.add(stream_key("ok"), row("ok", "final", row_index=0))
+    first.end(stream_key("ok"), ok=True, rows=1)
+    first.end(stream_key("bad"), ok=False, error_row=row("bad", "error", row_index=0))
+    first.end(stream_key("file"), ok=False, error_row=row("file", "error", row_index=0))
+    first.close()
+    time.sleep(0.01)  # a later commit
+    retry = PartRoller(PartWriter(str(tmp_path / "out")), "w2", job="j2", max_age_s=3600.0)
+    retry.add(stream_key("bad"), row("bad", "final", row_index=0))
+    retry.end(stream_key("bad"), ok=True, rows=1)
+    retry.end(stream_key("file"), ok=True)  # read to its end now: no rows of its own
+    retry.close()
+    assert writer.drop_superseded(writer.state()) == 2
+    table = writer.read().to_pandas()
+    assert sorted(zip(table.stream_id, table.row_kind)) == [("bad", "final"), ("ok", "final")]
+    assert writer.state().superseded() == {} and writer.drop_superseded(writer.state()) == 0
+
+
+def test_commit_reads_a_folder_of_the_earlier_layout(tmp_path):
+    """One part-<key> / err-<key> file per stream: those streams count as ended; a retried error that
+    succeeds in a new part makes the old err- file go."""
+    out = tmp_path / "out"
+    out.mkdir()
+    pq.write_table(rows_to_table([row("a")]), out / f"part-{stream_key('a')}.parquet")
+    pq.write_table(rows_to_table([row("b", "error")]), out / f"err-{stream_key('b')}.parquet")
+    writer = PartWriter(str(out))
+    state = writer.state()
+    assert state.done_keys() == {stream_key("a"), stream_key("b")}
+    assert state.done_keys(retry_errors=True) == {stream_key("a")}
+    roller = _roller(writer)
+    roller.add(stream_key("b"), row("b", "final", row_index=0))
+    roller.end(stream_key("b"), ok=True, rows=1)
+    roller.close()
+    assert writer.drop_superseded(writer.state(state)) == 1
+    assert not (out / f"err-{stream_key('b')}.parquet").exists()
+    assert sorted(writer.read().column("stream_id").to_pylist()) == ["a", "b"]
+
+
+def _until(condition, seconds: float = 30.0) -> None:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
 
 
 @pytest.mark.parametrize(
@@ -135,8 +224,9 @@ def test_a_failed_write_is_one_clear_error_and_leaves_no_temporary_file(tmp_path
         raise OSError(error, os.strerror(error))
 
     monkeypatch.setattr(os, "fsync", fail)
+    manifest = PartManifest("w", 1, 0.0, "j", {stream_key("s"): [0, 1, "ok"]})
     with pytest.raises(OutputError) as info:
-        writer.write("s", [row("s")])
+        writer.put_part("part-w-000001.parquet", [row("s", row_index=0)], manifest)
     message = info.value.message
     assert str(out) in message and cause in message and "part-" in message, message
     assert "re-run resumes" in message and "\n" not in message
@@ -174,3 +264,38 @@ def test_a_cluster_that_cannot_start_fails_the_runs_record(tmp_path, model_dir, 
         run_job(cfg)
     [record] = [json.loads(p.read_text()) for p in (tmp_path / "out" / "_jobs").glob("*.json")]
     assert record["state"] == "failed" and "RAY_ADDRESS" in record["error"]
+
+
+def _legacy_file(out: Path, stream: str, rows: list[dict], error: bool = False) -> None:
+    """A file of the earlier layout: one stream, no row_index column."""
+    table = rows_to_table(rows).drop_columns(["row_index"])
+    pq.write_table(table, out / f"{'err' if error else 'part'}-{stream_key(stream)}.parquet")
+
+
+def test_manifest_migration_rewrites_an_earlier_folder_and_finishes_an_interrupted_one(tmp_path):
+    from jobs.migrate_output import main as migrate
+
+    out = tmp_path / "out"
+    out.mkdir()
+    for i in range(5):
+        _legacy_file(out, f"s{i}", [row(f"s{i}", "segment", segment_index=0), row(f"s{i}", "final")])
+    _legacy_file(out, "bad", [row("bad", "error", error_kind="empty", error="no text")], error=True)
+    before = pd.read_parquet(out).drop(columns=["row_index"], errors="ignore")
+    assert migrate([str(out), "--rows-per-part", "4"]) == 0
+    names = sorted(p.name for p in out.glob("*.parquet"))
+    assert names and all(PART_NAME.match(n) for n in names) and len(names) == 3  # 11 rows, 4 a part
+    after = pd.read_parquet(out)
+    key = ["stream_id", "row_kind"]
+    pd.testing.assert_frame_equal(
+        after.drop(columns=["row_index"]).sort_values(key).reset_index(drop=True),
+        before.sort_values(key).reset_index(drop=True),
+    )
+    assert (after.groupby("stream_id").row_index.apply(sorted) == after.groupby("stream_id").size().apply(
+        lambda n: list(range(n)))).all()  # fmt: skip
+    state = PartWriter(str(out)).state()
+    assert state.done_keys() == {stream_key(f"s{i}") for i in range(5)} | {stream_key("bad")}
+    assert state.done_keys(retry_errors=True) == {stream_key(f"s{i}") for i in range(5)}
+    # Interrupted after a part was committed and before its files went: the next run only deletes them.
+    _legacy_file(out, "s0", [row("s0", "segment", segment_index=0), row("s0", "final")])
+    assert migrate([str(out)]) == 0
+    assert len(pd.read_parquet(out)) == len(after) and not list(out.glob(f"part-{stream_key('s0')}*"))

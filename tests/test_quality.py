@@ -110,16 +110,20 @@ def row(stream: str, kind: str, index: int, text: str | None, stop: str | None =
 
 def test_degenerate_command_on_a_job_output(tmp_path, capsys):
     """experiments.degenerate reads a job's Parquet folder and counts with the same rule, per row kind."""
+    from helpers_pipeline import write_stream
+
     from experiments.degenerate import main
     from pipeline.output.writer import PartWriter
 
     out = tmp_path / "out"
     writer = PartWriter(str(out))
     writer.prepare()
-    writer.write("a", [row("a", "segment", 0, "A fine summary."), row("a", "segment", 1, "and then the")])
-    writer.write("a2", [row("a2", "final", 2, "A: A: A: A: A: A: A: A:", "max_new_tokens")])
-    writer.write("b", [row("b", "segment", 0, "Also fine."), row("b", "final", 1, "")])
-    writer.write("c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
+    write_stream(
+        writer, "a", [row("a", "segment", 0, "A fine summary."), row("a", "segment", 1, "and then the")]
+    )
+    write_stream(writer, "a2", [row("a2", "final", 2, "A: A: A: A: A: A: A: A:", "max_new_tokens")])
+    write_stream(writer, "b", [row("b", "segment", 0, "Also fine."), row("b", "final", 1, "")])
+    write_stream(writer, "c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
     report = tmp_path / "d.json"
     assert main([str(out), "--examples", "5", "--json", str(report)]) == 0
     printed = capsys.readouterr().out
@@ -134,7 +138,7 @@ def test_degenerate_command_on_a_job_output(tmp_path, capsys):
     only = tmp_path / "only-errors"
     errors = PartWriter(str(only))
     errors.prepare()
-    errors.write("c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
+    write_stream(errors, "c", [{**row("c", "error", 0, None, None), "error_kind": "empty", "error": "empty"}])
     assert main([str(only), "--json", str(report)]) == 1
     assert "has no generated text to score (1 error rows)" in capsys.readouterr().out
     assert json.loads(report.read_text(), parse_constant=pytest.fail)["table"][0]["degenerate"] is None
@@ -142,6 +146,8 @@ def test_degenerate_command_on_a_job_output(tmp_path, capsys):
 
 def test_degenerate_command_scores_answers_against_their_references(tmp_path, capsys):
     """--references: ROUGE of each answer against its own story's references (record index + question)."""
+    from helpers_pipeline import write_stream
+
     from experiments.degenerate import main
     from experiments.evaluate import Scorer
     from pipeline.output.writer import PartWriter
@@ -169,7 +175,9 @@ def test_degenerate_command_scores_answers_against_their_references(tmp_path, ca
     writer.prepare()
     for i, text in enumerate(answers):
         stream = f"{stories}#record={i}"
-        writer.write(stream, [row(stream, "answer", 0, text, record_id=str(i), question="What happens?")])
+        write_stream(
+            writer, stream, [row(stream, "answer", 0, text, record_id=str(i), question="What happens?")]
+        )
     report = tmp_path / "d.json"
     assert main([str(out), "--references", str(stories), "--json", str(report)]) == 0
     table = {t["kind"]: t for t in json.loads(report.read_text())["table"]}
@@ -180,6 +188,6 @@ def test_degenerate_command_scores_answers_against_their_references(tmp_path, ca
     assert "ROUGE-1/2/L" in capsys.readouterr().out
     # An answer whose question is not in the file is an error, never a silent zero.
     stream = f"{stories}#record=1"
-    writer.write(stream, [row(stream, "answer", 0, "x", record_id="1", question="Who?")])
+    write_stream(writer, stream, [row(stream, "answer", 0, "x", record_id="1", question="Who?")])
     assert main([str(out), "--references", str(stories)]) == 2
     assert "no references" in capsys.readouterr().out

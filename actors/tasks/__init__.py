@@ -36,9 +36,10 @@ class _TaskJobConfig(BaseJobConfig):
         task = TASKS[self.task]
         if self.output.path is None:
             self.output.path = f"output/{task.job_name}"
-        if task.needs_input_paths and not self.input.paths:
+        if not self.input.paths and task.needs_inputs(self):
             raise ValueError(
                 f"input.paths is empty: pass --input PATH (a file, folder, glob or s3:// URI) for {self.task}"
+                + task.inputs_hint
             )
         return self
 
@@ -48,7 +49,8 @@ class _TaskJobConfig(BaseJobConfig):
 
 
 def _section(settings: type[Any]) -> Any:
-    return (settings, Field(default_factory=settings))
+    doc = (settings.__doc__ or "").strip().split("\n")[0]
+    return (settings, Field(default_factory=settings, description=doc.rstrip(".")))
 
 
 #: ``BaseJobConfig`` + one section per registered task (``summarize:``, ``qa:``, ``logs:`` ...).

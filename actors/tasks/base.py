@@ -10,7 +10,8 @@ A task subclasses ``Task`` and sets:
 * ``plan(sources)``: how its inputs become ``StreamTask`` descriptors (default: a file or part of a file,
   records as streams), or ``line_grouping()`` for streams that need a shuffle first;
 * ``streams(unit, lines)``: the streams of one descriptor, each a ``Stream(info, program)`` whose
-  ``program(ctx)`` is the stream program (see ``actors.context``) that returns the stream's rows.
+  ``program(ctx)`` is the stream program (see ``actors.context``) that hands over each row as it is made
+  (``yield from ctx.write(...)``).
 
 A task object is built per process from the job's config and storage (``Task(cfg, storage)``); the
 constructor is where a task checks what it reads besides its inputs (a questions file), so the driver
@@ -25,19 +26,23 @@ import re
 import string
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from actors.context import Row, StreamInfo, TaskContext
-from longread.scheduler import Program
 from pipeline.config import BaseJobConfig, Section
-from pipeline.inputs.readers import Document, iter_documents
+from pipeline.inputs.readers import Document, Meter, iter_documents
 from pipeline.inputs.sources import ReadOptions, SourceFile
 from pipeline.job.plan import GroupedInput, StreamTask, plan_files
 from pipeline.storage import Storage
 
-ProgramFactory = Callable[[TaskContext], Program[list[Row]]]
+if TYPE_CHECKING:
+    # The stream programs' side (the engine's requests: torch) is imported where streams run, not when the
+    # command line or the config is built from the tasks' settings (``--help`` in a fraction of a second).
+    from actors.context import StreamInfo, TaskContext
+    from longread.scheduler import Program
+
+    ProgramFactory = Callable[[TaskContext], Program[None]]
 
 
 @dataclass
@@ -55,10 +60,15 @@ class Task:
     row_kinds: ClassVar[tuple[str, ...]]
     preview_kind: ClassVar[str]
     default_config: ClassVar[str | None] = None
-    #: False when the task has inputs of its own to fall back on (``inputs()``)
+    #: False when the task can run on the sample plays (``inputs()``) when ``input.paths`` is empty
     needs_input_paths: ClassVar[bool] = True
+    #: what to say when ``input.paths`` is empty but needed, after "pass --input PATH"
+    inputs_hint: ClassVar[str] = ""
     #: JSONL/Parquet records are streams of their own (else a file of records is one stream)
     records_are_streams: ClassVar[bool] = True
+    #: ``input.split_parts: auto`` splits this task's large files over the actors (a log can be cut
+    #: anywhere between lines; a book cut in parts would be summarized in parts)
+    splits_by_default: ClassVar[bool] = False
 
     def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
         self.cfg = cfg
@@ -74,9 +84,18 @@ class Task:
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         """Flags of this task's job (``dest`` = the dotted setting each overrides)."""
 
+    @classmethod
+    def needs_inputs(cls, cfg: BaseJobConfig) -> bool:
+        """Whether this job must be given ``input.paths`` (else it runs on the sample plays)."""
+        return cls.needs_input_paths
+
     # ------------------------------------------------------------------ planning (driver)
     def inputs(self) -> list[str]:
-        return list(self.cfg.input.paths)
+        if self.cfg.input.paths or self.needs_inputs(self.cfg):
+            return list(self.cfg.input.paths)
+        from longread.assets import sample_books  # the sample corpus that scripts/setup.sh fetches
+
+        return [str(p) for p in sample_books()]
 
     def read_options(self) -> ReadOptions:
         return self.cfg.input.read_options()
@@ -87,7 +106,7 @@ class Task:
             self.name,
             sources,
             storage=self.storage,
-            split_parts=i.split_parts,
+            split_parts=1 if i.split_parts == "auto" else i.split_parts,
             min_split_bytes=i.min_split_bytes,
             records_are_streams=self.records_are_streams,
         )
@@ -97,23 +116,29 @@ class Task:
         return None
 
     # ------------------------------------------------------------------ streams (actors)
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
+        """The streams of ``unit`` (``lines``: a shuffle's lines of it; ``meter``: told how far reading
+        got)."""
         raise NotImplementedError
 
-    def documents(self, unit: StreamTask) -> Iterator[tuple[StreamInfo, Document]]:
+    def documents(
+        self, unit: StreamTask, meter: Meter | None = None
+    ) -> Iterator[tuple[StreamInfo, Document]]:
         """The documents of a descriptor (a file, a part of one, or its records), each with its identity.
 
         A file that cannot be read raises ``InputError`` here (the worker writes one error row for it);
         a bad record comes as a document carrying its error (its program raises it).
         """
+        from actors.context import StreamInfo
+
         src = unit.sources[0]
-        groups = unit.extra.get("row_groups")
-        row_groups = (int(groups[0]), int(groups[1])) if groups else None
-        every = unit.extra.get("every")  # this descriptor's share of the file's records
-        share = (int(every[0]), int(every[1])) if every else None
         opts = self.read_options()
         inputs = ((src.uri, src.size),)
-        for doc in iter_documents(src, self.storage, opts, unit.byte_range, row_groups, share):
+        for doc in iter_documents(
+            src, self.storage, opts, unit.byte_range, unit.row_groups, unit.every, meter
+        ):
             yield StreamInfo(doc.stream_id, doc.source_uri, unit.part, unit.parts, doc.record, inputs), doc
 
 

@@ -14,48 +14,66 @@ whether there was text): a checkpoint before each piece holds it, and a resumed 
 from __future__ import annotations
 
 import argparse
+import os
 import posixpath
+import stat
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from pydantic import Field, field_validator, model_validator
 
 from actors.checkpoint import allow
-from actors.context import Row, TaskContext
 from actors.tasks.base import Stream, Task, check_template, max_new_tokens_shorthand
-from longread.scheduler import Program
 from longread.text import ChapterSplitter
 from pipeline.config import BaseJobConfig, Decoding, Section
-from pipeline.inputs.readers import Document, parse_questions
-from pipeline.inputs.sources import InputError, ReadOptions
+from pipeline.inputs.readers import Document, Meter, parse_questions
+from pipeline.inputs.sources import ACCESS_ERRORS, InputError, ReadOptions, input_error, special_file
 from pipeline.job.plan import StreamTask
-from pipeline.storage import Storage, display_uri, get_fs
+from pipeline.storage import Storage, check_no_credentials, display_uri, get_fs, protocol_of
+
+if TYPE_CHECKING:  # the stream programs' side (torch) is imported by the worker, not with the settings
+    from actors.context import TaskContext
+    from longread.scheduler import Program
 
 Questions = list[str] | dict[str, list[str]]
 
 
 class QASettings(Section):
+    """Answers to questions about each document, each from its own copy of the streamed state."""
+
     questions: list[str] = Field(default_factory=list, description="asked of every document")
     questions_file: str | None = Field(
-        default=None, description="YAML/JSON list, mapping document -> list, or .txt lines"
+        default=None,
+        description="local or s3:// YAML/JSON list (every document) or mapping (file name, record id or "
+        "stream id -> list), or .txt (one per line)",
     )
     question_column: str | None = Field(
         default="questions", description="JSONL/Parquet field with the record's questions"
     )
     question_field: str = Field(default="question_text", description="key of the question in mapping items")
-    prompt: str = (
-        "Answer the question about the text above in a short paragraph of three to five sentences.\n"
-        "Question: {question}"
+    prompt: str = Field(
+        default=(
+            "Answer the question about the text above in a short paragraph of three to five sentences.\n"
+            "Question: {question}"
+        ),
+        description="instruction after the document; must contain {question}",
     )
-    generation: Decoding = Field(default_factory=lambda: Decoding(), description="an answer's controls")
+    generation: Decoding = Field(
+        default_factory=lambda: Decoding(), description="length and repetition controls of an answer"
+    )
 
     @model_validator(mode="before")
     @classmethod
     def _shorthand(cls, data: Any) -> Any:
         return max_new_tokens_shorthand(data, {"max_new_tokens": "generation"})
+
+    @field_validator("questions_file")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return None if value is None else check_no_credentials(value, "questions file")
 
     @field_validator("prompt")
     @classmethod
@@ -66,11 +84,31 @@ class QASettings(Section):
 
 def load_questions_file(uri: str, storage: Storage | None, field_name: str) -> Questions:
     """A list of questions for every document, or a mapping document -> questions (YAML, JSON or .txt)."""
+    where = f"qa.questions_file {display_uri(uri)}"
     fs, path = get_fs(uri, storage)
     try:
-        text = fs.cat_file(path).decode("utf-8")
+        if protocol_of(uri) == "file":  # a folder or a pipe is named, never opened (a pipe would block)
+            mode = os.stat(path).st_mode
+            what = "a folder" if stat.S_ISDIR(mode) else special_file(mode)
+            if what is not None:
+                raise ValueError(
+                    f"{where} is {what}, not a file; point it at a YAML/JSON list or mapping of questions, "
+                    "or a .txt file with one question per line (e.g. jobs/configs/sample_questions.yaml)."
+                )
+        data = fs.cat_file(path)
     except FileNotFoundError:
-        raise FileNotFoundError(f"qa.questions_file {display_uri(uri)} does not exist") from None
+        raise FileNotFoundError(
+            f"{where} does not exist; check the path (a relative one is relative to the current folder)."
+        ) from None
+    except ACCESS_ERRORS as exc:  # access denied, no S3 credentials, a folder on S3 ...
+        raise ValueError(f"{where} cannot be read ({input_error(exc, path).message})") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(
+            f"{where} is not UTF-8 text (byte {exc.start}: {exc.reason}); save it as UTF-8, e.g. "
+            f"`iconv -f latin1 -t UTF-8 {posixpath.basename(path)}` (with its real encoding after -f)."
+        ) from None
     if path.endswith(".txt"):
         return [line.strip() for line in text.splitlines() if line.strip()]
     try:
@@ -102,6 +140,10 @@ class QA(Task):
     Settings = QASettings
     row_kinds = ("answer",)
     preview_kind = "answer"
+    inputs_hint = (
+        ", or --question / --questions-file to ask the sample plays (jobs/configs/answer_questions.yaml "
+        "does, with questions about them)"
+    )
 
     def __init__(self, cfg: BaseJobConfig, storage: Storage | None = None) -> None:
         super().__init__(cfg, storage)
@@ -115,11 +157,17 @@ class QA(Task):
         return self.cfg.qa  # type: ignore[attr-defined]
 
     @classmethod
+    def needs_inputs(cls, cfg: BaseJobConfig) -> bool:
+        """Questions of its own (not from records) can be asked of the sample plays."""
+        s: QASettings = cfg.qa  # type: ignore[attr-defined]
+        return not (s.questions or s.questions_file)
+
+    @classmethod
     def add_flags(cls, parser: argparse.ArgumentParser) -> None:
         add = parser.add_argument
-        add("--question", action="append", dest="qa.questions", help="repeatable; asked of every document")
-        add("--questions-file", dest="qa.questions_file")
-        add("--question-column", dest="qa.question_column")
+        add("--question", action="append", dest="qa.questions", metavar="TEXT")
+        add("--questions-file", dest="qa.questions_file", metavar="PATH")
+        add("--question-column", dest="qa.question_column", metavar="FIELD")
 
     def read_options(self) -> ReadOptions:
         s = self.settings
@@ -141,19 +189,32 @@ class QA(Task):
                     break
         return out
 
-    def streams(self, unit: StreamTask, lines: list[str] | None = None) -> Iterator[Stream]:
-        for info, doc in self.documents(unit):
+    def no_questions(self, doc: Document) -> InputError:
+        """The error of a document without questions, naming the record and where questions come from."""
+        column = self.settings.question_column
+        fragment = doc.stream_id.partition("#")[2]  # record=N, id=X or offset=B: which record of the file
+        where = f"{doc.source_uri}#{fragment}" if fragment else doc.source_uri
+        what = "record" if fragment else "document"
+        if doc.record is not None:
+            what += f" (id {doc.record}" + (f"; its {column!r} field is missing or empty)" if column else ")")
+        return InputError(
+            "no_questions",
+            f"{where}: no questions for this {what}; set qa.questions, qa.question_column or "
+            "qa.questions_file (a list for every document, or a mapping keyed by the file name, the record "
+            "id or FILE#RECORD_ID).",
+        )
+
+    def streams(
+        self, unit: StreamTask, lines: list[str] | None = None, meter: Meter | None = None
+    ) -> Iterator[Stream]:
+        for info, doc in self.documents(unit, meter):
             yield Stream(info, partial(self.program, doc=doc, questions=self.questions_for(doc)))
 
-    def program(self, ctx: TaskContext, doc: Document, questions: list[str]) -> Program[list[Row]]:
+    def program(self, ctx: TaskContext, doc: Document, questions: list[str]) -> Program[None]:
         if doc.error is not None:
             raise doc.error
         if not questions:
-            raise InputError(
-                "no_questions",
-                f"{doc.source_uri}: no questions for this document; set qa.questions, qa.questions_file or "
-                "qa.question_column.",
-            )
+            raise self.no_questions(doc)
         st: QAState = ctx.restored() or QAState()
         pieces = ChapterSplitter(None).pieces_at(doc.lines_at(st.position, ctx.damage))
         for piece in pieces:
@@ -176,9 +237,8 @@ class QA(Task):
         feed_seconds = ctx.feed_seconds
         # Every answer starts from the same streamed state: none sees another question or answer.
         results = yield from ctx.ask_many([s.prompt.format(question=q) for q in questions], s.generation)
-        rows = []
         for index, (question, result) in enumerate(zip(questions, results)):
-            row = yield from ctx.row(
+            yield from ctx.write(
                 "answer",
                 segment_index=index,
                 token_start=0,
@@ -189,5 +249,3 @@ class QA(Task):
                 feed_seconds=feed_seconds,
                 generate_seconds=result.seconds,
             )
-            rows.append(row)
-        return rows

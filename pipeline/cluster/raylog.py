@@ -1,6 +1,16 @@
-"""One known false alarm in Ray's log, dealt with where it starts (and nothing else hidden).
+"""The job's logs through Ray: JSON lines that say which job and which stream, and one known false alarm
+in Ray's log, dealt with where it starts (and nothing else hidden).
 
 Contract:
+
+* ``logging_config(res)`` is what ``ray.init`` gets for ``resources.log_format: json``: Ray's
+  ``LoggingConfig`` with JSON encoding, which formats every record of the driver and of every actor as one
+  JSON object (with Ray's job, node, worker and actor ids, the logger's name, and a record's extra
+  attributes). ``JobLogFilter`` adds this run's ``longread_job_id`` to every record of a process, and
+  ``stream_id`` to those made while a stream's program runs: ``current_stream`` is set by the stream
+  worker around each step of a program (programs of many streams interleave in one thread, so a context
+  variable set per step, not per thread). With text logs the same attributes are there for handlers that
+  want them.
 
 * Ray Data creates the actors of an actor pool (``map_batches`` with a class, as the driver does) with
   ``max_restarts=-1`` and passes each one its ``DataContext`` and UDF as ObjectRefs (``ray.put`` by Ray
@@ -22,6 +32,7 @@ Contract:
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import re
@@ -33,6 +44,42 @@ from typing import Any, TypeVar
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: The stream whose program is running in this thread right now (set by the stream worker).
+current_stream: contextvars.ContextVar[str | None] = contextvars.ContextVar("longread_stream", default=None)
+
+
+class JobLogFilter(logging.Filter):
+    """Stamps every record with the run's job id and, during a stream's program, its stream id."""
+
+    def __init__(self, job_id: str) -> None:
+        super().__init__()
+        self.job_id = job_id
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.longread_job_id = self.job_id
+        stream = current_stream.get()
+        if stream is not None and not hasattr(record, "stream_id"):
+            record.stream_id = stream
+        return True
+
+
+def install_log_filter(job_id: str) -> None:
+    """Stamp this process's records (every handler of the root logger and of ``ray``), once per job id."""
+    for logger in (logging.getLogger(), logging.getLogger("ray")):
+        for handler in logger.handlers:
+            if not any(isinstance(f, JobLogFilter) and f.job_id == job_id for f in handler.filters):
+                handler.addFilter(JobLogFilter(job_id))
+
+
+def logging_config(log_format: str) -> Any:
+    """``ray.init``'s ``logging_config`` for ``resources.log_format`` (None: Ray's text default)."""
+    if log_format != "json":
+        return None
+    import ray
+
+    return ray.LoggingConfig(encoding="JSON", log_level="INFO", additional_log_standard_attrs=["name"])
+
 
 #: The one line this module absorbs (Ray's C++ log format: "[time E pid tid] core_worker.cc:N: Actor ...").
 RESTART_WARNING = re.compile(

@@ -3,7 +3,10 @@
 Contract:
 
 * ``init_ray`` joins ``resources.ray_address`` / ``RAY_ADDRESS`` (``ray job submit`` sets it), else starts
-  Ray in-process; it says whether it started Ray, so the caller shuts down only what it started.
+  Ray in-process (or, as ``ray.init`` does, joins a head started with ``ray start`` on this machine); it
+  says in one log line which cluster the job runs on (started or joined, address, nodes, CPUs, GPUs) and
+  whether it started Ray, so the caller shuts down only what it started. A Ray that cannot start or be
+  joined raises ``ClusterError``: one line with the cause and the fix, no traceback of Ray's internals.
 * ``actor_resources`` decides how many actors and what each asks for: one GPU each when the cluster has
   GPUs (or ``model.device: cuda``), else ``threads_per_actor`` CPUs each, never more actors than units;
   ``actor_runtime_env`` what their processes start with (``pipeline.cluster.memory``'s allocator settings).
@@ -18,9 +21,11 @@ import logging
 import math
 import os
 import time
+import warnings
 from typing import Any
 
 from pipeline.cluster.memory import ALLOCATOR_ENV
+from pipeline.cluster.raylog import logging_config
 from pipeline.config import BaseJobConfig, ResourceSettings
 from pipeline.storage import is_remote
 
@@ -36,6 +41,10 @@ def is_remote_cluster(res: ResourceSettings) -> bool:
     return cluster_address(res) not in (None, "local")
 
 
+class ClusterError(RuntimeError):
+    """Ray could not be started or joined: one message with the cause and the fix."""
+
+
 def init_ray(res: ResourceSettings) -> bool:
     """Join ``resources.ray_address`` / ``RAY_ADDRESS``, else start Ray here. True if this call
     initialized Ray (the caller then shuts it down); False if the process already had Ray."""
@@ -45,70 +54,129 @@ def init_ray(res: ResourceSettings) -> bool:
         return False
     address = cluster_address(res)
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if res.log_format == "json":
+        kwargs["logging_config"] = logging_config(res.log_format)
     if address in (None, "local"):  # "local" always starts a new instance; None joins a `ray start` one
         kwargs["num_cpus"] = res.num_cpus
         if res.include_dashboard is not None:
             kwargs["include_dashboard"] = res.include_dashboard
-    ray.init(**kwargs)
+    try:
+        ray.init(**kwargs)
+    except Exception as exc:  # Ray's own start-up and connection errors: many types, multi-line
+        log.debug("ray.init failed", exc_info=True)
+        raise ClusterError(_start_failure(address, exc)) from None
+    started = _started_here()
+    line = describe_cluster(started)
+    if address is None and not started:  # ray.init found a head on this machine: maybe not the one meant
+        log.warning("%s (a head on this machine; resources.ray_address: local starts a private one)", line)
+    else:
+        log.info("%s", line)
     return True
 
 
-def actor_resources(cfg: BaseJobConfig, streams: int | None) -> tuple[int, dict[str, float]]:
-    """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs)."""
+def _start_failure(address: str | None, exc: BaseException) -> str:
+    cause = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+    cause = cause if len(cause) <= 300 else cause[:300] + "..."
+    if address not in (None, "local"):
+        return (
+            f"cannot join the Ray cluster at {address} ({type(exc).__name__}: {cause}); check that it runs "
+            f"(`ray status --address {address}`) and resources.ray_address / RAY_ADDRESS."
+        )
+    return (
+        f"Ray could not start on this machine ({type(exc).__name__}: {cause}). Check free memory and "
+        "/dev/shm, stop Ray instances left over (scripts/ray_stop.sh, or `ray stop` for all of yours), see "
+        "Ray's logs under /tmp/ray/session_latest/logs, or join a running cluster with "
+        "--set resources.ray_address=ADDRESS."
+    )
+
+
+def _started_here() -> bool:
+    """Whether this process started the Ray it is connected to: its GCS server is a child of ours (a joined
+    cluster's belongs to ``ray start`` or another machine)."""
+    import psutil
+
+    try:
+        return any(p.name() == "gcs_server" for p in psutil.Process().children(recursive=True))
+    except psutil.Error:
+        return False
+
+
+def describe_cluster(started: bool) -> str:
+    """One line: which Ray the job runs on, and what it has."""
     import ray
 
+    context = ray.get_runtime_context()
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    total = ray.cluster_resources()
+    how = "started Ray in this process" if started else "joined the Ray cluster"
+    return (
+        f"{how} at {context.gcs_address}: {len(nodes)} node(s), {total.get('CPU', 0):g} CPUs, "
+        f"{total.get('GPU', 0):g} GPUs"
+    )
+
+
+def _gpu_actors(cfg: BaseJobConfig, gpus: float, local: bool) -> tuple[int, dict[str, float]]:
+    """GPU actors: as many as asked (an autoscaler may add nodes), or as fit; locally never more than fit."""
     res = cfg.resources
-    cluster = ray.cluster_resources()
+    fit = int(gpus // res.gpus_per_actor)
+    n = res.actors or fit
+    if n < 1:
+        have = (
+            "no GPU yet" if gpus == 0 else f"{gpus:g} GPU(s), fewer than one actor's {res.gpus_per_actor:g}"
+        )
+        raise ValueError(
+            f"model.device={cfg.model.device} runs actors on GPUs, but the Ray cluster has {have}; set "
+            "resources.actors so the autoscaler can start GPU nodes, lower resources.gpus_per_actor, "
+            "or use model.device: cpu."
+        )
+    if local and n > fit:  # no autoscaler on this machine: the rest would wait for GPUs forever
+        if fit < 1:
+            raise ValueError(
+                f"{n} actors x {res.gpus_per_actor:g} GPU(s) on a local Ray with {gpus:g} GPU(s): "
+                "lower resources.gpus_per_actor, or use model.device: cpu."
+            )
+        log.warning(
+            "%d actors x %g GPU(s) exceed the %g local GPU(s); using %d", n, res.gpus_per_actor, gpus, fit
+        )
+        n = fit
+    return n, {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
+
+
+def _cpu_actors(cfg: BaseJobConfig, cpus: float, local: bool) -> tuple[int, dict[str, float]]:
+    """CPU actors of ``threads_per_actor`` CPUs each; locally no actor asks for more than the machine has."""
+    res = cfg.resources
+    fit = max(1, int(cpus // res.threads_per_actor))
+    n = res.actors or fit
+    threads = float(res.threads_per_actor)
+    if local and threads > cpus:  # an actor asking more CPUs than the machine has would never start
+        log.warning(
+            "resources.threads_per_actor=%d exceeds the %g local CPUs; each actor asks for %g",
+            res.threads_per_actor,
+            cpus,
+            cpus,
+        )
+        threads = cpus
+    if n > fit and local:
+        log.warning(
+            "%d actors x %d threads exceed the %d local CPUs; using %d", n, res.threads_per_actor, cpus, fit
+        )
+        n = fit
+    return n, {"num_cpus": threads}
+
+
+def actor_resources(
+    cfg: BaseJobConfig, streams: int | None, cluster: dict[str, float] | None = None
+) -> tuple[int, dict[str, float]]:
+    """How many actors, and what each asks Ray for (one GPU, or ``threads_per_actor`` CPUs), on the
+    cluster Ray is connected to, or on ``cluster`` (its resources, e.g. this machine's for a dry run)."""
+    if cluster is None:
+        import ray
+
+        cluster = ray.cluster_resources()
     gpus, cpus = float(cluster.get("GPU", 0)), float(cluster.get("CPU", 1))
     use_gpu = cfg.model.device == "cuda" or (cfg.model.device == "auto" and gpus > 0)
-    local = not is_remote_cluster(res)
-    if use_gpu:
-        fit = int(gpus // res.gpus_per_actor)
-        n = res.actors or fit
-        if n < 1:
-            have = (
-                "no GPU yet"
-                if gpus == 0
-                else f"{gpus:g} GPU(s), fewer than one actor's {res.gpus_per_actor:g}"
-            )
-            raise ValueError(
-                f"model.device={cfg.model.device} runs actors on GPUs, but the Ray cluster has {have}; set "
-                "resources.actors so the autoscaler can start GPU nodes, lower resources.gpus_per_actor, "
-                "or use model.device: cpu."
-            )
-        if local and n > fit:  # no autoscaler on this machine: the rest would wait for GPUs forever
-            if fit < 1:
-                raise ValueError(
-                    f"{n} actors x {res.gpus_per_actor:g} GPU(s) on a local Ray with {gpus:g} GPU(s): "
-                    "lower resources.gpus_per_actor, or use model.device: cpu."
-                )
-            log.warning(
-                "%d actors x %g GPU(s) exceed the %g local GPU(s); using %d", n, res.gpus_per_actor, gpus, fit
-            )
-            n = fit
-        ask = {"num_gpus": res.gpus_per_actor, "num_cpus": 1.0}
-    else:
-        fit = max(1, int(cpus // res.threads_per_actor))
-        n = res.actors or fit
-        threads = float(res.threads_per_actor)
-        if local and threads > cpus:  # an actor asking more CPUs than the machine has would never start
-            log.warning(
-                "resources.threads_per_actor=%d exceeds the %g local CPUs; each actor asks for %g",
-                res.threads_per_actor,
-                cpus,
-                cpus,
-            )
-            threads = cpus
-        if n > fit and local:
-            log.warning(
-                "%d actors x %d threads exceed the %d local CPUs; using %d",
-                n,
-                res.threads_per_actor,
-                cpus,
-                fit,
-            )
-            n = fit
-        ask = {"num_cpus": threads}
+    local = not is_remote_cluster(cfg.resources)
+    n, ask = _gpu_actors(cfg, gpus, local) if use_gpu else _cpu_actors(cfg, cpus, local)
     if streams is not None:
         n = max(1, min(n, streams))
     return n, ask
@@ -175,8 +243,10 @@ class StopFlag:
             kv._internal_kv_del(self.key, namespace=self.NAMESPACE)
 
 
-#: Seconds a local run waits for all its actors to load the model before it hands out streams.
+#: Seconds a run waits for all its actors to load the model before it hands out streams: locally, and on a
+#: cluster (where the autoscaler may first start the nodes).
 ACTOR_START_TIMEOUT_S = 600
+CLUSTER_ACTOR_START_TIMEOUT_S = 1800
 
 
 def quiet_ray_data(local: bool = False) -> None:
@@ -184,11 +254,17 @@ def quiet_ray_data(local: bool = False) -> None:
     import ray.data
 
     ctx = ray.data.DataContext.get_current()
-    if local:
-        # Every local actor starts at once: wait for all before handing out work, or the first one up
-        # would take `streams_per_actor` descriptors while the others load (on a cluster the autoscaler
-        # may take long, so there work starts with whichever actors are up).
-        ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S
+    # Wait for every actor before handing out work, or the first one up takes `streams_per_actor` units
+    # while the others load, and on a cluster one node did 495 of 500 streams. On a cluster the autoscaler
+    # may have nodes to start: it gets longer.
+    ctx.wait_for_min_actors_s = ACTOR_START_TIMEOUT_S if local else CLUSTER_ACTOR_START_TIMEOUT_S
+    # Our blocks are descriptors of a few hundred bytes made on the driver's node: "locality" would send
+    # them all to the actors there (two of three units to the head node's actor on a 3-node cluster).
+    # Ray 2.60 marks the option deprecated ("Ray Data manages actor locality internally") but its actor
+    # pool still reads it; when it is gone, the multinode test says whether the spread still holds.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*actor_locality_enabled", category=DeprecationWarning)
+        ctx.execution_options.actor_locality_enabled = False
     ctx.enable_progress_bars = False  # the driver shows its own bar (streams, tokens/s)
     ctx.print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)

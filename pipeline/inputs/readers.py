@@ -19,6 +19,7 @@ import functools
 import gzip
 import io
 import json
+import os
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -35,8 +36,10 @@ from pipeline.inputs.sources import (
     SourceFile,
     explain_forbidden,
     input_error,
+    not_a_regular_file,
+    special_file,
 )
-from pipeline.storage import Storage, get_fs
+from pipeline.storage import Storage, get_fs, protocol_of
 
 GZIP_MAGIC = b"\x1f\x8b"
 #: Other compressed formats, by their magic bytes: named in the error, since only gzip is read.
@@ -48,6 +51,8 @@ OTHER_COMPRESSIONS = {
     b"7z\xbc\xaf\x27\x1c": "7z",
 }
 BLOCK = 1 << 20
+#: A ``Meter`` learns how far a read got every this many bytes of lines (every line of records).
+METER_STEP = 1 << 16
 #: Lines longer than this come in pieces (``iter_raw_lines``' ``max_line``).
 MAX_LINE = BLOCK
 SNIFF = 8192
@@ -57,12 +62,94 @@ _TEXT_CONTROLS = {7, 8, 9, 10, 12, 13, 27}
 GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 
 
+class Meter:
+    """How far the readers of one descriptor got: per input file, the furthest position read, in bytes of
+    the file as stored (compressed bytes for gzip; from the start of the byte range for a part), for
+    progress. The reading thread updates it every ``BLOCK`` bytes or so; another thread reads ``bytes``
+    (a stale figure only delays the display)."""
+
+    def __init__(self) -> None:
+        self.positions: dict[str, int] = {}
+
+    def at(self, uri: str, position: int) -> None:
+        if position > self.positions.get(uri, 0):
+            self.positions[uri] = position
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.positions.values())
+
+
 def _open(src: SourceFile, storage: Storage | None) -> BinaryIO:
     fs, path = get_fs(src.uri, storage)
+    if protocol_of(src.uri) == "file":
+        return _open_local(path, src.display)
     try:
         return fs.open(path, "rb")
     except ACCESS_ERRORS as exc:  # missing, access denied, no S3 credentials, ...: this input's error row
         raise input_error(explain_forbidden(fs, path, exc), src.display) from None
+
+
+def _open_local(path: str, where: str) -> BinaryIO:
+    """A local regular file, opened for reading. A pipe, device or socket is refused before it is opened
+    (opening a named pipe waits for a writer, forever); the file is opened non-blocking and checked again,
+    so one swapped in after the listing (or after the ``stat``) cannot block the reader either."""
+    try:
+        what = special_file(os.stat(path).st_mode)
+        if what is not None:
+            raise not_a_regular_file(where, what)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:  # missing, access denied, a folder ...: this input's error row
+        raise input_error(exc, where) from None
+    try:
+        what = special_file(os.fstat(fd).st_mode)
+        if what is None:
+            os.set_blocking(fd, True)
+            return os.fdopen(fd, "rb", buffering=0)  # unbuffered: the readers put their own buffer on top
+    except OSError as exc:  # a folder (FileIO refuses it) ...
+        os.close(fd)
+        raise input_error(exc, where) from None
+    os.close(fd)
+    raise not_a_regular_file(where, what)
+
+
+#: Byte-order marks of the wide Unicode encodings (UTF-32 first: its LE mark starts with UTF-16 LE's).
+_WIDE_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32 LE", "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32 BE", "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16 LE", "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16 BE", "UTF-16"),
+)
+
+
+def _wide_encoding(head: bytes, at_start: bool) -> tuple[str, str, str] | None:
+    """``(name, how it shows, iconv's name)`` when ``head`` is UTF-16 or UTF-32 text: by its byte-order mark
+    (only at the file's start), else by where its NUL bytes fall (ASCII-range text in UTF-16 LE has a NUL
+    after every character, in UTF-32 LE three). Such text is full of NULs, which would look binary."""
+    if at_start:
+        for bom, name, iconv in _WIDE_BOMS:
+            if head.startswith(bom):
+                return name, "by its byte-order mark", iconv
+    sample = head[: len(head) // 4 * 4]
+    if len(sample) < 8:
+        return None
+    for width, name in ((4, "UTF-32"), (2, "UTF-16")):
+        zero = [sum(1 for b in sample[i::width] if b == 0) / (len(sample) / width) for i in range(width)]
+        # LE: the character's low byte first, then NULs; BE: NULs, then the low byte last.
+        for order, text_at in (("LE", 0), ("BE", width - 1)):
+            if zero[text_at] < 0.1 and all(z > 0.9 for i, z in enumerate(zero) if i != text_at):
+                return f"{name} {order}", "by the NUL bytes between its characters", f"{name}{order}"
+    return None
+
+
+def _wide_text_error(where: str, found: tuple[str, str, str]) -> InputError:
+    name, how, iconv = found
+    return InputError(
+        "encoding",
+        f"{where} is {name} text ({how}), which is not read: only UTF-8 and other ASCII-compatible "
+        f"encodings are (input.encoding). Convert it to UTF-8 first, e.g. `iconv -f {iconv} -t UTF-8 "
+        "FILE > FILE.utf8.txt`.",
+    )
 
 
 def _looks_binary(head: bytes) -> bool:
@@ -138,6 +225,69 @@ def _gzip_damage(where: str, offset: int, exc: Exception) -> InputError:
     )
 
 
+def _is_gzip(raw: Any, src: SourceFile, compression: str, byte_range: tuple[int, int] | None) -> bool:
+    """Whether the file is gzip (by its suffix or, under ``infer``, its first bytes); a gzip file has no
+    byte ranges."""
+    try:
+        gz = src.compression == "gzip" or (compression == "infer" and raw.read(2) == GZIP_MAGIC)
+        raw.seek(0)
+    except ACCESS_ERRORS as exc:
+        raise input_error(exc, src.display) from None
+    if gz and byte_range is not None:
+        raise InputError(
+            "unreadable",
+            f"{src.display} is gzip-compressed (by its content), so it cannot be split into byte ranges; "
+            "give it a .gz suffix or set input.split_parts: 1.",
+        )
+    return gz
+
+
+def _check_head(stream: BinaryIO, where: str, offset: int) -> None:
+    """Refuse, from the bytes at ``offset``, text this reader cannot read: UTF-16/32, binary data, other
+    compressions."""
+    head, damage = _read_head(stream, SNIFF)
+    if damage is not None and b"\n" not in head:
+        raise damage
+    wide = _wide_encoding(head, at_start=offset == 0)
+    if wide is not None:
+        raise _wide_text_error(where, wide)
+    if _looks_binary(head):
+        packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
+        if packed is not None and offset == 0:
+            raise InputError(
+                "binary",
+                f"{where} is {packed}-compressed, which is not read; decompress it, or "
+                "recompress it with gzip (read with or without a .gz suffix).",
+            )
+        raise InputError(
+            "binary",
+            f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
+            " Remove it from the inputs or convert it to text.",
+        )
+
+
+def _first_line(stream: BinaryIO, where: str, begin: int, start: int | None) -> tuple[int, bool]:
+    """Seek to where reading begins; ``(offset, whether it starts a line)``."""
+    if start is not None and start > begin:
+        # A resumed read: `start` begins a line or a piece of a long one (this reader yielded it); gzip
+        # decompresses up to it. The file was sniffed when first read.
+        stream.seek(start - 1)
+        at_line_start = stream.read(1) == b"\n"
+        return start, at_line_start
+    offset = 0
+    if begin > 0:
+        # The line that straddles `begin` belongs to the previous range: skip through its newline (none to
+        # skip when `begin` starts a line). fsspec's read_block aligns ranges this way, but returns a whole
+        # range at once; a part of a 10 GB file must stream.
+        stream.seek(begin - 1)
+        if stream.read(1) != b"\n":
+            seek_delimiter(stream, b"\n", BLOCK)
+        offset = stream.tell()
+    _check_head(stream, where, offset)
+    stream.seek(offset)
+    return offset, True
+
+
 def iter_raw_lines(
     src: SourceFile,
     storage: Storage | None = None,
@@ -147,6 +297,7 @@ def iter_raw_lines(
     start: int | None = None,
     on_damage: Callable[[InputError], None] | None = None,
     max_line: int | None = MAX_LINE,
+    meter: Meter | None = None,
 ) -> Iterator[tuple[int, bytes]]:
     """``(offset, line)`` pairs, the line without its newline, read through a 1 MiB buffer.
 
@@ -159,22 +310,13 @@ def iter_raw_lines(
     ``on_damage``: where gzip data that breaks off after some complete lines (a truncated download) is
     reported (``InputError('corrupt_gzip')`` saying how much was read); the lines before the damage are
     yielded and iteration ends normally. Without it, or when nothing decompresses, the error is raised.
+    ``meter``: told how far the read got (see ``Meter``).
     """
     if src.error:
         raise InputError(*src.error)
     where = src.display
     with _open(src, storage) as raw:
-        try:
-            gz = src.compression == "gzip" or (compression == "infer" and raw.read(2) == GZIP_MAGIC)
-            raw.seek(0)
-        except ACCESS_ERRORS as exc:
-            raise input_error(exc, where) from None
-        if gz and byte_range is not None:
-            raise InputError(
-                "unreadable",
-                f"{where} is gzip-compressed (by its content), so it cannot be split into byte ranges; "
-                "give it a .gz suffix or set input.split_parts: 1.",
-            )
+        gz = _is_gzip(raw, src, compression, byte_range)
         # fsspec's codec registry (what its open(compression=...) uses); either way a buffered reader, so
         # lines come from the C line splitter, whatever the filesystem's own read size.
         buffered: Any = raw  # an fsspec file: a RawIOBase in all but name
@@ -182,46 +324,20 @@ def iter_raw_lines(
         begin, end = byte_range if byte_range else (0, None)
         offset = 0
         try:
-            if start is not None and start > begin:
-                # A resumed read: `start` begins a line or a piece of a long one (this reader yielded it);
-                # gzip decompresses up to it.
-                stream.seek(start - 1)
-                at_line_start = stream.read(1) == b"\n"
-                offset = start
-            else:
-                if begin > 0:
-                    # The line that straddles `begin` belongs to the previous range: skip through its
-                    # newline (none to skip when `begin` starts a line). fsspec's read_block aligns ranges
-                    # this way, but returns a whole range at once; a part of a 10 GB file must stream.
-                    stream.seek(begin - 1)
-                    if stream.read(1) != b"\n":
-                        seek_delimiter(stream, b"\n", BLOCK)
-                    offset = stream.tell()
-                head, damage = _read_head(stream, SNIFF)
-                if damage is not None and b"\n" not in head:
-                    raise damage
-                if _looks_binary(head):
-                    packed = next((n for m, n in OTHER_COMPRESSIONS.items() if head.startswith(m)), None)
-                    if packed is not None and offset == 0:
-                        raise InputError(
-                            "binary",
-                            f"{where} is {packed}-compressed, which is not read; decompress it, or "
-                            "recompress it with gzip (read with or without a .gz suffix).",
-                        )
-                    raise InputError(
-                        "binary",
-                        f"{where} looks like binary data, not text (NUL or control bytes near byte {offset})."
-                        " Remove it from the inputs or convert it to text.",
-                    )
-                stream.seek(offset)
-                at_line_start = True
+            offset, at_line_start = _first_line(stream, where, begin, start)
+            mark = offset
             for line, ends in _pieces(stream, max_line):
                 # Only a line's first piece can end the range: the rest of a long line belongs to it.
                 if end is not None and at_line_start and offset >= end:
-                    return
+                    break
+                if meter is not None and offset >= mark:
+                    meter.at(src.uri, (raw.tell() if gz else offset) - begin)
+                    mark = offset + METER_STEP if max_line is not None else offset  # records: each
                 yield offset, line[:-1] if line.endswith(b"\n") else line
                 offset += len(line)
                 at_line_start = ends
+            if meter is not None:  # read to the end of the range (or of the file)
+                meter.at(src.uri, (raw.tell() if gz else offset if end is None else end) - begin)
         except GZIP_ERRORS as exc:
             damage_error = _gzip_damage(where, offset, exc)
             if on_damage is None or offset == 0:
@@ -250,9 +366,10 @@ def iter_lines_at(
     *,
     start: int | None = None,
     on_damage: Callable[[InputError], None] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[tuple[int, str]]:
-    """``(byte offset, decoded line)`` pairs; see ``iter_lines`` (and ``iter_raw_lines`` for ``start`` and
-    ``on_damage``)."""
+    """``(byte offset, decoded line)`` pairs; see ``iter_lines`` (and ``iter_raw_lines`` for ``start``,
+    ``on_damage`` and ``meter``)."""
     opts = opts or ReadOptions()
     raw = iter_raw_lines(
         src,
@@ -262,6 +379,7 @@ def iter_lines_at(
         start=start,
         on_damage=on_damage,
         max_line=MAX_LINE if cuttable(opts.encoding) else None,
+        meter=meter,
     )
     for number, (offset, line) in enumerate(raw):
         yield offset, _decode(src, opts, offset, number, line)
@@ -432,12 +550,13 @@ def _iter_jsonl(
     opts: ReadOptions,
     byte_range: tuple[int, int] | None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     # A byte range does not know how many records precede it: its records are named by byte offset, and
     # max_records_per_file counts the part's records. Lines are decoded one by one, so a line with invalid
     # bytes is that record's error, not the end of the file.
     index = 0
-    raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None)
+    raw = iter_raw_lines(src, storage, byte_range, compression=opts.compression, max_line=None, meter=meter)
     for number, (offset, data) in enumerate(raw):
         try:
             line: str | None = _decode(src, opts, offset, number, data)
@@ -507,6 +626,7 @@ def _iter_parquet(
     opts: ReadOptions,
     row_groups: tuple[int, int] | None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     pf = _parquet_file(src, storage)
     names = pf.schema_arrow.names
@@ -521,7 +641,11 @@ def _iter_parquet(
     index = sum(pf.metadata.row_group(i).num_rows for i in range(row_groups[0])) if row_groups else 0
     # max_records_per_file counts from the part's first row, as a JSONL part's does.
     limit = None if opts.max_records_per_file is None else index + opts.max_records_per_file
+    # Progress: the share of this reading's rows done, in bytes of the file.
+    first, total = index, sum(pf.metadata.row_group(i).num_rows for i in (groups or range(pf.num_row_groups)))
     for batch in pf.iter_batches(batch_size=16, columns=columns, row_groups=groups):
+        if meter is not None and total:
+            meter.at(src.uri, (src.size or 0) * (index - first) // total)
         # Only this reader's rows become Python objects (the others' are skipped unconverted).
         mine = [i for i in range(batch.num_rows) if _mine(index + i, every)]
         records = batch.to_pylist() if every is None else batch.take(mine).to_pylist()
@@ -542,21 +666,23 @@ def iter_documents(
     byte_range: tuple[int, int] | None = None,
     row_groups: tuple[int, int] | None = None,
     every: tuple[int, int] | None = None,
+    meter: Meter | None = None,
 ) -> Iterator[Document]:
     """The documents of one file (or of a byte range / row-group range of it): a text file is one,
     JSONL/Parquet one per record. ``every=(n, phase)``: only records whose index in the file is ``phase``
-    modulo ``n`` (the file's records shared by ``n`` readers; the others are skipped unparsed)."""
+    modulo ``n`` (the file's records shared by ``n`` readers; the others are skipped unparsed). ``meter``:
+    told how far the reading got (``Meter``)."""
     opts = opts or ReadOptions()
     if src.format == "text":
 
         def reader(start: Position, damage: Damage | None) -> PositionedLines:
-            return iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
+            return iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage, meter=meter)
 
         yield Document(stream_id=stream_id_for(src, byte_range), source_uri=src.display, reader=reader)
     elif src.format == "jsonl":
-        yield from _iter_jsonl(src, storage, opts, byte_range, every)
+        yield from _iter_jsonl(src, storage, opts, byte_range, every, meter)
     else:
-        yield from _iter_parquet(src, storage, opts, row_groups, every)
+        yield from _iter_parquet(src, storage, opts, row_groups, every, meter)
 
 
 def iter_log_lines(
@@ -578,16 +704,17 @@ def iter_log_lines_at(
     *,
     start: Position = None,
     damage: Damage | None = None,
+    meter: Meter | None = None,
 ) -> PositionedLines:
     """``iter_log_lines`` as ``(position, line)`` pairs, from ``start`` (a position it yielded): a byte
     offset for text files, ``[record, line]`` for the records' lines of JSONL/Parquet logs."""
     opts = opts or ReadOptions()
     if src.format == "text":
-        yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage)
+        yield from iter_lines_at(src, storage, opts, byte_range, start=start, on_damage=damage, meter=meter)
         return
     first_record, first_line = (int(start[0]), int(start[1])) if start else (0, 0)
     # A part of a split JSONL log reads the records that start in its byte range.
-    for number, doc in enumerate(iter_documents(src, storage, opts, byte_range)):
+    for number, doc in enumerate(iter_documents(src, storage, opts, byte_range, meter=meter)):
         if number < first_record:
             continue
         if doc.error:

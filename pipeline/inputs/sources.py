@@ -22,11 +22,20 @@ from __future__ import annotations
 import codecs
 import logging
 import posixpath
+import stat
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
-from botocore.exceptions import CredentialRetrievalError, NoCredentialsError, PartialCredentialsError
+from botocore.exceptions import (
+    ConnectionError as BotoConnectionError,
+)
+from botocore.exceptions import (
+    CredentialRetrievalError,
+    HTTPClientError,
+    NoCredentialsError,
+    PartialCredentialsError,
+)
 from fsspec.core import has_magic
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -82,8 +91,11 @@ CREDENTIAL_ERRORS: tuple[type[BaseException], ...] = (
     PartialCredentialsError,
     CredentialRetrievalError,
 )
-#: What opening, listing or reading an input may raise besides ``InputError``.
-ACCESS_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS)
+#: botocore's "the endpoint cannot be reached" errors (refused, unreachable, timed out, connection closed),
+#: raised after its retries (``storage.retries``); s3fs passes them on untranslated (not ``OSError``s).
+CONNECTION_ERRORS: tuple[type[BaseException], ...] = (BotoConnectionError, HTTPClientError)
+#: What opening, listing or reading an input (or writing the output) may raise besides ``InputError``.
+ACCESS_ERRORS: tuple[type[BaseException], ...] = (OSError, *CREDENTIAL_ERRORS, *CONNECTION_ERRORS)
 
 
 def s3_error_code(exc: BaseException) -> str | None:
@@ -125,12 +137,25 @@ def input_error(exc: BaseException, where: str) -> InputError:
             "or AWS_PROFILE where the job runs (every node), or storage.key/storage.secret, or "
             "storage.anon: true for a public bucket.",
         )
+    if isinstance(exc, CONNECTION_ERRORS):
+        return InputError(
+            "unreadable",
+            f"{where}: the S3 endpoint cannot be reached ({_short(exc)}); check storage.endpoint_url (or "
+            "AWS_ENDPOINT_URL) and the network where the job runs.",
+        )
     if isinstance(exc, PermissionError):
         if where.startswith(("s3://", "s3a://")):
             fix = "grant s3:GetObject (and s3:ListBucket for prefixes) to the job's credentials"
         else:
             fix = "grant the job's user read access"
         return InputError("access_denied", f"{where}: access denied ({_short(exc)}); {fix}, or remove it.")
+    if isinstance(exc, FileNotFoundError) and s3_error_code(exc) == "NoSuchBucket":
+        bucket = where.partition("://")[2].split("/", 1)[0]
+        return InputError(
+            "missing",
+            f"{where}: the bucket {bucket!r} does not exist; check the bucket name (and "
+            "storage.endpoint_url, if the bucket lives on another S3 service) or remove the input.",
+        )
     if isinstance(exc, FileNotFoundError):
         what = "S3 key" if where.startswith(("s3://", "s3a://")) else "file"
         return InputError(
@@ -139,6 +164,32 @@ def input_error(exc: BaseException, where: str) -> InputError:
     if isinstance(exc, IsADirectoryError):
         return InputError("unreadable", f"{where} is a directory, not a file; point at its files.")
     return InputError("unreadable", f"{where}: cannot be read ({_short(exc)}); check the path.")
+
+
+#: Local files that are not regular files, by their mode: opening or reading one can block forever (a named
+#: pipe waits for a writer), never end (``/dev/zero``) or fail obscurely (a socket).
+_SPECIAL_FILES: tuple[tuple[Any, str], ...] = (
+    (stat.S_ISFIFO, "a named pipe (FIFO)"),
+    (stat.S_ISCHR, "a character device"),
+    (stat.S_ISBLK, "a block device"),
+    (stat.S_ISSOCK, "a socket"),
+)
+
+
+def special_file(mode: int) -> str | None:
+    """What a local file of this ``st_mode`` is when it is neither a regular file nor a folder, else None."""
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    return next((what for test, what in _SPECIAL_FILES if test(mode)), "a special file")
+
+
+def not_a_regular_file(where: str, what: str) -> InputError:
+    """The error of an input that is a pipe, device or socket: refused before it is opened."""
+    return InputError(
+        "unreadable",
+        f"{where} is {what}, not a regular file: reading it could wait forever or never end, so it is not "
+        "opened. Remove it from the inputs, or copy what it holds into a regular file and read that.",
+    )
 
 
 def _short(exc: BaseException) -> str:
@@ -151,13 +202,27 @@ class TextFormat(BaseModel):
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
-    format: Literal["auto", "text", "jsonl", "parquet"] = "auto"
-    compression: Literal["infer", "gzip", "none"] = "infer"
-    encoding: str = "utf-8"
-    encoding_errors: Literal["strict", "replace", "ignore"] = "strict"
-    text_column: str = "text"
-    id_column: str | None = None
-    max_records_per_file: int | None = Field(default=None, ge=1)
+    format: Literal["auto", "text", "jsonl", "parquet"] = Field(
+        default="auto", description="auto: by suffix (.jsonl/.ndjson/.json, .parquet/.pq, else text)"
+    )
+    compression: Literal["infer", "gzip", "none"] = Field(
+        default="infer", description="infer: a .gz suffix or gzip's magic bytes"
+    )
+    encoding: str = Field(
+        default="utf-8", description="any ASCII-compatible encoding (latin-1, cp1252 ...); not UTF-16/32"
+    )
+    encoding_errors: Literal["strict", "replace", "ignore"] = Field(
+        default="strict", description="strict: invalid bytes make an encoding error row"
+    )
+    text_column: str = Field(
+        default="text", description="JSONL/Parquet field holding the document (for logs: lines)"
+    )
+    id_column: str | None = Field(
+        default=None, description="JSONL/Parquet field naming each record (#id=ID); unset: its position"
+    )
+    max_records_per_file: int | None = Field(
+        default=None, ge=1, description="read at most this many records per JSONL/Parquet file (per part)"
+    )
 
     @field_validator("encoding")
     @classmethod
@@ -248,66 +313,91 @@ def _exists(fs: Any, path: str) -> bool:
         return False  # the glob below reports it
 
 
+class _Found:
+    """The files found so far, each once, in the order found, with an error row for each unreadable input."""
+
+    def __init__(self, opts: TextFormat) -> None:
+        self.opts = opts
+        self.out: list[SourceFile] = []
+        self.seen: set[str] = set()
+
+    def add(
+        self,
+        uri: str,
+        size: int | None = None,
+        error: tuple[str, str] | None = None,
+        info: dict[str, Any] | None = None,
+    ) -> None:
+        if uri in self.seen:
+            return
+        self.seen.add(uri)
+        what = special_file(info["mode"]) if info and info.get("type") == "other" and "mode" in info else None
+        if what is not None and error is None:  # a local pipe, device or socket: never opened
+            refused = not_a_regular_file(display_uri(uri), what)
+            error = (refused.kind, refused.message)
+        fmt, compression = detect_format(uri, self.opts)
+        self.out.append(SourceFile(uri, fmt, compression, size, error))
+
+    def unreadable(self, exc: BaseException, uri: str) -> None:
+        error = input_error(exc, display_uri(uri))
+        self.add(uri, error=(error.kind, error.message))
+
+
+def _child_uri(name: str, parent_uri: str) -> str:
+    """A path fsspec listed under ``parent_uri``, as a URI of the same protocol."""
+    protocol = protocol_of(parent_uri)
+    return name if protocol == "file" else f"{protocol}://{name}"
+
+
+def _expand_glob(found: _Found, fs: Any, path: str, uri: str) -> None:
+    try:
+        matches = fs.glob(path, detail=True)
+    except ACCESS_ERRORS as exc:
+        found.unreadable(exc, uri)
+        return
+    files = sorted(n for n, info in matches.items() if _is_file(n, info))
+    if not files:
+        found.add(uri, error=("missing", f"no input matches {display_uri(uri)}; check the pattern and path."))
+    for name in files:
+        found.add(_child_uri(name, uri), matches[name].get("size"), info=matches[name])
+
+
+def _expand_path(found: _Found, fs: Any, path: str, uri: str) -> None:
+    """A file as itself, a directory as its files (searched recursively, hidden ones skipped)."""
+    try:
+        info = fs.info(path)
+    except FileNotFoundError as exc:  # this input's error row, known before any actor starts
+        found.unreadable(exc, uri)
+        return
+    except ACCESS_ERRORS as exc:  # no credentials, access denied ...
+        found.unreadable(explain_forbidden(fs, path, exc), uri)
+        return
+    if info is None or info.get("type") != "directory":
+        found.add(uri, info.get("size") if info else None, info=info)
+        return
+    try:
+        listed = fs.find(path, detail=True)
+    except ACCESS_ERRORS as exc:
+        found.unreadable(exc, uri)
+        return
+    names = sorted(n for n, i in listed.items() if _is_file(n, i) and not _hidden(n[len(path) :]))
+    if not names:
+        found.add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
+    for name in names:
+        found.add(_child_uri(name, uri), listed[name].get("size"), info=listed[name])
+
+
 def expand_inputs(paths: Iterable[str], storage: Storage | None, opts: TextFormat) -> list[SourceFile]:
     """Files named by ``paths`` (files, directories searched recursively, globs), in a stable order."""
-    out: list[SourceFile] = []
-    seen: set[str] = set()
-
-    def add(uri: str, size: int | None = None, error: tuple[str, str] | None = None) -> None:
-        if uri in seen:
-            return
-        seen.add(uri)
-        fmt, compression = detect_format(uri, opts)
-        out.append(SourceFile(uri, fmt, compression, size, error))
-
+    found = _Found(opts)
     for spec in paths:
         uri = normalize_uri(str(spec))
-        protocol = protocol_of(uri)
         fs, path = get_fs(uri, storage)
-
-        def to_uri(name: str, protocol: str = protocol) -> str:
-            return name if protocol == "file" else f"{protocol}://{name}"
-
-        def unreadable(exc: BaseException, uri: str = uri) -> None:  # this input's error row
-            error = input_error(exc, display_uri(uri))
-            add(uri, error=(error.kind, error.message))
-
         if has_magic(path) and not _exists(fs, path):  # "book [2024].txt" is a name, not a pattern
-            try:
-                matches = fs.glob(path, detail=True)
-            except ACCESS_ERRORS as exc:
-                unreadable(exc)
-                continue
-            files = sorted(n for n, info in matches.items() if _is_file(n, info))
-            if not files:
-                add(
-                    uri,
-                    error=("missing", f"no input matches {display_uri(uri)}; check the pattern and path."),
-                )
-            for name in files:
-                add(to_uri(name), matches[name].get("size"))
-            continue
-        try:
-            info = fs.info(path)
-        except FileNotFoundError:
-            info = None  # reported when the file is read, as that input's error row
-        except ACCESS_ERRORS as exc:  # no credentials, access denied ...
-            unreadable(explain_forbidden(fs, path, exc))
-            continue
-        if info is not None and info.get("type") == "directory":
-            try:
-                found = fs.find(path, detail=True)
-            except ACCESS_ERRORS as exc:
-                unreadable(exc)
-                continue
-            names = sorted(n for n, i in found.items() if _is_file(n, i) and not _hidden(n[len(path) :]))
-            if not names:
-                add(uri, error=("missing", f"directory {display_uri(uri)} holds no input files."))
-            for name in names:
-                add(to_uri(name), found[name].get("size"))
+            _expand_glob(found, fs, path, uri)
         else:
-            add(uri, info.get("size") if info else None)
-    return out
+            _expand_path(found, fs, path, uri)
+    return found.out
 
 
 def file_size(src: SourceFile, storage: Storage | None) -> int | None:

@@ -11,7 +11,7 @@ Contract:
   to lines by the reader), processed in parallel as separate streams; a JSONL file of records is split the
   same way between records (named by byte offset then), a Parquet file by row groups.
 * ``spread_records``: when there are fewer descriptors than stream slots, each unsplit file of records
-  becomes one descriptor per actor, each taking every ``n``-th record (``extra['every'] = [n, j]``), so
+  becomes one descriptor per actor, each taking every ``n``-th record (``every = (n, j)``), so
   one JSONL/Parquet file's records run on all actors at once; every reader reads the file, parsing only
   its own records, and records keep their names (``#record=N``, ``#id=X``).
 * ``GroupedInput``: what a task hands the driver when its streams gather lines by a key found in each
@@ -27,10 +27,15 @@ import itertools
 import json
 import logging
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, Protocol
 
+from pydantic import TypeAdapter
+from pydantic.dataclasses import dataclass as pydantic_dataclass
+
+from pipeline.config import BaseJobConfig
 from pipeline.inputs.sources import ReadOptions, SourceFile, file_size
+from pipeline.output.manifest import OutputState, file_spec, stream_key
 from pipeline.storage import Storage
 
 log = logging.getLogger(__name__)
@@ -39,9 +44,10 @@ log = logging.getLogger(__name__)
 MAX_BLOCKS = 20_000
 
 
-@dataclass
+@pydantic_dataclass
 class StreamTask:
-    """One unit of work for an actor: one stream, or one file of records (each record a stream)."""
+    """One unit of work for an actor: one stream, or one file of records (each record a stream); typed and
+    validated (a pydantic dataclass), carried to actors as JSON."""
 
     task: str
     sources: list[SourceFile]
@@ -50,40 +56,64 @@ class StreamTask:
     part: int = 0
     parts: int = 1
     key: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: this reader's share of a file's records: every ``n``-th record from ``j`` (``spread_records``)
+    every: tuple[int, int] | None = None
+    #: row groups ``[a, b)`` of a Parquet file (a split file of records)
+    row_groups: tuple[int, int] | None = None
+    #: (kind, message): the stream's input is known to be bad (a shuffle's unreadable file)
+    error: tuple[str, str] | None = None
 
     @property
     def single_stream(self) -> bool:
         return self.stream_id is not None
 
-    def to_json(self) -> str:
-        return json.dumps(
-            {
-                "task": self.task,
-                "sources": [s.to_dict() for s in self.sources],
-                "stream_id": self.stream_id,
-                "byte_range": list(self.byte_range) if self.byte_range else None,
-                "part": self.part,
-                "parts": self.parts,
-                "key": self.key,
-                "extra": self.extra,
-            }
+    @property
+    def input_bytes(self) -> int:
+        """What reading this unit means in bytes of its files as stored (for progress): its byte range,
+        else its files' sizes (a share of a file's records reads the whole file)."""
+        if self.byte_range is not None:
+            return self.byte_range[1] - self.byte_range[0]
+        return sum(s.size or 0 for s in self.sources)
+
+    @property
+    def whole_file(self) -> bool:
+        """The unit reads a whole file (no byte range, no row groups; a share still reads all of it)."""
+        return self.byte_range is None and self.row_groups is None
+
+    @property
+    def reports_file(self) -> bool:
+        """Whether a failure of the whole file is this unit's to report (of the readers sharing a file's
+        records, the first: the others fail the same way)."""
+        return self.every is None or self.every[1] == 0
+
+    def records_spec(self, limit: int | None) -> str | None:
+        """The ``file_spec`` of this unit's reading of a file of records (None: the unit is one stream).
+        ``limit``: ``input.max_records_per_file``, which decides which records the reading holds."""
+        if self.single_stream:
+            return None
+        src = self.sources[0]
+        return file_spec(
+            src.uri,
+            src.size,
+            every=self.every,
+            byte_range=self.byte_range,
+            row_groups=self.row_groups,
+            limit=limit,
         )
+
+    def to_json(self) -> str:
+        return _TASK.dump_json(self).decode()
 
     @classmethod
     def from_json(cls, text: str) -> StreamTask:
-        data = json.loads(text)
-        byte_range = data.get("byte_range")
-        return cls(
-            task=data["task"],
-            sources=[SourceFile.from_dict(s) for s in data["sources"]],
-            stream_id=data.get("stream_id"),
-            byte_range=(int(byte_range[0]), int(byte_range[1])) if byte_range else None,
-            part=int(data.get("part", 0)),
-            parts=int(data.get("parts", 1)),
-            key=data.get("key"),
-            extra=data.get("extra") or {},
-        )
+        return _TASK.validate_json(text)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StreamTask:
+        return _TASK.validate_python(data)
+
+
+_TASK = TypeAdapter(StreamTask)
 
 
 class GroupedInput(Protocol):
@@ -93,6 +123,59 @@ class GroupedInput(Protocol):
         """A materialized Ray dataset with one row per stream: columns ``task`` (a ``StreamTask``'s JSON)
         and ``lines``."""
         ...
+
+
+def pending_units(
+    units: list[StreamTask], state: OutputState, cfg: BaseJobConfig
+) -> tuple[list[StreamTask], int, int]:
+    """The units the output does not hold yet -- a stream not ended (or ended in an error, with
+    ``output.retry_errors``), a file of records not marked done -- and how many streams and files of
+    records it holds already."""
+    retry, limit = cfg.output.retry_errors, cfg.input.max_records_per_file
+    pending, streams, files = [], 0, 0
+    for unit in units:
+        spec = unit.records_spec(limit)
+        if spec is None and state.is_done(stream_key(str(unit.stream_id)), retry):
+            streams += 1
+        elif spec is not None and state.reading_done(spec, unit.whole_file, retry):
+            files += 1
+        else:
+            pending.append(unit)
+    return pending, streams, files
+
+
+def units_to_json(units: list[StreamTask]) -> str:
+    """One unit of work as Ray Data carries it: a descriptor, or a bundle of small ones (a JSON list)."""
+    if len(units) == 1:
+        return units[0].to_json()
+    return "[" + ",".join(u.to_json() for u in units) + "]"
+
+
+def units_from_json(text: str) -> list[StreamTask]:
+    if text.lstrip().startswith("["):
+        return [StreamTask.from_dict(d) for d in json.loads(text)]
+    return [StreamTask.from_json(text)]
+
+
+#: A descriptor of one stream whose input is smaller than this is bundled with others (``bundle_small``).
+BUNDLE_BELOW_BYTES = 4 << 20
+#: Bundles per stream slot of the actor pool, at least (for balance: the last ones end close together).
+BUNDLES_PER_SLOT = 4
+
+
+def bundle_small(units: list[StreamTask], slots: int) -> list[list[StreamTask]]:
+    """Units of work: each small one-stream descriptor (under ``BUNDLE_BELOW_BYTES``) goes into a bundle
+    with others, at least ``BUNDLES_PER_SLOT`` bundles per stream slot while there are enough; the rest
+    stay alone. An actor commits its rows at the end of each unit (``pipeline.output.parts``): a hundred
+    thousand small files make a few hundred parts, not a hundred thousand."""
+    small = [u for u in units if u.single_stream and u.input_bytes < BUNDLE_BELOW_BYTES]
+    if len(small) <= slots * BUNDLES_PER_SLOT:
+        return [[u] for u in units]
+    count = slots * BUNDLES_PER_SLOT
+    size = math.ceil(len(small) / count)
+    bundles = [small[i : i + size] for i in range(0, len(small), size)]
+    ids = {id(u) for u in small}
+    return [[u] for u in units if id(u) not in ids] + bundles
 
 
 def split_ranges(size: int, parts: int) -> list[tuple[int, int]]:
@@ -126,18 +209,45 @@ def plan_files(
     return tasks
 
 
+def split_for_actors(
+    units: list[StreamTask], actors: int, storage: Storage | None = None, min_bytes: int = 1 << 20
+) -> list[StreamTask]:
+    """``input.split_parts: auto`` for a task that splits by default (logs): with fewer units than actors,
+    each large uncompressed text file that is one stream becomes parts in proportion to its share of the
+    input (one per actor for a single file), so every actor reads; gzip files cannot be cut and stay whole."""
+    if len(units) >= actors:
+        return units
+    total = sum(u.input_bytes for u in units) or 1
+    out: list[StreamTask] = []
+    for unit in units:
+        src = unit.sources[0]
+        parts = max(1, round(actors * unit.input_bytes / total))
+        whole_text = (
+            unit.single_stream and len(unit.sources) == 1 and unit.whole_file and src.format == "text"
+        )
+        split = _split(unit.task, src, storage, parts, min_bytes, True) if parts > 1 and whole_text else []
+        out += split or [unit]
+    return out
+
+
+def largest_first(units: list[list[StreamTask]]) -> list[list[StreamTask]]:
+    """Units by their input, largest first (Ray Data hands them out in order): the longest ones start at
+    once and the last to end are small, so actors finish close together."""
+    return sorted(units, key=lambda unit: -sum(u.input_bytes for u in unit))
+
+
 def spread_records(tasks: list[StreamTask], ways: int) -> list[StreamTask]:
     """Each unsplit file of records as ``ways`` descriptors sharing its records (see the module docstring)."""
     if ways < 2:
         return tasks
     out: list[StreamTask] = []
     for t in tasks:
-        whole_record_file = not t.single_stream and t.byte_range is None and "row_groups" not in t.extra
-        if not whole_record_file or "every" in t.extra:
+        whole_record_file = not t.single_stream and t.whole_file
+        if not whole_record_file or t.every is not None:
             out.append(t)
             continue
         for phase in range(ways):
-            out.append(replace(t, extra={**t.extra, "every": [ways, phase]}))
+            out.append(replace(t, every=(ways, phase)))
     return out
 
 
@@ -163,7 +273,7 @@ def _split(
         edges = [i * len(rows) // n for i in range(n + 1)]
         bounds = list(itertools.pairwise(edges))
         return [
-            StreamTask(task, [src], None, part=i, parts=len(bounds), extra={"row_groups": list(b)})
+            StreamTask(task, [src], None, part=i, parts=len(bounds), row_groups=b)
             for i, b in enumerate(bounds)
         ]
     if src.format == "parquet":

@@ -26,6 +26,7 @@ from typing import Any
 import psutil
 
 from pipeline.config import BaseJobConfig
+from pipeline.inputs.sources import ACCESS_ERRORS
 from pipeline.output.writer import OutputError, PartWriter, read_part
 from pipeline.storage import Storage, display_uri, get_fs
 
@@ -34,6 +35,8 @@ log = logging.getLogger(__name__)
 MAX_REPORTED_ERRORS = 1000
 MAX_KEPT_PATHS = 20
 PREVIEW_CHARS = 320
+#: What reading a result file back for the preview may raise (gone, unreadable, S3 unreachable by now).
+PREVIEW_ERRORS: tuple[type[BaseException], ...] = (*ACCESS_ERRORS, ValueError)
 #: Seconds between two heartbeats of a running job's record ...
 HEARTBEAT_S = 60.0
 #: ... and the age at which a heartbeat means its run is gone (a killed run on another host).
@@ -50,8 +53,13 @@ class JobReport:
     streams_error: int = 0
     streams_skipped: int = 0
     streams_resumed: int = 0  # of those done: resumed from a checkpoint
-    rows: int = 0
-    tokens: int = 0
+    files_skipped: int = 0  # files of records the output marks done (not read again)
+    rows: int = 0  # rows committed by this run
+    tokens: int = 0  # document tokens streamed by this run (as they go)
+    bytes_done: int = 0  # input bytes read (as they go)
+    bytes_total: int = 0
+    tokens_per_second_now: float = 0.0
+    eta_seconds: float | None = None
     seconds: float = 0.0
     actors: int = 0
     actor_resources: dict[str, float] = field(default_factory=dict)
@@ -68,8 +76,16 @@ class JobReport:
         return self.tokens / self.seconds if self.seconds > 0 else 0.0
 
     def add(self, status: dict[str, Any]) -> None:
-        """Count one stream's status row (``ok``, ``error`` or ``skipped``)."""
+        """Count one status row: a stream's (``ok``, ``error`` or ``skipped``), or a unit's ``progress``
+        (bytes read, tokens streamed and rows committed since its last one)."""
         state = status["status"]
+        self.tokens += int(status.get("tokens_delta") or 0)
+        self.bytes_done += int(status.get("bytes_delta") or 0)
+        if state == "progress":
+            self.rows += int(status.get("rows") or 0)
+            return
+        if state == "again":  # a stream this run ended already (its unit was retried): counted once
+            return
         if state == "skipped":
             self.streams_skipped += 1
         elif state == "ok":
@@ -82,10 +98,9 @@ class JobReport:
                 )
         if status.get("resumed_tokens"):
             self.streams_resumed += 1
-        if status.get("path") and state == "ok" and len(self.paths) < MAX_KEPT_PATHS:
-            self.paths.append(str(status["path"]))  # for the preview
-        self.rows += int(status["rows"] or 0)
-        self.tokens += int(status["tokens"] or 0)
+        path = status.get("path")
+        if path and state == "ok" and path not in self.paths and len(self.paths) < MAX_KEPT_PATHS:
+            self.paths.append(str(path))  # for the preview
 
 
 def new_job_id(job_name: str) -> str:
@@ -102,7 +117,13 @@ def job_record(cfg: BaseJobConfig, job_id: str, state: str, report: JobReport) -
         "streams_error": report.streams_error,
         "streams_skipped": report.streams_skipped,
         "streams_resumed": report.streams_resumed,
+        "files_skipped": report.files_skipped,
+        "rows": report.rows,
         "tokens": report.tokens,
+        "input_bytes_done": report.bytes_done,
+        "input_bytes_total": report.bytes_total,
+        "tokens_per_second": round(report.tokens_per_second_now, 1),
+        "eta_seconds": None if report.eta_seconds is None else round(report.eta_seconds),
         "seconds": report.seconds,
         "config": cfg.public_dict(),  # secrets masked
     }
@@ -208,7 +229,7 @@ def preview(paths: list[str], storage: Storage | None, kind: str, limit: int = 3
             fs, path = get_fs(uri, storage)
             with fs.open(path, "rb") as fh:
                 rows = read_part(fh.read()).to_pylist()
-        except (OSError, ValueError):  # gone or unreadable since it was written: preview the others
+        except PREVIEW_ERRORS:  # gone or unreadable since it was written: preview the others
             continue
         for row in rows:
             if row["row_kind"] == kind:
@@ -224,10 +245,11 @@ def format_report(report: JobReport) -> str:
         f"{report.job_name} {report.job_id}: {report.streams_done} streams processed "
         f"({report.streams_ok} ok, {report.streams_error} errors"
         + (f", {report.streams_resumed} resumed from checkpoints" if report.streams_resumed else "")
-        + f"), {report.streams_skipped} already written; "
-        f"{report.tokens:,} tokens in {report.seconds:.1f} s ({report.tokens_per_second:.0f} tokens/s) "
-        f"on {report.actors} actors",
-        f"Results: {out}  (Parquet, one file per stream; columns in docs/pipeline.md)",
+        + f"), {report.streams_skipped} already written"
+        + (f", {report.files_skipped} files of records already done" if report.files_skipped else "")
+        + f"; {report.rows:,} rows, {report.tokens:,} tokens in {report.seconds:.1f} s "
+        f"({report.tokens_per_second:.0f} tokens/s) on {report.actors} actors",
+        f"Results: {out}  (Parquet parts, each holding rows of many streams; columns in docs/pipeline.md)",
         f'  pandas: pd.read_parquet("{out}")',
         f"  duckdb: SELECT stream_id, row_kind, segment_index, output_text FROM '{glob}'",
     ]

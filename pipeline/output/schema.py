@@ -1,8 +1,9 @@
 """The output schema: one explicit pyarrow schema for every row of every task, defined here only.
 
 Row kinds: ``segment`` (summary of one chapter or N-token segment), ``final`` (summary of the whole
-stream), ``answer`` (one question), ``window`` (one log window's report and statistics) and ``error``
-(the stream failed; ``error_kind`` and ``error`` say why and how to fix it). docs/pipeline.md documents
+stream), ``answer`` (one question), ``window`` (one log window's report and statistics), ``summary`` (a
+log stream's night: its numbers and report) and ``error`` (the stream failed; ``error_kind`` and
+``error`` say why and how to fix it). docs/pipeline.md documents
 every column; ``tests/test_pipeline_writer.py`` checks that the table there matches this schema.
 """
 
@@ -13,8 +14,8 @@ from typing import Any
 
 import pyarrow as pa
 
-SCHEMA_VERSION = "1"
-ROW_KINDS = ("segment", "final", "answer", "window", "error")
+SCHEMA_VERSION = "2"  # 2: row_index
+ROW_KINDS = ("segment", "final", "answer", "window", "summary", "error")
 
 _TEMPLATE = pa.struct([pa.field("template", pa.string()), pa.field("count", pa.int64())])
 _NOTABLE = pa.struct(
@@ -38,6 +39,14 @@ _BURST = pa.struct(
 )
 
 
+_WINDOW_LINES = pa.struct(
+    [pa.field("start", pa.float64()), pa.field("lines", pa.int64()), pa.field("seconds", pa.float64())]
+)
+_SILENCE = pa.struct(
+    [pa.field("start", pa.string()), pa.field("end", pa.string()), pa.field("seconds", pa.float64())]
+)
+
+
 def _f(name: str, type_: pa.DataType, nullable: bool = True) -> pa.Field:
     return pa.field(name, type_, nullable=nullable)
 
@@ -57,6 +66,7 @@ SCHEMA = pa.schema(
         _f("part_index", pa.int32(), False),
         _f("part_count", pa.int32(), False),
         _f("record_id", pa.string()),
+        _f("row_index", pa.int64()),  # the row's place in its stream: 0, 1, ... (null in files before 2)
         # what the model was asked and wrote
         _f("question", pa.string()),
         _f("output_text", pa.string()),
@@ -85,6 +95,15 @@ SCHEMA = pa.schema(
         _f("log_format", pa.string()),
         _f("log_notable_templates", pa.list_(_NOTABLE)),
         _f("log_bursts", pa.list_(_BURST)),
+        _f("log_alert_bursts", pa.list_(_BURST)),
+        _f("log_host", pa.string()),
+        _f("log_new_templates", pa.list_(pa.string())),
+        _f("log_new_host", pa.bool_()),
+        _f("log_templates", pa.list_(_TEMPLATE)),
+        _f("log_silences", pa.list_(_SILENCE)),
+        _f("log_rate_ratio", pa.float64()),
+        _f("log_busiest_windows", pa.list_(pa.int32())),
+        _f("log_window_lines", pa.list_(_WINDOW_LINES)),
         _f("log_report", pa.string()),
         # timings
         _f("feed_seconds", pa.float64()),

@@ -1,23 +1,27 @@
-"""Atomic per-stream Parquet parts and the resume check.
+"""The output folder: committed Parquet parts, the state they describe, checkpoints and job records.
 
 Contract:
 
-* Every stream's rows go to one file named after a hash of its stream id: ``part-<hash>.parquet`` when the
-  stream succeeded, ``err-<hash>.parquet`` when it ended in an error row. A stream therefore has at most one
-  file, whichever run wrote it, and a rewrite replaces it instead of adding a second.
-* Writes are atomic. Locally the file is written under a hidden temporary name in the same folder, fsynced,
+* Rows live in parts, ``part-<writer>-<seq>.parquet``, each written by one actor's ``PartRoller``
+  (``pipeline.output.parts``) and holding the rows of any number of streams, with its manifest in the
+  footer (``pipeline.output.manifest``). ``state()`` reads the manifests back (once per part: a state
+  given to it is brought up to date by the parts added since) into an ``OutputState``: which streams
+  ended, how many rows of each are committed, which files of records are done. A folder of the earlier
+  layout (``part-<key>.parquet`` / ``err-<key>.parquet``, one per stream) reads as ended streams.
+* Writes are atomic. Locally a file is written under a hidden temporary name in the same folder, fsynced,
   then renamed over the final name. On S3 the object is uploaded in one request (PUT, or a multipart upload
   that only becomes visible when it completes). A crash leaves at most a hidden ``.tmp-*.partial`` file,
   which no reader takes for a result (its name does not end in ``.parquet``: DuckDB's ``*.parquet`` glob
   would read a hidden one) and a later run deletes once it is older than ``TMP_STALE_S`` (a younger one
   may belong to a run still writing to the same output).
-* Resume: ``done()`` lists the folder once; a stream whose hash is there is skipped. Error streams count as
-  done unless ``retry_errors``; when a retried stream then succeeds its ``err-`` file is removed after the
-  ``part-`` file is in place.
+* An error row that is no longer true -- its stream was retried (``output.retry_errors``) and ended
+  again, or a file that failed as a whole read to its end later -- is removed by ``drop_superseded``: the
+  part is rewritten without it (atomically, same name). Only the driver calls it, before and after a run,
+  so no two writers rewrite one part.
 * ``_jobs/<job_id>.json`` records each run's task and settings (never credentials); a run refuses an output
   folder that holds another task's results.
-* ``_checkpoints/<hash>.ckpt`` holds a long stream's latest checkpoint (``actors.checkpoint``), written
-  atomically like a part and removed once the stream's part is written.
+* ``_checkpoints/<key>.ckpt`` holds a long stream's latest checkpoint (``actors.checkpoint``), written
+  atomically like a part once the rows made before it are committed, and removed once its end is.
 * A write that fails (a full disk, a read-only or unwritable folder, S3 refusing the credentials) raises
   ``OutputError``: one message naming the output, the file, the cause and the fix. It leaves no temporary
   file behind (removed on the spot; after a kill, the next run deletes them).
@@ -34,13 +38,13 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import json
 import logging
 import os
 import posixpath
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pyarrow as pa
@@ -49,10 +53,18 @@ import pyarrow.parquet as pq
 
 from pipeline.inputs.sources import (
     ACCESS_ERRORS,
+    CONNECTION_ERRORS,
     CREDENTIAL_CODES,
-    CREDENTIAL_ERRORS,
     is_credential_error,
     s3_error_code,
+)
+from pipeline.output.manifest import (
+    LEGACY_NAME,
+    MANIFEST_KEY,
+    PART_NAME,
+    OutputState,
+    PartManifest,
+    stream_key,
 )
 from pipeline.output.schema import SCHEMA, rows_to_table
 from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protocol_of
@@ -60,6 +72,8 @@ from pipeline.storage import Storage, display_uri, get_fs, normalize_uri, protoc
 log = logging.getLogger(__name__)
 
 PART, ERR, TMP = "part-", "err-", ".tmp-"
+#: Manifests read at once when a state is brought up to date (footer reads: I/O bound, on S3 too).
+MANIFEST_READERS = 16
 #: A temporary file lives for one write (seconds); one older than this was left by a crash.
 TMP_STALE_S = 600
 JOBS_DIR = "_jobs"
@@ -100,6 +114,9 @@ def output_error(output: str, path: str | None, exc: BaseException, doing: str =
     elif isinstance(exc, PermissionError) and protocol_of(output) != "file":
         cause = "access denied by S3"
         fix = "grant s3:PutObject, GetObject, ListBucket and DeleteObject on it, or use another output"
+    elif isinstance(exc, CONNECTION_ERRORS):  # refused, unreachable, timed out: after botocore's retries
+        cause = f"the S3 endpoint cannot be reached ({' '.join(str(exc).split())[:200]})"
+        fix = "check storage.endpoint_url (or AWS_ENDPOINT_URL) and the network, or raise storage.retries"
     elif isinstance(exc, OSError) and exc.errno in _CAUSES:
         cause, fix = _CAUSES[exc.errno]
     else:
@@ -110,10 +127,6 @@ def output_error(output: str, path: str | None, exc: BaseException, doing: str =
         f"cannot {doing} the output {where}{name}: {cause}. {fix}; streams already written are kept, and a "
         "re-run resumes from them."
     )
-
-
-def stream_key(stream_id: str) -> str:
-    return hashlib.sha1(stream_id.encode("utf-8")).hexdigest()[:24]
 
 
 def read_part(data: bytes) -> pa.Table:
@@ -151,15 +164,12 @@ class PartWriter:
             if s3_error_code(exc) in CREDENTIAL_CODES:
                 raise output_error(self.output, None, exc, "reach") from None
             exists = True  # listing may be denied while writing is allowed: let the first write decide
-        except CREDENTIAL_ERRORS as exc:
+        except WRITE_ERRORS as exc:  # no credentials, the endpoint unreachable ...
             raise output_error(self.output, None, exc, "reach") from None
         if not exists:
             raise FileNotFoundError(
                 f"output bucket {bucket!r} does not exist; create it or set output.path to another location."
             )
-
-    def path_for(self, stream_id: str, error: bool = False) -> str:
-        return f"{self.root}/{ERR if error else PART}{stream_key(stream_id)}.parquet"
 
     def uri_for(self, path: str) -> str:
         return path if self.local else f"{protocol_of(self.output)}://{path}"
@@ -175,21 +185,37 @@ class PartWriter:
             raise output_error(self.output, None, exc, "list") from None
         return [posixpath.basename(str(e).rstrip("/")) for e in entries]
 
-    def listing(self) -> dict[str, set[str]]:
-        """Hashes of streams with a ``part`` (succeeded) or ``err`` (error row) file."""
-        out: dict[str, set[str]] = {"part": set(), "err": set()}
-        for name in self._names():
-            if name.endswith(".parquet"):
-                for prefix, kind in ((PART, "part"), (ERR, "err")):
-                    if name.startswith(prefix):
-                        out[kind].add(name[len(prefix) : -len(".parquet")])
-        return out
+    def part_names(self) -> list[str]:
+        """Names of the committed parts (and of files of the earlier layout), one listing."""
+        return sorted(n for n in self._names() if PART_NAME.match(n) or LEGACY_NAME.match(n))
 
-    def done(self, retry_errors: bool = False) -> set[str]:
-        listing = self.listing()
-        for key in listing["part"] & listing["err"]:  # a retry succeeded but its err- file outlived a crash
-            self._remove(f"{self.root}/{ERR}{key}.parquet")
-        return listing["part"] if retry_errors else listing["part"] | listing["err"]
+    def read_manifest(self, name: str) -> PartManifest | None:
+        """A part's manifest, from its footer (None: a file of the earlier layout, or no manifest)."""
+        if not PART_NAME.match(name):
+            return None
+        path = f"{self.root}/{name}"
+        try:
+            with self.fs.open(path, "rb", block_size=1 << 18) as fh:
+                meta = pq.read_metadata(fh).metadata or {}
+        except FileNotFoundError:
+            return None
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, path, exc, "read") from None
+        data = meta.get(MANIFEST_KEY)
+        return PartManifest.from_bytes(data) if data else None
+
+    def state(self, known: OutputState | None = None) -> OutputState:
+        """The output's ``OutputState``; ``known`` (an earlier one) is updated with the parts added since."""
+        state = known if known is not None else OutputState()
+        new = [n for n in self.part_names() if n not in state.parts]
+        if len(new) > 1:
+            with ThreadPoolExecutor(min(MANIFEST_READERS, len(new))) as pool:
+                manifests = list(pool.map(self.read_manifest, new))
+        else:
+            manifests = [self.read_manifest(n) for n in new]
+        for name, manifest in zip(new, manifests):
+            state.add(name, manifest)
+        return state
 
     def cleanup_tmp(self, older_than: float = TMP_STALE_S) -> int:
         """Delete temporary files a crashed run left behind (older than ``older_than`` seconds: a younger
@@ -233,17 +259,6 @@ class PartWriter:
         except WRITE_ERRORS as exc:
             raise output_error(self.output, path, exc) from None
 
-    def remove_error(self, stream_id: str) -> bool:
-        """Delete the stream's error part if it has one (its error no longer holds); True if it had."""
-        path = self.path_for(stream_id, error=True)
-        try:
-            if not self.fs.exists(path):
-                return False
-        except WRITE_ERRORS as exc:
-            raise output_error(self.output, path, exc, "list") from None
-        self._remove(path)
-        return True
-
     def _remove(self, path: str) -> None:
         try:
             self.fs.rm_file(path)
@@ -252,19 +267,61 @@ class PartWriter:
         except WRITE_ERRORS as exc:
             raise output_error(self.output, path, exc, "delete in") from None
 
-    def write(self, stream_id: str, rows: list[dict[str, Any]]) -> str:
-        """Write all rows of one stream atomically; returns the file's URI."""
-        if not rows:
-            raise ValueError(f"no rows to write for stream {stream_id!r}")
-        table = rows_to_table(rows)
-        error = all(r.get("row_kind") == "error" for r in rows)
-        path = self.path_for(stream_id, error)
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        self._put(path, sink.getvalue().to_pybytes())
-        if not error:
-            self._remove(self.path_for(stream_id, error=True))
+    def put_part(self, name: str, rows: list[dict[str, Any]], manifest: PartManifest) -> str:
+        """Commit one part: ``rows`` with ``manifest`` in its footer, atomically; returns its URI."""
+        path = f"{self.root}/{name}"
+        self._put(path, _parquet_bytes(_with_manifest(rows_to_table(rows), manifest)))
         return self.uri_for(path)
+
+    def read_legacy(self, name: str) -> pa.Table:
+        """A file of the earlier layout (one stream's rows)."""
+        path = f"{self.root}/{name}"
+        try:
+            with self.fs.open(path, "rb") as fh:
+                return read_part(fh.read())
+        except WRITE_ERRORS as exc:
+            raise output_error(self.output, path, exc, "read") from None
+
+    def remove_part(self, name: str) -> None:
+        self._remove(f"{self.root}/{name}")
+
+    def drop_superseded(self, state: OutputState) -> int:
+        """Remove the error rows that later ends superseded (see the module docstring); returns how many
+        rows went. A part left with no rows is deleted; a file of the earlier layout too."""
+        dropped = 0
+        for name, keys in state.superseded().items():
+            path = f"{self.root}/{name}"
+            if name in state.legacy:
+                self._remove(path)
+                dropped += 1
+                continue
+            try:
+                with self.fs.open(path, "rb") as fh:
+                    table = read_part(fh.read())
+            except FileNotFoundError:
+                continue
+            except WRITE_ERRORS as exc:
+                raise output_error(self.output, path, exc, "read") from None
+            manifest = PartManifest.from_bytes((table.schema.metadata or {})[MANIFEST_KEY])
+            hashes = [stream_key(s) for s in table.column("stream_id").to_pylist()]
+            kinds = table.column("row_kind").to_pylist()
+            keep = [not (h in keys and kind == "error") for h, kind in zip(hashes, kinds)]
+            dropped += len(keep) - sum(keep)
+            for key in keys:
+                lo, hi, _ = manifest.streams[key]
+                if lo == hi:
+                    del manifest.streams[key]
+                else:
+                    manifest.streams[key] = [lo, hi, None]
+            if not any(keep) and not manifest.streams and not manifest.files:
+                self._remove(path)
+            else:
+                rows = table.filter(pa.array(keep)).to_pylist()
+                self._put(path, _parquet_bytes(_with_manifest(rows_to_table(rows), manifest)))
+            state.error_ends.pop(name, None)
+        if dropped:
+            log.info("removed %d error rows that later runs superseded", dropped)
+        return dropped
 
     def write_job_record(self, job_id: str, record: dict[str, Any], last: bool = False) -> None:
         """Replace the run's record atomically. ``last``: a run's final record -- on a full disk, where no
@@ -327,7 +384,7 @@ class PartWriter:
         return {n[: -len(".ckpt")] for n in self._names(folder) if n.endswith(".ckpt")}
 
     def remove_stale_checkpoints(self, done: set[str]) -> int:
-        """Delete the checkpoints of streams that are done (a crash between a part and its cleanup)."""
+        """Delete the checkpoints of streams that ended (a crash between a part and its cleanup)."""
         stale = self.checkpoint_keys() & done
         for key in stale:
             self._remove(f"{self.root}/{CHECKPOINTS_DIR}/{key}.ckpt")
@@ -351,6 +408,16 @@ class PartWriter:
     def read(self, limit_files: int | None = None) -> pa.Table:
         """All rows written so far (or those of the first ``limit_files`` files), in schema order."""
         return _read(self.files()[:limit_files], self.fs)
+
+
+def _with_manifest(table: pa.Table, manifest: PartManifest) -> pa.Table:
+    return table.replace_schema_metadata({**(table.schema.metadata or {}), MANIFEST_KEY: manifest.to_bytes()})
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _read(paths: list[str], fs: Any) -> pa.Table:

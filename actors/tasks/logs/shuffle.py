@@ -81,16 +81,14 @@ def _pack_group(group: Any, task_name: str, sizes: dict[str, int | None] | None 
     key = table.column("key")[0].as_py()
     uris = sorted(set(table.column("uri").to_pylist()))
     sources = [SourceFile(u, size=(sizes or {}).get(u)) for u in uris]  # sizes: what checkpoints compare
-    extra: dict[str, Any] = {}
     if key.startswith(ERROR_KEY):
         uri = key[len(ERROR_KEY) :]
-        task = StreamTask(task_name, [SourceFile(uri)], stream_id=uri)
-        extra["error"] = json.loads(table.column("line")[0].as_py())
+        error = json.loads(table.column("line")[0].as_py())
+        task = StreamTask(task_name, [SourceFile(uri)], stream_id=uri, error=(error[0], error[1]))
         lines: list[str] = []
     else:
         task = StreamTask(task_name, sources, stream_id=f"{task_name}:key={key}", key=key)
         lines = table.column("line").to_pylist()
-    task.extra = extra
     return pa.table({"task": [task.to_json()], "lines": pa.array([lines], pa.list_(pa.string()))})
 
 
