@@ -349,7 +349,7 @@ def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespa
         if incident["kind"] == "new_host":
             continue
         mine = windows[windows.log_host == incident["host"]]
-        words = [w for w in incident.get("template", "").replace("<*>", " ").split() if len(w) > 4][:6]
+        words = [w for w in (incident.get("template") or "").replace("<*>", " ").split() if len(w) > 4][:6]
         texts = " ".join(mine.output_text.fillna("")).lower()
         named.append(incident["host"].lower() in texts or any(w.lower() in texts for w in words))
     return {
