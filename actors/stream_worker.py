@@ -45,6 +45,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import islice
 from typing import Any, TypeVar
 
 from actors.checkpoint import Checkpoint
@@ -157,7 +158,8 @@ class StreamWorker:
         out = cfg.output
         self.roller = PartRoller(self.writer, uuid.uuid4().hex[:12], job=self.job_id,
                                  max_rows=out.commit_every_rows, max_bytes=out.commit_every_bytes,
-                                 max_age_s=out.commit_every_seconds)  # fmt: skip
+                                 max_age_s=out.commit_every_seconds,
+                                 max_done_age_s=out.commit_done_every_seconds)  # fmt: skip
         self._state = OutputState()
         self._state_lock = threading.Lock()
 
@@ -233,7 +235,8 @@ class StreamWorker:
                 started = self._start(stream, checkpoints)
                 started.unit = index
                 if started.result is None:
-                    call.finished.add(index)
+                    if unit.single_stream:  # of a file of records, the reader's position says how far
+                        call.finished.add(index)
                     yield self._skipped(call, started)
                     if self.fatal is not None:
                         return  # the rest of the file would fail the same way: do not read it
@@ -291,18 +294,21 @@ class StreamWorker:
             if not call.running and not call.committing:
                 return
             timeout = max(0.0, min(STOP_POLL_S, call.next_progress - time.monotonic()))
-            futures: list[Future[Any]] = [*call.running, *call.committing]
+            # Commits resolve in the order the ends were handed in: wait on the oldest only (thousands of
+            # small records' ends may wait for one part).
+            futures: list[Future[Any]] = [*call.running, *islice(call.committing, 1)]
             done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
             for future in done:
                 if future in call.running:
                     failed = self._ended(call, call.running.pop(future))
                     if failed is not None:
                         yield failed
-                else:
-                    started = call.committing.pop(future)
-                    if started is not None:
+            while call.committing and (future := next(iter(call.committing))).done():
+                started = call.committing.pop(future)
+                if started is not None:
+                    if call.units[started.unit].single_stream:  # a file of records: its reader says
                         call.finished.add(started.unit)
-                        yield self._committed(call, started, future)
+                    yield self._committed(call, started, future)
             if time.monotonic() >= call.next_progress:
                 yield self._progress(call)
             if self.fatal is None and not done:
@@ -560,7 +566,7 @@ class _Call:
     units: list[StreamTask]
     t0: float
     meters: list[Meter] = field(default_factory=list)
-    finished: set[int] = field(default_factory=set)  # units whose streams all ended
+    finished: set[int] = field(default_factory=set)  # one-stream units ended, files of records done
     running: dict[Future[None], _Started] = field(default_factory=dict)
     #: commit Futures -> the stream whose end they carry (None: the call's final flush)
     committing: dict[Future[str], _Started | None] = field(default_factory=dict)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from pipeline.inputs.sources import TextFormat
-from pipeline.output.manifest import COMMIT_BYTES, COMMIT_ROWS, COMMIT_SECONDS
+from pipeline.output.manifest import COMMIT_BYTES, COMMIT_DONE_SECONDS, COMMIT_ROWS, COMMIT_SECONDS
 from pipeline.storage import DEFAULT_S3_RETRIES, Storage, check_no_credentials
 
 if TYPE_CHECKING:
@@ -215,8 +215,15 @@ class OutputSettings(Section):
     commit_every_seconds: float = Field(
         default=COMMIT_SECONDS,
         gt=0,
-        description="... or once the oldest has waited this long: a running stream's rows are readable "
-        "within it",
+        description="... or once the oldest row of a stream still running has waited this long: a running "
+        "stream's rows are readable within it",
+    )
+    commit_done_every_seconds: float = Field(
+        default=COMMIT_DONE_SECONDS,
+        gt=0,
+        description="... or once the oldest row or end of the streams that ended has waited this long (at "
+        "least commit_every_seconds): many small records share a part (an actor that dies loses at most "
+        "this much of its finished streams' work: they run again)",
     )
 
     @field_validator("path")

@@ -467,6 +467,29 @@ def test_commit_statuses_come_as_streams_end_not_per_file_and_streams_share_part
     assert max(part.stream_id.nunique() for part in parts) > 1  # streams share parts
 
 
+def test_progress_of_records_follows_the_reader_not_the_first_commit(tmp_path, model_dir, monkeypatch):
+    """A file of records counts as read as far as its reader got: the first record's commit does not make
+    the whole file count as read (it did: a 20,000-record run showed all its bytes read with 9,079 done)."""
+    path = tmp_path / "stories.jsonl"
+    path.write_text("".join(json.dumps({"text": book_text(repeat=1 + i % 3)}) + "\n" for i in range(12)))
+    cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir,
+                     resources={"streams_per_actor": 1})  # fmt: skip
+    cfg.output.commit_every_rows = 1  # every record's end is committed as it comes
+    monkeypatch.setattr("actors.stream_worker.PROGRESS_S", 0.0)  # a progress row at every turn
+    worker = StreamWorker(cfg, "t")
+    [unit] = worker.task.plan(expand_inputs([str(path)], None, cfg.input))
+    read, ended, seen = 0, 0, []  # (bytes read so far, records ended so far)
+    for status in worker.process_iter(unit):
+        read += int(status.get("bytes_delta") or 0)
+        ended += status["status"] == "ok"
+        seen.append((read, ended))
+    total = path.stat().st_size
+    assert seen[-1] == (total, 12)
+    early = [done for done, n in seen if 1 <= n <= 6]  # the first half of the records ended
+    assert early and max(early) < total, seen  # ... and the file was not all read yet
+    assert any(done > 0 for done, n in seen if n == 0), seen  # bytes move before the first record ends
+
+
 def test_each_kind_of_output_reaches_the_decoder_with_its_controls(tmp_path, model_dir, monkeypatch):
     """The decoder of every generation gets that kind of output's controls: the task's defaults
     (repetition penalty, n-gram ban) with the job's overrides, plus the job's sampling and stop strings."""

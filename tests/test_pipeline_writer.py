@@ -137,6 +137,29 @@ def test_commit_triggers_by_rows_bytes_and_age(tmp_path):
     young.close()
 
 
+def test_commit_by_age_waits_longer_for_streams_that_ended(tmp_path):
+    """A running stream's rows are committed within ``max_age_s``; rows and ends of streams that ended
+    wait up to ``max_done_age_s`` (small records share a part), unless a running stream's rows come."""
+    done = _roller(PartWriter(str(tmp_path / "done")), max_age_s=0.3, max_done_age_s=4.0)
+    done.store.prepare()
+    t0 = time.monotonic()
+    for i in range(5):  # five small records, each ended at once
+        key = stream_key(f"r{i}")
+        done.add(key, row(f"r{i}", "final", row_index=0))
+        done.end(key, ok=True, rows=1)
+    time.sleep(1.5)
+    assert not done.store.part_names()  # ended streams only: not yet (the short age does not apply)
+    _until(lambda: len(done.store.part_names()) == 1)
+    assert time.monotonic() - t0 >= 3.9
+    assert len(done.store.state().done_keys()) == 5  # all five in the one part
+    live = stream_key("long")  # now a stream that runs on: its row waits only the short age
+    t0 = time.monotonic()
+    done.add(live, row("long", "window", row_index=0))
+    _until(lambda: len(done.store.part_names()) == 2)
+    assert time.monotonic() - t0 < 3.0  # well before the ended streams' age
+    done.close()
+
+
 def test_commit_after_runs_once_the_rows_before_it_are_committed(tmp_path):
     """A checkpoint (``after``) is written only when the rows made before it are in the output; a newer
     one waiting on the same commit replaces an older one."""

@@ -4,10 +4,12 @@ Contract:
 
 * ``PartRoller`` collects the rows of every stream one actor runs and commits them as one Parquet part,
   ``part-<writer>-<seq>.parquet``, when the rows waiting reach ``max_rows`` rows, ``max_bytes`` bytes (an
-  estimate of their text) or ``max_age_s`` seconds since the oldest of them was added, or when a caller
-  asks (``flush``: a call's last stream ended). A commit is one atomic write (``PartWriter.put_part``):
-  its rows are in the output once, or not at all. Many small streams share a part; a long stream's rows
-  are readable within ``max_age_s`` of being made.
+  estimate of their text), when the oldest row of a stream still running waited ``max_age_s`` seconds,
+  when the oldest of all (rows and ends of streams that ended) waited ``max_done_age_s``, or when a
+  caller asks (``flush``: a call's last stream ended). A commit is one atomic write
+  (``PartWriter.put_part``): its rows are in the output once, or not at all. A long stream's rows are
+  readable within ``max_age_s`` of being made; many small streams, each ended within moments, share a
+  part of up to ``max_done_age_s`` (a hundred thousand records make tens of parts, not thousands).
 * The part's footer carries its manifest (``pipeline.output.manifest``): the rows of each stream it holds,
   which streams ended in it and how, and the files whose records were all read and ended.
 * A stream is done exactly when the part holding its end is committed: ``end`` returns a Future resolved
@@ -33,6 +35,7 @@ from typing import Any
 
 from pipeline.output.manifest import (
     COMMIT_BYTES,
+    COMMIT_DONE_SECONDS,
     COMMIT_ROWS,
     COMMIT_SECONDS,
     ERROR,
@@ -64,7 +67,9 @@ class _Pending:
 
     rows: list[Row] = field(default_factory=list)
     bytes: int = 0
-    since: float | None = None  # when its oldest row was added (monotonic)
+    since: float | None = None  # when its oldest row (or end) was added (monotonic)
+    #: streams that have rows here and had not ended: when the first of those rows was added
+    running: dict[str, float] = field(default_factory=dict)
     streams: dict[str, list[Any]] = field(default_factory=dict)  # key -> [lo, hi, end]
     files: dict[str, int] = field(default_factory=dict)
     waiters: list[Future[str]] = field(default_factory=list)  # ends and flushes it resolves
@@ -84,6 +89,13 @@ class _Pending:
             self.since = time.monotonic()
             lock.notify_all()
 
+    def due(self, max_age_s: float, max_done_age_s: float) -> float | None:
+        """When the part is to be committed by age (monotonic; None: nothing waits)."""
+        if self.since is None:
+            return None
+        done = self.since + max_done_age_s
+        return min(done, min(self.running.values()) + max_age_s) if self.running else done
+
 
 class PartRoller:
     def __init__(
@@ -95,9 +107,11 @@ class PartRoller:
         max_rows: int = COMMIT_ROWS,
         max_bytes: int = COMMIT_BYTES,
         max_age_s: float = COMMIT_SECONDS,
+        max_done_age_s: float = COMMIT_DONE_SECONDS,
     ) -> None:
         self.store, self.writer, self.job = store, writer, job
         self.max_rows, self.max_bytes, self.max_age_s = max_rows, max_bytes, max_age_s
+        self.max_done_age_s = max(max_age_s, max_done_age_s)
         self.seq = 0
         self.committed_rows = 0
         self._pending = _Pending()
@@ -125,6 +139,9 @@ class PartRoller:
             p.rows.append(row)
             p.bytes += row_bytes(row)
             p.touch(self._lock)
+            if key not in p.running:
+                p.running[key] = time.monotonic()
+                self._lock.notify_all()  # the commit thread's next due time may be sooner now
             self._holding[key] = p
             if len(p.rows) >= self.max_rows or p.bytes >= self.max_bytes:
                 self._seal()
@@ -141,6 +158,7 @@ class PartRoller:
             p = self._pending
             span = p.streams.setdefault(key, [rows, rows, None])
             span[2] = OK if ok else ERROR
+            p.running.pop(key, None)  # its rows wait no longer than the ended streams' now
             if error_row is not None:
                 p.rows.append(error_row)
                 p.bytes += row_bytes(error_row)
@@ -216,13 +234,13 @@ class PartRoller:
             with self._lock:
                 while not self._sealed:
                     p = self._pending
-                    if not p.empty and p.since is not None and time.monotonic() - p.since >= self.max_age_s:
+                    due = None if p.empty else p.due(self.max_age_s, self.max_done_age_s)
+                    if due is not None and time.monotonic() >= due:
                         self._seal()  # its oldest row waited long enough: readable now
                         break
                     if self._closed:
                         return
-                    age = None if p.since is None else time.monotonic() - p.since
-                    self._lock.wait(timeout=None if age is None else max(0.0, self.max_age_s - age))
+                    self._lock.wait(timeout=None if due is None else max(0.0, due - time.monotonic()))
                 seq, part = self._sealed[0]
             self._commit(part, seq)
             with self._lock:

@@ -17,10 +17,11 @@ window's statistics (reports never enter the stream): one ``window`` row. At the
 the host new against earlier nights, the busiest windows, silences) and the model's summary of it.
 
 Everything the program knows lives in one ``LogsState``: a checkpoint before each batch of lines holds it
-(every ``output.checkpoint_every_tokens`` tokens of the raw feed, or of as many bytes of input read for
-the condensed one: about 4 bytes a token), and a resumed stream reads on from that batch -- in a file, in
-a file's records, in the lines a shuffle gathered, or, for files merged in time order, in each file at
-once.
+(every ``output.checkpoint_every_tokens`` tokens of work: the raw feed's tokens; for the condensed one the
+model's tokens plus one per KiB of input parsed, so a checkpoint -- the whole bounded cache -- comes every
+64 MiB of a quiet log at the default, not every batch), and a resumed stream reads on from that batch --
+in a file, in a file's records, in the lines a shuffle gathered, or, for files merged in time order, in
+each file at once.
 """
 
 from __future__ import annotations
@@ -47,8 +48,12 @@ from pipeline.inputs.sources import InputError
 
 #: Lines per batch (a checkpoint may come between two batches): the raw feed tokenizes a batch at once.
 BATCH_LINES = {"raw": 128, "condensed": 4096}
-#: Input bytes per token of raw text, roughly: the condensed feed's checkpoints count bytes read.
-BYTES_PER_TOKEN = 4
+#: The condensed feed's work between checkpoints: the model's tokens plus one per this many input bytes.
+#: Parsing a KiB takes ~60 us on a CPU core against ~6 ms for a model token (BENCHMARKS.md, "Nightly logs"),
+#: so this overstates parsing: a resumed stream re-reads at most ``checkpoint_every_tokens`` KiB. (Counting
+#: 4 bytes a token, as the raw feed's text has, wrote the whole cache after every batch of lines: ~2,400
+#: checkpoints of 59 MB for a 1 GB night with the embedded model.)
+CONDENSED_BYTES_PER_TOKEN = 1024
 #: Silences and new templates listed in the summary row, at most.
 MAX_LISTED = 200
 
@@ -83,7 +88,7 @@ class LogsState:
     skim: Skim = field(default_factory=Skim)
     lines: int = 0  # lines with text read
     alerts: int = 0
-    read_bytes: int = 0  # input bytes read (the condensed feed's checkpoints count them)
+    read_bytes: int = 0  # input bytes read (the condensed feed's checkpoints count them too)
     capped: str | None = None  # why reading stopped early (logs.max_lines), for the reports
     silences: list[Silence] = field(default_factory=list)  # of the whole stream, for the summary
     new_tonight: list[str] = field(default_factory=list)  # templates new against the earlier nights
@@ -132,8 +137,8 @@ class LogsRun:
             st.log_format, self.detect = self.parser.format.name, False
         st.position, st.parser_memory = batch[0][0], self.parser.memory()
         # All before this batch is done: a resumed stream reads from here.
-        progress = ctx.tokens if self.s.feed == "raw" else st.read_bytes // BYTES_PER_TOKEN
-        yield from ctx.checkpoint(st, progress=progress)
+        parsed = 0 if self.s.feed == "raw" else st.read_bytes // CONDENSED_BYTES_PER_TOKEN
+        yield from ctx.checkpoint(st, progress=ctx.tokens + parsed)
         if self.s.feed == "raw":
             yield from self._raw_batch(batch)
         else:
@@ -332,6 +337,7 @@ class LogsRun:
         s, stats = self.s, window.stats
         top = stats.top_templates(s.top_templates)
         fmt = self.parser.format.name
+        assert s.report_prompt is not None  # set by LogsSettings' validator
         prompt = _prompt(s.report_prompt, window, self.source, top, fmt, facts)
         result = yield from self.ctx.ask(prompt, s.generation)
         title = f"Incident report: {self.source}, window {window.index + 1} ({fmt} log)"

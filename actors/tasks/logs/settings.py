@@ -26,6 +26,20 @@ LOG_PROMPT_FIELDS = {
     "format",
     "statistics",
 }
+#: The instruction after each window, by feed. The raw feed's model read lines, so it is given the
+#: window's statistics; the condensed feed's model just read them (and the new messages, alerts, bursts),
+#: and repeating them would double the tokens of a report, which are the night's cost on CPU.
+REPORT_PROMPTS = {
+    "raw": (
+        "Statistics of the log lines above ({source}, window {window}, {format} log):\n{statistics}\n\n"
+        "In two or three sentences, tell an on-call engineer what happened in this window and whether "
+        "anything needs attention."
+    ),
+    "condensed": (
+        "In two or three sentences, tell an on-call engineer what happened in the window above ({source}, "
+        "window {window}) and whether anything needs attention."
+    ),
+}
 #: Windows of the condensed feed when none is set: an hour of log time.
 CONDENSED_WINDOW_SECONDS = 3600.0
 
@@ -109,14 +123,12 @@ class LogsSettings(Section):
         default=None, description="regex: matching lines count as alerts; unset: the format's rule"
     )
     top_templates: int = Field(default=5, ge=1, description="templates listed per window")
-    report_prompt: str = Field(
-        default=(
-            "Statistics of the log lines above ({source}, window {window}, {format} log):\n{statistics}\n\n"
-            "In two or three sentences, tell an on-call engineer what happened in this window and whether "
-            "anything needs attention."
-        ),
+    report_prompt: str | None = Field(
+        default=None,
         description="the instruction after each window; placeholders: "
-        + ", ".join(sorted(LOG_PROMPT_FIELDS)),
+        + ", ".join(sorted(LOG_PROMPT_FIELDS))
+        + "; unset: the feed's (the raw feed's gives the window's statistics; the condensed feed's does "
+        "not repeat what the model just read)",
     )
     summary_prompt: str = Field(
         default=(
@@ -157,6 +169,8 @@ class LogsSettings(Section):
             raise ValueError("timestamp_pattern needs a named group (?P<ts>...)")
         if self.level_pattern and "(?P<level>" not in self.level_pattern:
             raise ValueError("level_pattern needs a named group (?P<level>...)")
+        if self.report_prompt is None:
+            self.report_prompt = REPORT_PROMPTS[self.feed]
         check_template(self.report_prompt, LOG_PROMPT_FIELDS, "report_prompt")
         check_template(self.summary_prompt, {"source", "statistics"}, "summary_prompt")
         if self.format not in FORMAT_NAMES:
