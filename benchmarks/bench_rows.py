@@ -18,7 +18,8 @@ checkpoints) and the driver's progress (``pipeline.job.driver.Progress``):
   Ray: the share of the model, tokenizing, the scheduler, rows and commits, reading).
 * ``log``: a generated multi-host night (``actors.tasks.logs.synth``) of ``--size``, one stream per host,
   for at most ``--minutes``: when the first window row was readable, how often the bar moved, every
-  checkpoint's size, RSS of the actors and the driver over time.
+  checkpoint's size, RSS of the actors and the driver over time. The ``--nights - 1`` earlier nights run
+  first with the tiny model (tonight's look-back reads their statistics, not their reports).
 * ``main``: ``python -m jobs.summarize_books``'s job on the embedded model: the longest time the bar
   stood still.
 
@@ -48,6 +49,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 #: policy is too small for its 30 layers.
 SAMPLE_LOGS_POLICY = {"name": "streaming_llm", "budget": 1024, "stride": 256, "params": {}}
 QUESTIONS = ["Who is in the story?", "Where does it happen?", "What goes wrong?"]
+
+log = logging.getLogger("bench_rows")
 
 
 class Sampler:
@@ -283,25 +286,28 @@ def bench_log(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     labels = generate(logs, parse_size(args.size), hosts=args.hosts, nights=args.nights, seed=0)
     generate_s = time.perf_counter() - t0
-    model = build_tiny_model(work / "tiny-model") if args.model == "tiny" else "default"
+    tiny = build_tiny_model(work / "tiny-model")
     nights = [n["date"] for n in labels["nights"]]
 
-    def config(night: str) -> Any:
+    def config(night: str, model: Any) -> Any:
         cfg = job_config("logs", [str(logs / night)], str(out / night), model,
                          logs={"group_by": "path", "key_pattern": r"/(?P<key>[^/]+)/[^/]+\.log$",
                                "feed": args.feed, "history_nights": 7, "max_new_tokens": args.new_tokens,
                                **({"window_seconds": args.window} if args.feed == "condensed" else {})},
                          resources={"actors": args.actors, "threads_per_actor": 1},
-                         **({"policy": SAMPLE_LOGS_POLICY} if args.model == "default" else {}))  # fmt: skip
-        if args.model == "tiny":  # many checkpoints to measure; the embedded model keeps the default
+                         **({"policy": SAMPLE_LOGS_POLICY} if model == "default" else {}))  # fmt: skip
+        if model != "default":  # many checkpoints to measure; the embedded model keeps the default
             cfg.output.checkpoint_every_tokens = 4096
         return cfg
 
     ray = _ray(args.actors)
     try:
-        for night in nights[:-1]:  # the earlier nights, for tonight's look-back
-            _run_night(config(night), None)
-        result = _run_night(config(nights[-1]), args.minutes * 60, out / nights[-1])
+        # The earlier nights, for tonight's look-back, which reads their statistics only (summary rows'
+        # templates and window line counts), not their reports: the tiny model makes them quickly.
+        for night in nights[:-1]:
+            _run_night(config(night, tiny), None)
+        model = tiny if args.model == "tiny" else "default"
+        result = _run_night(config(nights[-1], model), args.minutes * 60, out / nights[-1])
     finally:
         ray.shutdown()
     return {"size": args.size, "feed": args.feed, "model": args.model, "generate_s": generate_s,
@@ -312,7 +318,10 @@ def _run_night(cfg: Any, seconds: float | None, out: Path | None = None) -> dict
     from jobs.run import run_job
 
     if seconds is None:
-        run_job(cfg)
+        t0 = time.perf_counter()
+        report = run_job(cfg)
+        log.info("earlier night %s: %d streams in %.0f s", cfg.output.path, report.streams_ok,
+                 time.perf_counter() - t0)  # fmt: skip
         return {}
     assert out is not None
     stopped = threading.Timer(seconds, _interrupt)
@@ -441,6 +450,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    log.setLevel(logging.INFO)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-rows-"))
     work.mkdir(parents=True, exist_ok=True)
     try:

@@ -28,7 +28,7 @@ import numpy as np
 
 from actors.checkpoint import allow
 from actors.tasks.logs.report import duration_text
-from actors.tasks.logs.stats import Burst, LogLine, ParsedBatch, WindowStats
+from actors.tasks.logs.stats import Burst, LogLine, ParsedBatch, WindowStats, hot_runs
 
 #: Templates a stream remembers (for "new" and for the night's summary), at most.
 MAX_SEEN = 50_000
@@ -227,14 +227,7 @@ def alert_bursts(stats: WindowStats, width: int = 60) -> list[Burst]:
     threshold = max(ALERT_BURST_MIN, ALERT_BURST_FACTOR * statistics.median(alerts), 1.5 * mean)
     hot = [a >= threshold for a in alerts]
     found: list[Burst] = []
-    b = 0
-    while b < n:
-        if not hot[b]:
-            b += 1
-            continue
-        e = b
-        while e + 1 < n and hot[e + 1]:
-            e += 1
+    for b, e in hot_runs(hot):
         start = next(s for s in range(lo + b * width, lo + (e + 1) * width) if s in stats.second_text)
         end = max(s for s in range(lo + b * width, lo + (e + 1) * width) if s in stats.second_text)
         n_alerts = sum(alerts[b : e + 1])
@@ -242,5 +235,4 @@ def alert_bursts(stats: WindowStats, width: int = 60) -> list[Burst]:
         found.append(
             Burst(stats.second_text[start], stats.second_text[end], sum(lines[b : e + 1]), n_alerts, ratio)
         )
-        b = e + 1
     return found

@@ -1317,14 +1317,7 @@ class WindowStats:
         mean = sum(lines) / n_buckets
         hot = [n >= BURST_MIN_LINES and n >= BURST_FACTOR * mean for n in lines]
         found: list[Burst] = []
-        b = 0
-        while b < n_buckets:
-            if not hot[b]:
-                b += 1
-                continue
-            e = b
-            while e + 1 < n_buckets and hot[e + 1]:
-                e += 1
+        for b, e in hot_runs(hot):
             start, end = first[b], last[e]
             assert start is not None and end is not None  # hot buckets hold lines
             n = sum(lines[b : e + 1])
@@ -1333,9 +1326,21 @@ class WindowStats:
             found.append(
                 Burst(self.second_text[start], self.second_text[end], n, sum(alerts[b : e + 1]), ratio)
             )
-            b = e + 1
         largest = sorted(found, key=lambda x: -x.lines)[:k]
         return [x for x in found if x in largest]
+
+
+def hot_runs(hot: list[bool]) -> list[tuple[int, int]]:
+    """The runs of adjacent true buckets, as ``(first, last)`` indices: adjacent burst buckets merge."""
+    runs: list[tuple[int, int]] = []
+    for i, is_hot in enumerate(hot):
+        if not is_hot:
+            continue
+        if runs and runs[-1][1] == i - 1:
+            runs[-1] = (runs[-1][0], i)
+        else:
+            runs.append((i, i))
+    return runs
 
 
 def _add_counts(counter: Counter[int], keys: list[int], counts: list[int]) -> None:
