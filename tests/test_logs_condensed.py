@@ -9,7 +9,7 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from helpers_pipeline import job_config
+from helpers_pipeline import job_config, log_lines
 from incidents import found_incidents
 
 from actors.stream_worker import StreamWorker
@@ -121,3 +121,39 @@ def test_condensed_history_reads_only_earlier_nights(nights):
     later = nights["rows"][tonight]
     assert later[later.row_kind == "summary"].log_new_host.notna().all()
     assert later[later.row_kind == "summary"].log_new_host.sum() == 1  # the one new host
+
+
+def test_condensed_checkpoints_count_model_tokens_and_kib_parsed_not_every_batch(tmp_path, model_dir):
+    """The condensed feed's work between checkpoints is the model's tokens plus one per KiB parsed: a
+    checkpoint (the whole bounded cache: 59 MB for the embedded model) is not written after every batch of
+    lines, as counting 4 bytes a token did (~2,400 checkpoints for a 1 GB night)."""
+    from actors.checkpoint import Checkpoint
+    from actors.tasks.logs.program import BATCH_LINES, CONDENSED_BYTES_PER_TOKEN
+    from pipeline.output.writer import PartWriter
+
+    lines = [f"{line} payload={'x' * 60}" for line in log_lines(6 * BATCH_LINES["condensed"])]
+    path = tmp_path / "app.log"
+    path.write_text("\n".join(lines) + "\n")
+    every = 1000
+    cfg = job_config("logs", [str(path)], str(tmp_path / "out"), model_dir,
+                     logs={"feed": "condensed", "window_seconds": 3600, "max_new_tokens": 2})  # fmt: skip
+    cfg.output.checkpoint_every_tokens = every
+    cfg.output.commit_every_rows = 1  # a checkpoint waits for the rows before it: commit them at once
+    saved: list[Checkpoint] = []
+    write = PartWriter.write_checkpoint
+
+    def keep(self: PartWriter, stream_id: str, data: bytes) -> None:
+        saved.append(Checkpoint.from_bytes(data))
+        write(self, stream_id, data)
+
+    PartWriter.write_checkpoint = keep  # type: ignore[method-assign]
+    try:
+        worker = StreamWorker(cfg, "t")
+        units = worker.task.plan(expand_inputs(worker.task.inputs(), None, worker.task.read_options()))
+        statuses = [s for unit in units for s in worker.process(unit)]
+    finally:
+        PartWriter.write_checkpoint = write  # type: ignore[method-assign]
+    assert {s["status"] for s in statuses} == {"ok"}
+    work = path.stat().st_size // CONDENSED_BYTES_PER_TOKEN + max(c.tokens for c in saved)
+    assert 1 <= len(saved) <= work // every + 1, (len(saved), work)  # by work done: about 1 per 1,000
+    assert len(saved) < 5  # not one per batch of lines (6 batches: 5 checkpoints after the first)
