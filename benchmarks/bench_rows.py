@@ -61,7 +61,8 @@ class Sampler:
         self.out, self.t0 = out, time.monotonic()
         self.samples: list[dict[str, Any]] = []
         self.moves: list[tuple[float, int]] = []  # (seconds, input bytes done) when the bar moved
-        self.checkpoints: dict[str, list[tuple[float, int, int | None]]] = {}
+        self.checkpoints: dict[str, list[tuple[float, int]]] = {}  # per file: (seconds, bytes) as written
+        self._mtimes: dict[str, int] = {}
         self.actor_cpu: dict[int, float] = {}
         self.first_actor: float | None = None
         self.first_row: float | None = None
@@ -112,43 +113,21 @@ class Sampler:
                 self.first_row = now
             for ckpt in (self.out / "_checkpoints").glob("*.ckpt") if self.out.is_dir() else []:
                 try:
-                    size = ckpt.stat().st_size
+                    stat = ckpt.stat()
                 except OSError:
                     continue
                 seen = self.checkpoints.setdefault(ckpt.name, [])
-                if not seen or seen[-1][1] != size or now - seen[-1][0] > 30:
-                    seen.append((now, size, _checkpoint_tokens(ckpt, size)))
+                if self._mtimes.get(ckpt.name) != stat.st_mtime_ns:  # a new checkpoint (written atomically)
+                    self._mtimes[ckpt.name] = stat.st_mtime_ns
+                    seen.append((now, stat.st_size))
             self.samples.append({
                 "t": now, "driver_rss": me.memory_info().rss, "actors_rss": [(a[0], a[1]) for a in actors],
                 "parts": len(parts),
             })  # fmt: skip
 
-    def growth_once_full(self, budget: int | None) -> float | None:
-        """The largest last/first checkpoint size of a stream, from its first checkpoint written once the
-        stream had fed ``budget`` tokens (its cache full; before, a checkpoint holds a part of the cache)."""
-        ratios = []
-        for sizes in self.checkpoints.values():
-            full = [size for _, size, tokens in sizes if budget and tokens is not None and tokens >= budget]
-            if full:
-                ratios.append(full[-1] / full[0])
-        return max(ratios, default=None)
-
     def longest_still(self, until: float) -> float:
         times = [0.0 if self.first_actor is None else self.first_actor] + [t for t, _ in self.moves] + [until]
         return max(b - a for a, b in itertools.pairwise(times))
-
-
-def _checkpoint_tokens(path: Path, size: int) -> int | None:
-    """The tokens a stream had fed when ``path`` was written (None: unreadable now, or too big to read
-    once a second: the embedded model's are tens of MB)."""
-    from actors.checkpoint import Checkpoint
-
-    if size > 16 << 20:
-        return None
-    try:
-        return Checkpoint.from_bytes(path.read_bytes()).tokens
-    except (OSError, ValueError, EOFError):
-        return None
 
 
 def _ray(actors: int) -> Any:
@@ -336,7 +315,6 @@ def _run_night(cfg: Any, seconds: float | None, out: Path | None = None) -> dict
     stopped.cancel()
     first = {name: sizes[0][1] for name, sizes in sampler.checkpoints.items()}
     last = {name: sizes[-1][1] for name, sizes in sampler.checkpoints.items()}
-    budget = cfg.policy.budget
     driver = [s["driver_rss"] for s in sampler.samples if s["t"] > 60]
     # Per actor process: a sum over processes jumps when one starts or exits, which is not growth.
     per_actor: dict[int, list[int]] = {}
@@ -352,10 +330,8 @@ def _run_night(cfg: Any, seconds: float | None, out: Path | None = None) -> dict
         else sampler.first_row - sampler.first_actor,
         "bar_moves": len(sampler.moves), "longest_still_s": sampler.longest_still(wall),
         "checkpoint_growth": max((last[k] / first[k] for k in first), default=None),
-        "checkpoint_growth_once_full": sampler.growth_once_full(budget),
         "checkpoints": sum(len(v) for v in sampler.checkpoints.values()),
-        "checkpoints_kb": {k: [s // 1024 for _, s, _ in v] for k, v in sampler.checkpoints.items()},
-        "checkpoints_tokens": {k: [t for _, _, t in v] for k, v in sampler.checkpoints.items()},
+        "checkpoints_kb": {k: [s // 1024 for _, s in v] for k, v in sampler.checkpoints.items()},
         "driver_rss_spread": (max(driver) - min(driver)) / min(driver) if driver else None,
         "actors_rss_spread": max(((max(v) - min(v)) / min(v) for v in per_actor.values()), default=None),
         "actors_rss_mb": {pid: [min(v) >> 20, max(v) >> 20] for pid, v in per_actor.items()},
