@@ -34,6 +34,7 @@ import json
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -425,6 +426,9 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="work here and keep it (default: a temporary folder)")
     parser.add_argument("--out", type=Path, help="write the result as JSON here")
     args = parser.parse_args()
+    # Started in the background by a non-interactive shell, the process ignores SIGINT, and --minutes'
+    # Ctrl-C (``_interrupt``) would do nothing: take it back.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     logging.basicConfig(level=logging.WARNING)
     log.setLevel(logging.INFO)
     work = args.keep or Path(tempfile.mkdtemp(prefix="bench-rows-"))
