@@ -290,8 +290,10 @@ def bench_log(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         result = _run_night(config(nights[-1], model), args.minutes * 60, out / nights[-1])
     finally:
         ray.shutdown()
+    score = _score(labels, out / nights[-1], work, args)
+    rate = score["tokens_fed"] / result["wall_s"] if result.get("wall_s") else None
     return {"size": args.size, "feed": args.feed, "model": args.model, "generate_s": generate_s,
-            **result, **_score(labels, out / nights[-1], work, args)}  # fmt: skip
+            **result, **score, "tokens_fed_per_s": rate}  # fmt: skip
 
 
 def _run_night(cfg: Any, seconds: float | None, out: Path | None = None) -> dict[str, Any]:
@@ -361,7 +363,7 @@ def _score(labels: dict[str, Any], out: Path, work: Path, args: argparse.Namespa
         sample = (work / "logs" / facts["file"]).read_bytes()[:200_000]
         sample = sample[: sample.rfind(b"\n") + 1].decode()
         raw += len(tokenizer(sample)["input_ids"]) / max(1, len(sample.encode())) * facts["bytes"]
-    fed = float(summaries.tokens_streamed.sum())
+    fed = float(rows.groupby("stream_id").tokens_streamed.max().sum())  # a stopped run has no summaries
     found = found_incidents(labels, rows, args.window) if args.feed == "condensed" else {}
     named = []
     for incident in labels["incidents"]:
