@@ -475,7 +475,7 @@ def test_progress_of_records_follows_the_reader_not_the_first_commit(tmp_path, m
     cfg = job_config("summarize", [str(path)], str(tmp_path / "out"), model_dir,
                      resources={"streams_per_actor": 1})  # fmt: skip
     cfg.output.commit_every_rows = 1  # every record's end is committed as it comes
-    monkeypatch.setattr("actors.stream_worker.PROGRESS_S", 0.0)  # a progress row at every turn
+    monkeypatch.setattr("actors.stream_worker.PROGRESS_S", 0.05)  # progress rows often (0 would spin)
     worker = StreamWorker(cfg, "t")
     [unit] = worker.task.plan(expand_inputs([str(path)], None, cfg.input))
     read, ended, seen = 0, 0, []  # (bytes read so far, records ended so far)
