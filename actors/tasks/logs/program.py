@@ -49,10 +49,10 @@ from pipeline.inputs.sources import InputError
 #: Lines per batch (a checkpoint may come between two batches): the raw feed tokenizes a batch at once.
 BATCH_LINES = {"raw": 128, "condensed": 4096}
 #: The condensed feed's work between checkpoints: the model's tokens plus one per this many input bytes.
-#: Parsing a KiB takes ~60 us on a CPU core against ~6 ms for a model token (BENCHMARKS.md, "Nightly logs"),
-#: so this overstates parsing: a resumed stream re-reads at most ``checkpoint_every_tokens`` KiB. (Counting
-#: 4 bytes a token, as the raw feed's text has, wrote the whole cache after every batch of lines: ~2,400
-#: checkpoints of 59 MB for a 1 GB night with the embedded model.)
+#: Parsing a KiB costs far less than a model token on a CPU (BENCHMARKS.md: ~160,000 lines/s per core
+#: parsed, tens of tokens/s per actor), so this overstates parsing: a resumed stream re-reads at most
+#: ``checkpoint_every_tokens`` KiB. (Counting 4 bytes a token, as the raw feed's text has, wrote the whole
+#: cache after every batch of lines: ~2,400 checkpoints of 47 MB for a 1 GB night, embedded model.)
 CONDENSED_BYTES_PER_TOKEN = 1024
 #: Silences and new templates listed in the summary row, at most.
 MAX_LISTED = 200
